@@ -1,0 +1,59 @@
+# jobwire: `make run` serves on the embedded SQLite default; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := proto/jobwire/v1/jobwire.proto
+GEN_DIR := clients/python
+PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
+	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	--mypy_grpc_out=$(1) $(PROTO_SRC)
+
+.PHONY: help run test test-py test-node lint proto proto-check bench demo clean
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install jobwire with its dev tools
+
+run: $(STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
+	$(VENV)/bin/jobwire serve
+
+test: $(STAMP) proto-check lint test-py test-node ## proto drift check, lint, Python and Node tests
+
+test-py: $(STAMP) ## the Python test suite
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-node: $(STAMP) ## the Node.js client tests (skipped with a notice when node is absent)
+	@if [ ! -d clients/node ]; then echo "no Node.js client in this tree"; \
+	elif command -v node >/dev/null && command -v npm >/dev/null; then \
+		$(MAKE) -C clients/node test PYTHON=$(abspath $(PY)); \
+	else echo "NOTICE: node/npm not found: the Node.js client tests did not run"; fi
+
+lint: $(STAMP) ## ruff and mypy --strict on our code
+	$(VENV)/bin/ruff check server clients/python tests bench
+	$(VENV)/bin/mypy server/jobwire_server clients/python/jobwire
+
+proto: $(STAMP) ## regenerate the Python stubs from proto/
+	$(call PROTOC,$(GEN_DIR))
+
+proto-check: $(STAMP) ## fail if the committed stubs differ from proto/
+	@tmp=$$(mktemp -d) && $(call PROTOC,$$tmp) && \
+	diff -r -x __pycache__ -x __init__.py $$tmp/jobwire/v1 $(GEN_DIR)/jobwire/v1 \
+		&& echo "proto-check: stubs match proto/" ; rc=$$?; rm -rf $$tmp; exit $$rc
+
+bench: $(STAMP) ## benchmarks: enqueue/s, drain jobs/s, pickup latency, fan-out latency
+	$(PY) -m bench
+
+demo: $(STAMP) ## start a server, run, watch, cancel and retry jobs with the CLI, stop
+	bash bench/demo.sh
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,386 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_SCHEDULED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_RETRYING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_STALE: _ClassVar[JobState]
+
+class PhaseState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PHASE_STATE_UNSPECIFIED: _ClassVar[PhaseState]
+    PHASE_STATE_PENDING: _ClassVar[PhaseState]
+    PHASE_STATE_RUNNING: _ClassVar[PhaseState]
+    PHASE_STATE_SUCCEEDED: _ClassVar[PhaseState]
+    PHASE_STATE_FAILED: _ClassVar[PhaseState]
+    PHASE_STATE_CANCELLED: _ClassVar[PhaseState]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_SNAPSHOT: _ClassVar[EventType]
+    EVENT_TYPE_ENQUEUED: _ClassVar[EventType]
+    EVENT_TYPE_STARTED: _ClassVar[EventType]
+    EVENT_TYPE_PHASE_STARTED: _ClassVar[EventType]
+    EVENT_TYPE_PROGRESS: _ClassVar[EventType]
+    EVENT_TYPE_PHASE_SUCCEEDED: _ClassVar[EventType]
+    EVENT_TYPE_PHASE_FAILED: _ClassVar[EventType]
+    EVENT_TYPE_RETRY_SCHEDULED: _ClassVar[EventType]
+    EVENT_TYPE_SUCCEEDED: _ClassVar[EventType]
+    EVENT_TYPE_FAILED: _ClassVar[EventType]
+    EVENT_TYPE_CANCEL_REQUESTED: _ClassVar[EventType]
+    EVENT_TYPE_CANCELLED: _ClassVar[EventType]
+    EVENT_TYPE_INTERRUPTED: _ClassVar[EventType]
+    EVENT_TYPE_STALE: _ClassVar[EventType]
+    EVENT_TYPE_DELETED: _ClassVar[EventType]
+    EVENT_TYPE_WEBHOOK_DELIVERED: _ClassVar[EventType]
+    EVENT_TYPE_WEBHOOK_FAILED: _ClassVar[EventType]
+    EVENT_TYPE_QUEUED: _ClassVar[EventType]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_SCHEDULED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_RETRYING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
+JOB_STATE_STALE: JobState
+PHASE_STATE_UNSPECIFIED: PhaseState
+PHASE_STATE_PENDING: PhaseState
+PHASE_STATE_RUNNING: PhaseState
+PHASE_STATE_SUCCEEDED: PhaseState
+PHASE_STATE_FAILED: PhaseState
+PHASE_STATE_CANCELLED: PhaseState
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_SNAPSHOT: EventType
+EVENT_TYPE_ENQUEUED: EventType
+EVENT_TYPE_STARTED: EventType
+EVENT_TYPE_PHASE_STARTED: EventType
+EVENT_TYPE_PROGRESS: EventType
+EVENT_TYPE_PHASE_SUCCEEDED: EventType
+EVENT_TYPE_PHASE_FAILED: EventType
+EVENT_TYPE_RETRY_SCHEDULED: EventType
+EVENT_TYPE_SUCCEEDED: EventType
+EVENT_TYPE_FAILED: EventType
+EVENT_TYPE_CANCEL_REQUESTED: EventType
+EVENT_TYPE_CANCELLED: EventType
+EVENT_TYPE_INTERRUPTED: EventType
+EVENT_TYPE_STALE: EventType
+EVENT_TYPE_DELETED: EventType
+EVENT_TYPE_WEBHOOK_DELIVERED: EventType
+EVENT_TYPE_WEBHOOK_FAILED: EventType
+EVENT_TYPE_QUEUED: EventType
+
+class EnqueueRequest(_message.Message):
+    __slots__ = ("queue", "kind", "payload", "priority", "run_at", "delay", "max_attempts", "timeout", "dedupe_key", "request_id", "labels", "webhook")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    kind: str
+    payload: bytes
+    priority: int
+    run_at: _timestamp_pb2.Timestamp
+    delay: _duration_pb2.Duration
+    max_attempts: int
+    timeout: _duration_pb2.Duration
+    dedupe_key: str
+    request_id: str
+    labels: _containers.ScalarMap[str, str]
+    webhook: WebhookConfig
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedupe_key: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., webhook: _Optional[_Union[WebhookConfig, _Mapping]] = ...) -> None: ...
+
+class WebhookConfig(_message.Message):
+    __slots__ = ("url", "events")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    events: _containers.RepeatedScalarFieldContainer[EventType]
+    def __init__(self, url: _Optional[str] = ..., events: _Optional[_Iterable[_Union[EventType, str]]] = ...) -> None: ...
+
+class EnqueueResponse(_message.Message):
+    __slots__ = ("job", "deduplicated")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    deduplicated: bool
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
+
+class EnqueueBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[EnqueueRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[EnqueueRequest, _Mapping]]] = ...) -> None: ...
+
+class EnqueueBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[EnqueueResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[EnqueueResponse, _Mapping]]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("queue", "kind", "states", "labels", "created_after", "created_before", "page_size", "page_token")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    kind: str
+    states: _containers.RepeatedScalarFieldContainer[JobState]
+    labels: _containers.ScalarMap[str, str]
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetryJobRequest(_message.Message):
+    __slots__ = ("id", "from_start")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    from_start: bool
+    def __init__(self, id: _Optional[str] = ..., from_start: _Optional[bool] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("id", "after_sequence")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    after_sequence: int
+    def __init__(self, id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("queues", "kinds", "types")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    types: _containers.RepeatedScalarFieldContainer[EventType]
+    def __init__(self, queues: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[_Union[EventType, str]]] = ...) -> None: ...
+
+class GetQueueStatsRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class GetQueueStatsResponse(_message.Message):
+    __slots__ = ("queues",)
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueStats]
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ...) -> None: ...
+
+class QueueStats(_message.Message):
+    __slots__ = ("queue", "scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled", "stale", "oldest_queued_age")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RETRYING_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_QUEUED_AGE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    scheduled: int
+    queued: int
+    running: int
+    retrying: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    stale: int
+    oldest_queued_age: _duration_pb2.Duration
+    def __init__(self, queue: _Optional[str] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., stale: _Optional[int] = ..., oldest_queued_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "queue", "kind", "payload", "priority", "state", "attempt", "max_attempts", "phases", "progress", "result", "error", "error_history", "dedupe_key", "labels", "webhook", "cancel_requested", "cancel_reason", "create_time", "update_time", "run_at", "start_time", "finish_time", "last_sequence", "timeout")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    queue: str
+    kind: str
+    payload: bytes
+    priority: int
+    state: JobState
+    attempt: int
+    max_attempts: int
+    phases: _containers.RepeatedCompositeFieldContainer[Phase]
+    progress: Progress
+    result: bytes
+    error: JobError
+    error_history: _containers.RepeatedCompositeFieldContainer[JobError]
+    dedupe_key: str
+    labels: _containers.ScalarMap[str, str]
+    webhook: WebhookConfig
+    cancel_requested: bool
+    cancel_reason: str
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    run_at: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    last_sequence: int
+    timeout: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[bytes] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., dedupe_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., webhook: _Optional[_Union[WebhookConfig, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., cancel_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Phase(_message.Message):
+    __slots__ = ("name", "state", "progress", "result", "error", "start_time", "finish_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: PhaseState
+    progress: Progress
+    result: bytes
+    error: JobError
+    start_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[PhaseState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[bytes] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("percent", "message")
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    percent: float
+    message: str
+    def __init__(self, percent: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class JobError(_message.Message):
+    __slots__ = ("message", "type", "retryable", "phase", "attempt", "interrupted", "time")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    type: str
+    retryable: bool
+    phase: str
+    attempt: int
+    interrupted: bool
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, message: _Optional[str] = ..., type: _Optional[str] = ..., retryable: _Optional[bool] = ..., phase: _Optional[str] = ..., attempt: _Optional[int] = ..., interrupted: _Optional[bool] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("job_id", "sequence", "type", "time", "phase", "job", "detail")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    sequence: int
+    type: EventType
+    time: _timestamp_pb2.Timestamp
+    phase: str
+    job: Job
+    detail: str
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phase: _Optional[str] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,3 @@
+from jobwire_server.cli import main
+
+raise SystemExit(main())

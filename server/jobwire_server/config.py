@@ -1,0 +1,301 @@
+"""Server settings: one frozen dataclass, read from flags, ``JOBWIRE_*`` env and a TOML file.
+
+Precedence is flags > environment > config file > defaults. Every value is validated when the
+settings are built, and a bad one raises :class:`ConfigError` naming the setting and where it
+came from, so ``jobwire serve`` can print one clear line and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``jobwire serve`` needs, validated."""
+
+    listen: str = "127.0.0.1:50051"
+    db: str = "./jobwire.db"
+    concurrency: int = 32
+    queue_concurrency: Mapping[str, int] = field(default_factory=dict)
+    shutdown_grace: float = 10.0
+    cancel_grace: float = 5.0
+    lease_ttl: float = 30.0
+    synchronous: str = "FULL"
+    handlers: tuple[str, ...] = ()
+    builtin_kinds: bool = True
+    log_format: str = "text"
+    log_level: str = "info"
+    max_payload_bytes: int = 1 << 20
+    max_message_bytes: int = 4 << 20
+    max_concurrent_streams: int = 1000
+    max_watch_streams: int = 10_000
+    watch_buffer: int = 1000
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    request_id_ttl: float = 86_400.0
+    tokens_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    allow_unauthenticated: bool = False
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    def is_loopback(self) -> bool:
+        """True when the listen address is only reachable from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _positive_int(name: str, value: Any) -> int:
+    number = _int(name, value)
+    if number < 1:
+        raise ConfigError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _seconds(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise ConfigError(f"{name} must be a finite number of seconds ≥ 0, got {value!r}")
+    return number
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str, Any], str]:
+    def parse(name: str, value: Any) -> str:
+        text = str(value).upper() if upper else str(value).lower()
+        if text not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _listen(name: str, value: Any) -> str:
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} has a bad port in {value!r} (0–65535)")
+    return text
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str | int | float):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return str(value)
+
+
+def _modules(name: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    modules = tuple(str(item).strip() for item in items if str(item).strip())
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"{name}: {module!r} is not an importable module name")
+    return modules
+
+
+def _queue_limits(name: str, value: Any) -> dict[str, int]:
+    """``media=4,email=10`` (flag/env) or a TOML table ``{media = 4}``."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        pairs = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            queue, sep, limit = item.partition("=")
+            if not sep:
+                raise ConfigError(f"{name} entries must be QUEUE=N, got {item!r}")
+            pairs.append((queue.strip(), limit.strip()))
+    return {str(queue): _positive_int(f"{name}[{queue}]", limit) for queue, limit in pairs}
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "listen": _listen,
+    "db": _text,
+    "concurrency": _positive_int,
+    "queue_concurrency": _queue_limits,
+    "shutdown_grace": _seconds,
+    "cancel_grace": _seconds,
+    "lease_ttl": _seconds,
+    "synchronous": _choice(SYNCHRONOUS_MODES, upper=True),
+    "handlers": _modules,
+    "builtin_kinds": _bool,
+    "log_format": _choice(LOG_FORMATS),
+    "log_level": _choice(LOG_LEVELS),
+    "max_payload_bytes": _positive_int,
+    "max_message_bytes": _positive_int,
+    "max_concurrent_streams": _positive_int,
+    "max_watch_streams": _positive_int,
+    "watch_buffer": _positive_int,
+    "keepalive_time": _seconds,
+    "keepalive_timeout": _seconds,
+    "request_id_ttl": _seconds,
+    "tokens_file": _text,
+    "tls_cert": _text,
+    "tls_key": _text,
+    "tls_client_ca": _text,
+    "allow_unauthenticated": _bool,
+}
+
+_HELP: dict[str, str] = {
+    "listen": "address to serve gRPC on, HOST:PORT (default 127.0.0.1:50051)",
+    "db": "SQLite database file (default ./jobwire.db)",
+    "concurrency": "jobs run at once by this process (default 32)",
+    "queue_concurrency": "per-queue limits, QUEUE=N[,QUEUE=N...]",
+    "shutdown_grace": "seconds running jobs get to finish on SIGTERM before they are requeued (default 10)",
+    "cancel_grace": "seconds a cancelled handler gets before it is abandoned (default 5)",
+    "lease_ttl": "seconds a claimed job's lease lasts; renewed while it runs (default 30)",
+    "synchronous": "SQLite synchronous mode: FULL (default, durable on power loss), NORMAL, EXTRA",
+    "handlers": "Python module whose Kind objects are registered (repeatable)",
+    "builtin_kinds": "register the built-in kinds noop and sleep (default true)",
+    "log_format": "log format on stderr: text (default) or json",
+    "log_level": "debug, info (default), warning or error",
+    "max_payload_bytes": "largest accepted job payload in bytes (default 1 MiB)",
+    "max_message_bytes": "largest gRPC message in bytes (default 4 MiB)",
+    "max_concurrent_streams": "HTTP/2 streams per client connection (default 1000)",
+    "max_watch_streams": "watch streams served at once before RESOURCE_EXHAUSTED (default 10000)",
+    "watch_buffer": "events buffered per watch stream before it is ended as too slow (default 1000)",
+    "keepalive_time": "seconds between server keepalive pings (default 60)",
+    "keepalive_timeout": "seconds to wait for a keepalive ack (default 20)",
+    "request_id_ttl": "seconds a request_id is remembered for idempotent enqueues (default 86400)",
+    "tokens_file": "bearer tokens file (TOML); enables token auth",
+    "tls_cert": "TLS certificate chain (PEM); enables TLS",
+    "tls_key": "TLS private key (PEM)",
+    "tls_client_ca": "CA bundle (PEM) to require and verify client certificates (mutual TLS)",
+    "allow_unauthenticated": "allow a non-loopback listen address without tokens",
+}
+
+_REPEATABLE = {"handlers", "queue_concurrency"}
+_FLAGS_ONLY_BOOL = {"builtin_kinds", "allow_unauthenticated"}
+
+
+def env_name(setting: str) -> str:
+    return "JOBWIRE_" + setting.upper()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults stay None so unset flags don't mask env or file."""
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file (env JOBWIRE_CONFIG)")
+    for setting in _PARSERS:
+        flag = "--" + setting.replace("_", "-")
+        help_text = f"{_HELP[setting]} [env {env_name(setting)}]"
+        if setting in _FLAGS_ONLY_BOOL:
+            parser.add_argument(flag, dest=setting, action=argparse.BooleanOptionalAction, help=help_text)
+        elif setting in _REPEATABLE:
+            parser.add_argument(flag, dest=setting, action="append", metavar="VALUE", help=help_text)
+        else:
+            parser.add_argument(flag, dest=setting, metavar="VALUE", help=help_text)
+
+
+def load_config(
+    flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, config_file: str | None = None
+) -> ServerConfig:
+    """Merge the three sources in order of precedence and validate the result."""
+    environ = os.environ if environ is None else environ
+    path = config_file or environ.get("JOBWIRE_CONFIG")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path:
+        for key, value in _read_toml(path).items():
+            values[key], sources[key] = value, f"{path}"
+    for setting in _PARSERS:
+        if env_name(setting) in environ:
+            values[setting], sources[setting] = environ[env_name(setting)], f"env {env_name(setting)}"
+    for setting, given in flags.items():
+        if setting in _PARSERS and given is not None:
+            joined = ",".join(given) if setting in _REPEATABLE and isinstance(given, list) else given
+            values[setting], sources[setting] = joined, "--" + setting.replace("_", "-")
+    return build_config(values, sources)
+
+
+def build_config(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> ServerConfig:
+    sources = sources or {}
+    parsed: dict[str, Any] = {}
+    for key, value in values.items():
+        label = f"{key} (from {sources[key]})" if key in sources else key
+        parsed[key] = _PARSERS[key](label, value)
+    config = ServerConfig(**parsed)
+    _check_combination(config)
+    return config
+
+
+def _check_combination(config: ServerConfig) -> None:
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    if config.tls_client_ca and not config.tls_cert:
+        raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    if config.lease_ttl < 1:
+        raise ConfigError(f"lease_ttl must be at least 1 second, got {config.lease_ttl}")
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("server", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [server] must be a table")
+    known = {f.name for f in fields(ServerConfig)}
+    normalized: dict[str, Any] = {}
+    for key, value in section.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        normalized[name] = value
+    return normalized

@@ -1,0 +1,1 @@
+"""Pure domain: states, transitions, models, outcomes, retry policy and clock. No I/O here."""

@@ -1,0 +1,70 @@
+"""Errors the domain and store raise; `api/` maps each to one gRPC status in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class JobwireError(Exception):
+    """Base class; `reason` is the stable machine-readable code clients switch on."""
+
+    reason = "JOBWIRE_ERROR"
+
+
+class JobNotFound(JobwireError):
+    reason = "JOB_NOT_FOUND"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class InvalidTransition(JobwireError):
+    reason = "INVALID_TRANSITION"
+
+    def __init__(self, job_id: str, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id}: it is {state}")
+        self.job_id, self.state, self.action = job_id, state, action
+
+
+class RequestIdReused(JobwireError):
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request_id {request_id!r} was already used for a different request")
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgument(JobwireError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation], reason: str = "INVALID_ARGUMENT") -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = tuple(violations)
+        self.reason = reason
+
+
+class PayloadTooLarge(JobwireError):
+    reason = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, field: str, size: int, limit: int) -> None:
+        super().__init__(f"{field} is {size} bytes; the limit is {limit}")
+        self.field, self.size, self.limit = field, size, limit
+
+
+class ShuttingDown(JobwireError):
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; try another replica or retry shortly")
+
+
+class SchemaTooNew(JobwireError):
+    reason = "SCHEMA_TOO_NEW"

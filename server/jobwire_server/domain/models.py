@@ -1,0 +1,161 @@
+"""Immutable job, phase and event records. A change makes a new record (`dataclasses.replace`),
+so an event can hold the job "as it was after the event" without copying."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from jobwire_server.domain.states import EventType, JobState, PhaseState
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 5
+MIN_PRIORITY, MAX_PRIORITY = 1, 10
+
+_EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    percent: float = 0.0
+    message: str = ""
+
+
+NO_PROGRESS = Progress()
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """One failure of one attempt; the job keeps every one in `error_history`."""
+
+    message: str
+    type: str
+    retryable: bool
+    phase: str
+    attempt: int
+    interrupted: bool
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    events: tuple[EventType, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    name: str
+    state: PhaseState = PhaseState.PENDING
+    progress: Progress = NO_PROGRESS
+    result: bytes = b""
+    error: JobError | None = None
+    start_time: float | None = None
+    finish_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    queue: str
+    kind: str
+    payload: bytes
+    priority: int
+    state: JobState
+    max_attempts: int
+    phases: tuple[Phase, ...]
+    create_time: float
+    update_time: float
+    run_at: float
+    attempt: int = 0
+    #: Attempts that do not count against `max_attempts` (interrupted by shutdown, or before a RetryJob).
+    uncounted_attempts: int = 0
+    timeout: float = 0.0
+    progress: Progress = NO_PROGRESS
+    error: JobError | None = None
+    error_history: tuple[JobError, ...] = ()
+    dedupe_key: str = ""
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+    webhook: Webhook | None = None
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    start_time: float | None = None
+    finish_time: float | None = None
+    last_sequence: int = 0
+    trace_parent: str = ""
+
+    @property
+    def result(self) -> bytes:
+        """The last phase's result once the job has succeeded."""
+        if self.state is JobState.SUCCEEDED and self.phases:
+            return self.phases[-1].result
+        return b""
+
+    @property
+    def next_phase(self) -> int:
+        """Index of the first phase that has not succeeded (len(phases) when all have)."""
+        for index, phase in enumerate(self.phases):
+            if phase.state is not PhaseState.SUCCEEDED:
+                return index
+        return len(self.phases)
+
+    @property
+    def attempts_left(self) -> int:
+        return self.max_attempts - (self.attempt - self.uncounted_attempts)
+
+    @property
+    def results(self) -> dict[str, bytes]:
+        return {p.name: p.result for p in self.phases if p.state is PhaseState.SUCCEEDED}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored, numbered change of one job. `job` is the job after it (None for DELETED)."""
+
+    job_id: str
+    sequence: int
+    type: EventType
+    time: float
+    queue: str
+    kind: str
+    phase: str = ""
+    detail: str = ""
+    job: Job | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An event a change will emit; the store numbers it when the change commits."""
+
+    type: EventType
+    phase: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated enqueue request, with the phases its kind defines."""
+
+    queue: str
+    kind: str
+    payload: bytes
+    priority: int
+    run_at: float
+    max_attempts: int
+    timeout: float
+    phase_names: tuple[str, ...]
+    dedupe_key: str = ""
+    request_id: str = ""
+    #: A digest of the request, so a reused request_id with a different request is detected.
+    fingerprint: str = ""
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
+    webhook: Webhook | None = None
+    trace_parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    counts: Mapping[JobState, int]
+    oldest_queued_age: float

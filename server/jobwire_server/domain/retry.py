@@ -1,0 +1,24 @@
+"""Retry policy: exponential backoff with full jitter, bounded per kind."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Delay before attempt n+1 after attempt n failed: uniform in [base·2^(n-1)/2, base·2^(n-1)],
+    capped at `max_delay`. Half jitter keeps a floor so retries never bunch at zero."""
+
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise ValueError("retry policy needs 0 <= base_delay <= max_delay")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(attempt - 1, 0))
+        draw: float = (rng or random).random()
+        return ceiling / 2 + draw * ceiling / 2

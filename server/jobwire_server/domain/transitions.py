@@ -1,0 +1,311 @@
+"""The job state machine: which transitions exist, and one constructor per transition.
+
+Every constructor is pure: it takes the job as the writer last saw it and returns a
+:class:`JobChange` holding the new job, the states the stored row must still be in (the guard),
+the attempt that must still be current (the fence), the phases that changed and the events to
+emit. The store writes a change as one guarded ``UPDATE … WHERE state IN (…) AND attempt = ?``
+with its phase and event rows; when the guard no longer holds, nothing is written.
+
+Who moves a job out of each state:
+
+========== ======================================================================
+SCHEDULED  dispatcher when due (→ QUEUED); CancelJob (→ CANCELLED)
+QUEUED     dispatcher claim (→ RUNNING); CancelJob (→ CANCELLED)
+RUNNING    the executor holding the attempt (→ SUCCEEDED, RETRYING, FAILED, CANCELLED,
+           QUEUED on shutdown); CancelJob only flags it; rescuer on lease expiry (→ QUEUED)
+RETRYING   dispatcher when due (→ QUEUED); CancelJob (→ CANCELLED)
+SUCCEEDED  RetryJob(from_start) (→ QUEUED); retention (→ STALE)
+FAILED     RetryJob (→ QUEUED); retention (→ STALE)
+CANCELLED  RetryJob (→ QUEUED); retention (→ STALE)
+STALE      RetryJob of a failed/cancelled job (→ QUEUED); retention deletes it
+========== ======================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress
+from jobwire_server.domain.states import (
+    TERMINAL_STATES,
+    UNFINISHED_PHASES,
+    WAITING_STATES,
+    EventType,
+    JobState,
+    PhaseState,
+)
+
+S = JobState
+
+#: The allowed job-state transitions. A table test checks every constructor against it.
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    S.RUNNING: frozenset({S.RUNNING, S.SUCCEEDED, S.RETRYING, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.RETRYING: frozenset({S.QUEUED, S.CANCELLED}),
+    S.SUCCEEDED: frozenset({S.QUEUED, S.STALE}),
+    S.FAILED: frozenset({S.QUEUED, S.STALE}),
+    S.CANCELLED: frozenset({S.QUEUED, S.STALE}),
+    S.STALE: frozenset({S.QUEUED}),
+}
+
+
+class Reason(StrEnum):
+    """Why a transition happened; kept with the change for logs and tests."""
+
+    BECAME_DUE = "became due"
+    CLAIMED = "claimed by a worker"
+    PHASE_STARTED = "phase started"
+    PHASE_SUCCEEDED = "phase succeeded"
+    PROGRESS = "progress reported"
+    COMPLETED = "completed"
+    RETRY_AFTER_FAILURE = "retry after failure"
+    FAILED_PERMANENTLY = "failed permanently"
+    ATTEMPTS_EXHAUSTED = "attempts exhausted"
+    CANCEL_REQUESTED = "cancel requested by user"
+    CANCELLED_BY_USER = "cancelled by user"
+    CANCELLED_WHILE_RUNNING = "cancelled while running"
+    INTERRUPTED_BY_SHUTDOWN = "interrupted by shutdown"
+    LEASE_EXPIRED = "lease expired"
+    RETRIED_BY_USER = "retried by user"
+    MADE_STALE = "made stale by retention"
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    """A guarded write: apply `job` only if the stored row is in `guard` (and at `attempt`)."""
+
+    reason: Reason
+    job: Job
+    guard: frozenset[JobState]
+    events: tuple[PendingEvent, ...]
+    changed_phases: tuple[int, ...] = ()
+    #: Fence: the attempt that must still be current; None for changes made outside an attempt.
+    attempt: int | None = None
+
+    @property
+    def target(self) -> JobState:
+        return self.job.state
+
+
+def _set_phase(phases: tuple[Phase, ...], index: int, phase: Phase) -> tuple[Phase, ...]:
+    return (*phases[:index], phase, *phases[index + 1 :])
+
+
+def _running_phase_index(job: Job) -> int | None:
+    for index, phase in enumerate(job.phases):
+        if phase.state is PhaseState.RUNNING:
+            return index
+    return None
+
+
+# ----------------------------------------------------------------------------- dispatcher
+
+
+def become_due(job: Job, now: float) -> JobChange:
+    """A SCHEDULED or RETRYING job whose run_at has come joins the queue."""
+    new = replace(job, state=S.QUEUED, update_time=now)
+    return JobChange(Reason.BECAME_DUE, new, frozenset({S.SCHEDULED, S.RETRYING}), (PendingEvent(EventType.QUEUED),))
+
+
+def claim(job: Job, now: float, lease_expires: float) -> JobChange:
+    """A worker takes a QUEUED job: a new attempt starts at the first unfinished phase."""
+    del lease_expires  # kept by the store beside the row, not part of the job's public state
+    index = job.next_phase
+    phases = job.phases
+    events: list[PendingEvent] = [PendingEvent(EventType.STARTED)]
+    changed: tuple[int, ...] = ()
+    if index < len(phases):
+        phases = _set_phase(phases, index, replace(phases[index], state=PhaseState.RUNNING, start_time=now,
+                                                   finish_time=None, error=None, progress=NO_PROGRESS))
+        events.append(PendingEvent(EventType.PHASE_STARTED, phases[index].name))
+        changed = (index,)
+    new = replace(job, state=S.RUNNING, attempt=job.attempt + 1, phases=phases, start_time=now,
+                  finish_time=None, update_time=now)
+    return JobChange(Reason.CLAIMED, new, frozenset({S.QUEUED}), tuple(events), changed)
+
+
+# ----------------------------------------------------------------------------- executor
+
+
+def report_progress(job: Job, index: int, percent: float, message: str, now: float) -> JobChange:
+    """The running phase reports progress; the job's overall progress is the phases' average."""
+    progress = Progress(percent, message)
+    phases = _set_phase(job.phases, index, replace(job.phases[index], progress=progress))
+    overall = Progress(_overall_percent(phases), message)
+    new = replace(job, phases=phases, progress=overall, update_time=now)
+    event = PendingEvent(EventType.PROGRESS, phases[index].name, message)
+    return JobChange(Reason.PROGRESS, new, frozenset({S.RUNNING}), (event,), (index,), job.attempt)
+
+
+def _overall_percent(phases: tuple[Phase, ...]) -> float:
+    if not phases:
+        return 100.0
+    done = sum(100.0 if p.state is PhaseState.SUCCEEDED else p.progress.percent for p in phases)
+    return round(done / len(phases), 3)
+
+
+def _succeed_phase(job: Job, index: int, result: bytes, now: float) -> tuple[Phase, ...]:
+    done = replace(job.phases[index], state=PhaseState.SUCCEEDED, result=result, finish_time=now,
+                   progress=Progress(100.0, job.phases[index].progress.message))
+    return _set_phase(job.phases, index, done)
+
+
+def finish_phase(job: Job, index: int, result: bytes, now: float) -> JobChange:
+    """The running phase returned: record its result, then start the next phase or succeed."""
+    phases = _succeed_phase(job, index, result, now)
+    done = phases[index]
+    events = [PendingEvent(EventType.PHASE_SUCCEEDED, done.name)]
+    changed = [index]
+    if index + 1 < len(phases):
+        following = replace(phases[index + 1], state=PhaseState.RUNNING, start_time=now, finish_time=None,
+                            error=None, progress=NO_PROGRESS)
+        phases = _set_phase(phases, index + 1, following)
+        events.append(PendingEvent(EventType.PHASE_STARTED, following.name))
+        changed.append(index + 1)
+        new = replace(job, phases=phases, progress=Progress(_overall_percent(phases)), update_time=now)
+        return JobChange(Reason.PHASE_SUCCEEDED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed),
+                         job.attempt)
+    new = replace(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, job.progress.message),
+                  error=None, finish_time=now, update_time=now)
+    events.append(PendingEvent(EventType.SUCCEEDED))
+    return JobChange(Reason.COMPLETED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed), job.attempt)
+
+
+def _fail_running_phase(job: Job, error: JobError, now: float) -> tuple[tuple[Phase, ...], list[int]]:
+    index = _running_phase_index(job)
+    if index is None:
+        return job.phases, []
+    failed = replace(job.phases[index], state=PhaseState.FAILED, error=error, finish_time=now)
+    return _set_phase(job.phases, index, failed), [index]
+
+
+def retry_after_failure(job: Job, error: JobError, run_at: float, now: float) -> JobChange:
+    """A retryable failure with attempts left: wait in RETRYING until `run_at`."""
+    phases, changed = _fail_running_phase(job, error, now)
+    new = replace(job, state=S.RETRYING, phases=phases, error=error, error_history=(*job.error_history, error),
+                  run_at=run_at, update_time=now)
+    events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
+              PendingEvent(EventType.RETRY_SCHEDULED, error.phase, error.message))
+    return JobChange(Reason.RETRY_AFTER_FAILURE, new, frozenset({S.RUNNING}), events if changed else events[1:],
+                     tuple(changed), job.attempt)
+
+
+def fail(job: Job, error: JobError, now: float) -> JobChange:
+    """A permanent error, or a retryable one with no attempts left: the job is dead-lettered."""
+    phases, changed = _fail_running_phase(job, error, now)
+    reason = Reason.ATTEMPTS_EXHAUSTED if error.retryable else Reason.FAILED_PERMANENTLY
+    new = replace(job, state=S.FAILED, phases=phases, error=error, error_history=(*job.error_history, error),
+                  finish_time=now, update_time=now)
+    events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
+              PendingEvent(EventType.FAILED, error.phase, error.message))
+    return JobChange(reason, new, frozenset({S.RUNNING}), events if changed else events[1:], tuple(changed),
+                     job.attempt)
+
+
+def _cancel_unfinished(job: Job, now: float) -> tuple[tuple[Phase, ...], tuple[int, ...]]:
+    changed = tuple(i for i, p in enumerate(job.phases) if p.state in UNFINISHED_PHASES)
+    phases = tuple(
+        replace(p, state=PhaseState.CANCELLED, finish_time=now) if i in changed else p
+        for i, p in enumerate(job.phases)
+    )
+    return phases, changed
+
+
+def finish_cancel(job: Job, now: float) -> JobChange:
+    """The worker of a job whose cancel was requested has stopped (or was abandoned)."""
+    phases, changed = _cancel_unfinished(job, now)
+    new = replace(job, state=S.CANCELLED, phases=phases, finish_time=now, update_time=now)
+    event = PendingEvent(EventType.CANCELLED, detail=job.cancel_reason)
+    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
+
+
+def finish_phase_then_cancel(job: Job, index: int, result: bytes, now: float) -> JobChange:
+    """A phase returned after a cancel was requested: keep its result, cancel the phases after it."""
+    phases = _succeed_phase(job, index, result, now)
+    cancelled, changed = _cancel_unfinished(replace(job, phases=phases), now)
+    new = replace(job, state=S.CANCELLED, phases=cancelled, finish_time=now, update_time=now)
+    events = (PendingEvent(EventType.PHASE_SUCCEEDED, phases[index].name),
+              PendingEvent(EventType.CANCELLED, detail=job.cancel_reason))
+    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), events,
+                     tuple(sorted({index, *changed})), job.attempt)
+
+
+def _interrupt(job: Job, error: JobError, now: float, reason: Reason, *, counted: bool) -> JobChange:
+    index = _running_phase_index(job)
+    phases: tuple[Phase, ...] = job.phases
+    changed: tuple[int, ...] = ()
+    if index is not None:
+        phases = _set_phase(phases, index, replace(phases[index], state=PhaseState.PENDING, start_time=None,
+                                                   progress=NO_PROGRESS))
+        changed = (index,)
+    new = replace(job, state=S.QUEUED, phases=phases, error=error, error_history=(*job.error_history, error),
+                  uncounted_attempts=job.uncounted_attempts + (0 if counted else 1), run_at=now, update_time=now)
+    event = PendingEvent(EventType.INTERRUPTED, error.phase, error.message)
+    return JobChange(reason, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
+
+
+def interrupt_by_shutdown(job: Job, error: JobError, now: float) -> JobChange:
+    """Shutdown stopped the attempt: back to the queue, the attempt not spent."""
+    return _interrupt(job, error, now, Reason.INTERRUPTED_BY_SHUTDOWN, counted=False)
+
+
+def rescue_expired(job: Job, error: JobError, now: float) -> JobChange:
+    """The worker's lease ran out (it crashed): back to the queue; the attempt counts, so a job
+    that kills its worker every time still ends in FAILED."""
+    if job.attempts_left <= 0:
+        return fail(job, replace(error, retryable=False), now)
+    return _interrupt(job, error, now, Reason.LEASE_EXPIRED, counted=True)
+
+
+# ----------------------------------------------------------------------------- user actions
+
+
+def cancel_waiting(job: Job, reason: str, now: float) -> JobChange:
+    """Cancel a job no worker holds: immediate, all unfinished phases cancelled."""
+    phases, changed = _cancel_unfinished(job, now)
+    new = replace(job, state=S.CANCELLED, phases=phases, cancel_requested=True, cancel_reason=reason,
+                  finish_time=now, update_time=now)
+    event = PendingEvent(EventType.CANCELLED, detail=reason)
+    return JobChange(Reason.CANCELLED_BY_USER, new, WAITING_STATES, (event,), changed)
+
+
+def request_cancel(job: Job, reason: str, now: float) -> JobChange:
+    """Ask the worker holding a RUNNING job to stop; it finishes the cancel when it does."""
+    new = replace(job, cancel_requested=True, cancel_reason=reason, update_time=now)
+    event = PendingEvent(EventType.CANCEL_REQUESTED, detail=reason)
+    return JobChange(Reason.CANCEL_REQUESTED, new, frozenset({S.RUNNING}), (event,), (), job.attempt)
+
+
+def retry_by_user(job: Job, from_start: bool, now: float) -> JobChange:
+    """RetryJob: back to the queue with a fresh attempt budget (the attempt number keeps rising,
+    so a worker of an earlier attempt stays fenced out)."""
+    def reset(p: Phase) -> Phase:
+        if not from_start and p.state is PhaseState.SUCCEEDED:
+            return p
+        return Phase(name=p.name)
+
+    phases = tuple(reset(p) for p in job.phases)
+    changed = tuple(i for i, (old, p) in enumerate(zip(job.phases, phases, strict=True)) if old is not p)
+    new = replace(job, state=S.QUEUED, phases=phases, uncounted_attempts=job.attempt, cancel_requested=False,
+                  cancel_reason="", progress=Progress(_overall_percent(phases)) if not from_start else NO_PROGRESS,
+                  error=None, run_at=now, start_time=None, finish_time=None, update_time=now)
+    guard = frozenset({S.FAILED, S.CANCELLED, S.STALE} | ({S.SUCCEEDED} if from_start else set()))
+    detail = "retried from the start" if from_start else "retried from the first unfinished phase"
+    return JobChange(Reason.RETRIED_BY_USER, new, guard, (PendingEvent(EventType.QUEUED, detail=detail),), changed)
+
+
+def make_stale(job: Job, now: float) -> JobChange:
+    """Retention: a terminal job past its keep time becomes STALE."""
+    new = replace(job, state=S.STALE, update_time=now)
+    return JobChange(Reason.MADE_STALE, new, TERMINAL_STATES, (PendingEvent(EventType.STALE),))
+
+
+#: Every constructor, for the table test that checks each against ALLOWED.
+CONSTRUCTORS: tuple[Callable[..., JobChange], ...] = (
+    become_due, claim, report_progress, finish_phase, finish_phase_then_cancel, retry_after_failure, fail,
+    finish_cancel,
+    interrupt_by_shutdown, rescue_expired, cancel_waiting, request_cancel, retry_by_user, make_stale,
+)

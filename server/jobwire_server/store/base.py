@@ -1,0 +1,97 @@
+"""The storage contract: intention-named operations every backend implements.
+
+Each write is one transaction. State changes are `JobChange`s from the domain state machine,
+written as guarded updates (`… WHERE state IN guard AND attempt = fence`) together with their
+phase and event rows; a change whose guard no longer holds writes nothing and comes back None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from jobwire_server.domain.models import Event, Job, NewJob, QueueStats
+from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.transitions import JobChange
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A change that was written: the job after it and its numbered events."""
+
+    job: Job
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    job: Job
+    #: True when a dedupe_key folded this request into an active job.
+    deduplicated: bool
+    #: False when a request_id or dedupe_key returned an existing job.
+    created: bool
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimParams:
+    now: float
+    limit: int
+    owner: str
+    lease_expires: float
+    #: Queues with a concurrency limit → how many more jobs of that queue may start now.
+    queue_room: Mapping[str, int] = field(default_factory=dict)
+
+
+#: Builds the change to make from the job as stored; None means "nothing to do".
+ChangeBuilder = Callable[[Job], JobChange | None]
+
+
+class JobStore(Protocol):
+    async def open(self) -> None:
+        """Connect and migrate; raises a clear error when the schema is newer than the code."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], now: float, request_ttl: float) -> list[InsertResult]:
+        """Create jobs (all or none), honouring request_id and dedupe_key."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job, or JobNotFound."""
+        ...
+
+    async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
+        """One page, newest first, and the id to continue after (None on the last page)."""
+        ...
+
+    async def claim_jobs(self, params: ClaimParams) -> tuple[list[Committed], list[Committed]]:
+        """Promote due SCHEDULED/RETRYING jobs, then claim up to `limit` QUEUED ones in priority,
+        run_at, id order, in one transaction. Returns (promoted, claimed)."""
+        ...
+
+    async def apply_changes(self, changes: Sequence[JobChange]) -> list[Committed | None]:
+        """Write many guarded changes in one transaction (group commit)."""
+        ...
+
+    async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
+        """Read the job inside a write transaction, build a change from it, write it guarded."""
+        ...
+
+    async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int: ...
+
+    async def expired_leases(self, now: float, limit: int) -> list[Job]:
+        """RUNNING jobs whose lease ran out before `now`."""
+        ...
+
+    async def next_wakeup(self) -> float | None:
+        """Earliest run_at of a SCHEDULED or RETRYING job."""
+        ...
+
+    async def next_lease_expiry(self) -> float | None: ...
+
+    async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]: ...
+
+    async def queue_stats(self, queue: str, now: float) -> list[QueueStats]: ...

@@ -1,0 +1,90 @@
+"""Row ↔ domain conversion for the SQLite store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from types import MappingProxyType
+from typing import Any
+
+from jobwire_server.domain.models import Event, Job, JobError, Phase, Progress, Webhook
+from jobwire_server.domain.states import EventType, JobState, PhaseState
+
+JOB_COLUMNS = (
+    "id", "queue", "kind", "payload", "priority", "state", "attempt", "uncounted_attempts", "max_attempts",
+    "timeout", "progress_pct", "progress_msg", "error", "error_history", "dedupe_key", "labels", "webhook",
+    "cancel_requested", "cancel_reason", "trace_parent", "seq", "create_time", "update_time", "run_at",
+    "start_time", "finish_time",
+)
+JOB_SELECT = ", ".join(JOB_COLUMNS)
+JOB_RETURNING = ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
+PHASE_COLUMNS = "job_id, idx, name, state, progress_pct, progress_msg, result, error, start_time, finish_time"
+
+_STATES = {s.value: s for s in JobState}
+_PHASE_STATES = {s.value: s for s in PhaseState}
+_EVENT_TYPES = {t.value: t for t in EventType}
+
+
+def error_to_json(error: JobError | None) -> str | None:
+    return None if error is None else json.dumps(asdict(error), separators=(",", ":"))
+
+
+def _error_from_dict(data: Mapping[str, Any]) -> JobError:
+    return JobError(**data)
+
+
+def error_from_json(text: str | None) -> JobError | None:
+    return None if text is None else _error_from_dict(json.loads(text))
+
+
+def history_to_json(history: Sequence[JobError]) -> str:
+    return json.dumps([asdict(e) for e in history], separators=(",", ":"))
+
+
+def webhook_to_json(webhook: Webhook | None) -> str | None:
+    if webhook is None:
+        return None
+    return json.dumps({"url": webhook.url, "events": [e.value for e in webhook.events]})
+
+
+def _webhook_from_json(text: str | None) -> Webhook | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Webhook(data["url"], tuple(_EVENT_TYPES[e] for e in data["events"]))
+
+
+def phase_from_row(row: Sequence[Any]) -> Phase:
+    _, _, name, state, pct, msg, result, error, start, finish = row
+    return Phase(name=name, state=_PHASE_STATES[state], progress=Progress(pct, msg), result=result,
+                 error=error_from_json(error), start_time=start, finish_time=finish)
+
+
+def phase_params(job_id: str, index: int, phase: Phase) -> tuple[Any, ...]:
+    """Parameters for `UPDATE phases SET state, pct, msg, result, error, start, finish WHERE job, idx`."""
+    return (phase.state.value, phase.progress.percent, phase.progress.message, phase.result,
+            error_to_json(phase.error), phase.start_time, phase.finish_time, job_id, index)
+
+
+def job_from_row(row: Sequence[Any], phases: Iterable[Phase]) -> Job:
+    (id_, queue, kind, payload, priority, state, attempt, uncounted, max_attempts, timeout, pct, msg, error,
+     history, dedupe_key, labels, webhook, cancel_requested, cancel_reason, trace_parent, seq, create_time,
+     update_time, run_at, start_time, finish_time) = row
+    return Job(
+        id=id_, queue=queue, kind=kind, payload=payload, priority=priority, state=_STATES[state],
+        attempt=attempt, uncounted_attempts=uncounted, max_attempts=max_attempts, timeout=timeout,
+        progress=Progress(pct, msg), error=error_from_json(error),
+        error_history=tuple(_error_from_dict(e) for e in json.loads(history)),
+        dedupe_key=dedupe_key or "", labels=MappingProxyType(json.loads(labels)),
+        webhook=_webhook_from_json(webhook), cancel_requested=bool(cancel_requested),
+        cancel_reason=cancel_reason, trace_parent=trace_parent, last_sequence=seq, create_time=create_time,
+        update_time=update_time, run_at=run_at, start_time=start_time, finish_time=finish_time,
+        phases=tuple(phases),
+    )
+
+
+def event_from_row(row: Sequence[Any], queue: str, kind: str, job: Job | None) -> Event:
+    job_id, seq, type_, time, phase, detail = row
+    return Event(job_id=job_id, sequence=seq, type=_EVENT_TYPES[type_], time=time, queue=queue, kind=kind,
+                 phase=phase, detail=detail, job=job)

@@ -1,0 +1,80 @@
+"""Versioned migrations, applied in order at start; `PRAGMA user_version` records the last one."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, their phases, their events, and remembered request ids.
+    """
+    CREATE TABLE jobs (
+        id                 TEXT PRIMARY KEY,
+        queue              TEXT NOT NULL,
+        kind               TEXT NOT NULL,
+        payload            BLOB NOT NULL,
+        priority           INTEGER NOT NULL,
+        state              TEXT NOT NULL,
+        attempt            INTEGER NOT NULL DEFAULT 0,
+        uncounted_attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts       INTEGER NOT NULL,
+        timeout            REAL NOT NULL DEFAULT 0,
+        progress_pct       REAL NOT NULL DEFAULT 0,
+        progress_msg       TEXT NOT NULL DEFAULT '',
+        error              TEXT,
+        error_history      TEXT NOT NULL DEFAULT '[]',
+        dedupe_key         TEXT,
+        labels             TEXT NOT NULL DEFAULT '{}',
+        webhook            TEXT,
+        cancel_requested   INTEGER NOT NULL DEFAULT 0,
+        cancel_reason      TEXT NOT NULL DEFAULT '',
+        trace_parent       TEXT NOT NULL DEFAULT '',
+        seq                INTEGER NOT NULL DEFAULT 0,
+        create_time        REAL NOT NULL,
+        update_time        REAL NOT NULL,
+        run_at             REAL NOT NULL,
+        start_time         REAL,
+        finish_time        REAL,
+        lease_owner        TEXT,
+        lease_expires      REAL
+    ) STRICT;
+    CREATE INDEX jobs_ready ON jobs (priority DESC, run_at, id) WHERE state = 'QUEUED';
+    CREATE INDEX jobs_ready_by_queue ON jobs (queue, priority DESC, run_at, id) WHERE state = 'QUEUED';
+    CREATE INDEX jobs_waiting ON jobs (run_at) WHERE state IN ('SCHEDULED', 'RETRYING');
+    CREATE INDEX jobs_leases ON jobs (lease_expires) WHERE state = 'RUNNING';
+    CREATE INDEX jobs_by_state ON jobs (queue, state);
+    CREATE UNIQUE INDEX jobs_dedupe ON jobs (queue, dedupe_key)
+        WHERE dedupe_key IS NOT NULL AND state IN ('SCHEDULED', 'QUEUED', 'RUNNING', 'RETRYING');
+
+    CREATE TABLE phases (
+        job_id        TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        idx           INTEGER NOT NULL,
+        name          TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        progress_pct  REAL NOT NULL DEFAULT 0,
+        progress_msg  TEXT NOT NULL DEFAULT '',
+        result        BLOB NOT NULL DEFAULT x'',
+        error         TEXT,
+        start_time    REAL,
+        finish_time   REAL,
+        PRIMARY KEY (job_id, idx)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE events (
+        job_id  TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        type    TEXT NOT NULL,
+        time    REAL NOT NULL,
+        phase   TEXT NOT NULL DEFAULT '',
+        detail  TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (job_id, seq)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE requests (
+        request_id   TEXT PRIMARY KEY,
+        fingerprint  TEXT NOT NULL,
+        job_id       TEXT NOT NULL,
+        expires      REAL NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX requests_expiry ON requests (expires);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
