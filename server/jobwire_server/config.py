@@ -83,9 +83,11 @@ def _positive_int(name: str, value: Any) -> int:
 def _int(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name} must be an integer, got {value!r}") from None
 
 
@@ -268,17 +270,21 @@ def build_config(values: Mapping[str, Any], sources: Mapping[str, str] | None = 
         label = f"{key} (from {sources[key]})" if key in sources else key
         parsed[key] = _PARSERS[key](label, value)
     config = ServerConfig(**parsed)
-    _check_combination(config)
+    _check_combination(config, sources)
     return config
 
 
-def _check_combination(config: ServerConfig) -> None:
+def _check_combination(config: ServerConfig, sources: Mapping[str, str]) -> None:
+    def named(setting: str) -> str:
+        return f"{setting} (from {sources[setting]})" if setting in sources else setting
+
     if bool(config.tls_cert) != bool(config.tls_key):
-        raise ConfigError("tls_cert and tls_key must be given together")
+        given = "tls_cert" if config.tls_cert else "tls_key"
+        raise ConfigError(f"{named(given)} needs the other of tls_cert and tls_key")
     if config.tls_client_ca and not config.tls_cert:
-        raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        raise ConfigError(f"{named('tls_client_ca')} (mutual TLS) needs tls_cert and tls_key")
     if config.lease_ttl < 1:
-        raise ConfigError(f"lease_ttl must be at least 1 second, got {config.lease_ttl}")
+        raise ConfigError(f"{named('lease_ttl')} must be at least 1 second, got {config.lease_ttl}")
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -286,6 +292,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     section = data.get("server", data)

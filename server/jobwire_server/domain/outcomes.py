@@ -71,7 +71,8 @@ def decide(job: Job, phase_index: int, outcome: Outcome, now: float, policy: Ret
         if job.cancel_requested and phase_index + 1 < len(job.phases):
             return finish_phase_then_cancel(job, phase_index, outcome.result, now)
         return finish_phase(job, phase_index, outcome.result, now)
-    if isinstance(outcome, Cancelled):
+    if isinstance(outcome, Cancelled) or job.cancel_requested:
+        # A failure after a cancel request ends the job as the user asked, not in a retry.
         return finish_cancel(job, now)
     error = JobError(message=outcome.message, type=outcome.type, retryable=outcome.retryable,
                      phase=job.phases[phase_index].name if phase_index < len(job.phases) else "",

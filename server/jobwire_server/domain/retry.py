@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -15,10 +16,12 @@ class RetryPolicy:
     max_delay: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.base_delay < 0 or self.max_delay < self.base_delay:
+        if not (math.isfinite(self.base_delay) and math.isfinite(self.max_delay)
+                and 0 <= self.base_delay <= self.max_delay):
             raise ValueError("retry policy needs 0 <= base_delay <= max_delay")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(attempt - 1, 0))
+        # The exponent is capped so a very high attempt number cannot overflow a float.
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(max(attempt - 1, 0), 1023))
         draw: float = (rng or random).random()
         return ceiling / 2 + draw * ceiling / 2

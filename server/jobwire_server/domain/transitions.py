@@ -256,7 +256,7 @@ def rescue_expired(job: Job, error: JobError, now: float) -> JobChange:
     """The worker's lease ran out (it crashed): back to the queue; the attempt counts, so a job
     that kills its worker every time still ends in FAILED."""
     if job.attempts_left <= 0:
-        return fail(job, replace(error, retryable=False), now)
+        return fail(job, error, now)
     return _interrupt(job, error, now, Reason.LEASE_EXPIRED, counted=True)
 
 
@@ -282,15 +282,18 @@ def request_cancel(job: Job, reason: str, now: float) -> JobChange:
 def retry_by_user(job: Job, from_start: bool, now: float) -> JobChange:
     """RetryJob: back to the queue with a fresh attempt budget (the attempt number keeps rising,
     so a worker of an earlier attempt stays fenced out)."""
+    # Nothing left to resume (a STALE job that had succeeded): run it again from the start.
+    reset_all = from_start or job.next_phase >= len(job.phases)
+
     def reset(p: Phase) -> Phase:
-        if not from_start and p.state is PhaseState.SUCCEEDED:
+        if not reset_all and p.state is PhaseState.SUCCEEDED:
             return p
         return Phase(name=p.name)
 
     phases = tuple(reset(p) for p in job.phases)
-    changed = tuple(i for i, (old, p) in enumerate(zip(job.phases, phases, strict=True)) if old is not p)
+    changed = tuple(i for i, (old, p) in enumerate(zip(job.phases, phases, strict=True)) if old != p)
     new = replace(job, state=S.QUEUED, phases=phases, uncounted_attempts=job.attempt, cancel_requested=False,
-                  cancel_reason="", progress=Progress(_overall_percent(phases)) if not from_start else NO_PROGRESS,
+                  cancel_reason="", progress=Progress(_overall_percent(phases)) if not reset_all else NO_PROGRESS,
                   error=None, run_at=now, start_time=None, finish_time=None, update_time=now)
     guard = frozenset({S.FAILED, S.CANCELLED, S.STALE} | ({S.SUCCEEDED} if from_start else set()))
     detail = "retried from the start" if from_start else "retried from the first unfinished phase"

@@ -9,6 +9,7 @@ function of a `JobContext`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,11 +32,11 @@ class MalformedPayload(PermanentError):
 class JobContext:
     """What a phase handler sees of its job."""
 
-    __slots__ = ("_report", "attempt", "job_id", "kind", "labels", "payload", "phase", "queue", "results")
+    __slots__ = ("_loop", "_report", "attempt", "job_id", "kind", "labels", "payload", "phase", "queue", "results")
 
     def __init__(self, *, job_id: str, kind: str, queue: str, attempt: int, payload: bytes,
                  labels: Mapping[str, str], results: Mapping[str, bytes], phase: str,
-                 report: ProgressReporter) -> None:
+                 report: ProgressReporter, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.job_id = job_id
         self.kind = kind
         self.queue = queue
@@ -46,6 +47,7 @@ class JobContext:
         self.results = results
         self.phase = phase
         self._report = report
+        self._loop = loop
 
     def json(self) -> Any:
         """The payload decoded as JSON (an empty payload is None); undecodable → MalformedPayload."""
@@ -61,6 +63,12 @@ class JobContext:
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be within 0–100, got {percent}")
         await self._report(float(percent), message)
+
+    def progress_sync(self, percent: float, message: str = "", timeout: float = 30.0) -> None:
+        """`progress` for synchronous handlers, which run in a worker thread."""
+        if self._loop is None:
+            raise RuntimeError("this context has no event loop to report progress to")
+        asyncio.run_coroutine_threadsafe(self.progress(percent, message), self._loop).result(timeout)
 
 
 PhaseFunction = Callable[[JobContext], Awaitable[bytes | str | None]] | Callable[[JobContext], bytes | str | None]

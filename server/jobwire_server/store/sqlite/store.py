@@ -100,9 +100,13 @@ class SqliteJobStore:
 
     async def _connect(self) -> Conn:
         conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in ("journal_mode = WAL", f"synchronous = {self.synchronous}", "foreign_keys = ON",
-                       "busy_timeout = 5000"):
-            await conn.execute(f"PRAGMA {pragma}")
+        try:
+            for pragma in ("journal_mode = WAL", f"synchronous = {self.synchronous}", "foreign_keys = ON",
+                           "busy_timeout = 5000"):
+                await conn.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            await conn.close()  # its worker thread would otherwise keep the process alive
+            raise
         return conn
 
     async def _migrate(self, conn: Conn) -> None:

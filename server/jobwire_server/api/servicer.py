@@ -1,0 +1,210 @@
+"""`jobwire.v1.JobService` over grpc.aio: validate, call the job service, convert, map errors."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
+
+from jobwire_server.api.convert import event_to_proto, job_to_proto, snapshot_event, stats_to_proto
+from jobwire_server.api.errors import abort, abort_with, status_with
+from jobwire_server.api.validation import (
+    Limits,
+    encode_page_token,
+    enqueue_to_new_job,
+    list_request_to_query,
+    validate_job_id,
+    watch_events_filter,
+)
+from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.errors import FieldViolation, InvalidArgument, JobwireError
+from jobwire_server.domain.models import Event, Job, NewJob
+from jobwire_server.domain.queries import filters_digest
+from jobwire_server.domain.states import FINAL_EVENTS, TERMINAL_STATES, JobState
+from jobwire_server.engine.hub import EventFilter, Subscription
+from jobwire_server.engine.service import JobService
+from jobwire_server.handlers.registry import Registry
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = aio.ServicerContext[Any, Any]
+
+
+def _unary(method: Callable[[Any, Req, Context], Awaitable[Resp]]) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+    """Map domain errors to statuses in one place for unary RPCs."""
+
+    @functools.wraps(method)
+    async def call(self: Any, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except JobwireError as exc:
+            await abort(context, exc)
+
+    return call
+
+
+class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
+    def __init__(self, service: JobService, registry: Registry, clock: Clock, limits: Limits, *,
+                 max_watch_streams: int, page_secret: bytes | None = None) -> None:
+        self._service = service
+        self._registry = registry
+        self._clock = clock
+        self._limits = limits
+        self._max_watches = max_watch_streams
+        self._secret = page_secret or secrets.token_bytes(32)
+        self._watches = 0
+
+    # ------------------------------------------------------------------ writes
+
+    @_unary
+    async def Enqueue(self, request: jobwire_pb2.EnqueueRequest, context: Context) -> jobwire_pb2.EnqueueResponse:
+        new = enqueue_to_new_job(request, self._registry, self._clock.now(), self._limits)
+        (result,) = await self._service.enqueue([new])
+        return jobwire_pb2.EnqueueResponse(job=job_to_proto(result.job), deduplicated=result.deduplicated)
+
+    @_unary
+    async def EnqueueBatch(self, request: jobwire_pb2.EnqueueBatchRequest,
+                           context: Context) -> jobwire_pb2.EnqueueBatchResponse:
+        count = len(request.requests)
+        if not 1 <= count <= self._limits.max_batch:
+            raise InvalidArgument([FieldViolation("requests", f"must hold 1–{self._limits.max_batch} requests, "
+                                                              f"got {count}")])
+        now = self._clock.now()
+        new_jobs: list[NewJob] = []
+        violations: list[FieldViolation] = []
+        for index, item in enumerate(request.requests):
+            try:
+                new_jobs.append(enqueue_to_new_job(item, self._registry, now, self._limits,
+                                                   field_prefix=f"requests[{index}]."))
+            except InvalidArgument as exc:
+                violations.extend(exc.violations)
+        if violations:
+            raise InvalidArgument(violations)
+        results = await self._service.enqueue(new_jobs)
+        return jobwire_pb2.EnqueueBatchResponse(responses=[
+            jobwire_pb2.EnqueueResponse(job=job_to_proto(r.job), deduplicated=r.deduplicated) for r in results])
+
+    @_unary
+    async def CancelJob(self, request: jobwire_pb2.CancelJobRequest, context: Context) -> jobwire_pb2.Job:
+        job_id = validate_job_id(request.id)
+        if len(request.reason) > 1024:
+            raise InvalidArgument([FieldViolation("reason", "must be at most 1024 characters")])
+        return job_to_proto(await self._service.cancel(job_id, request.reason or "cancelled by user"))
+
+    @_unary
+    async def RetryJob(self, request: jobwire_pb2.RetryJobRequest, context: Context) -> jobwire_pb2.Job:
+        job_id = validate_job_id(request.id)
+        return job_to_proto(await self._service.retry(job_id, request.from_start))
+
+    # ------------------------------------------------------------------ reads
+
+    @_unary
+    async def GetJob(self, request: jobwire_pb2.GetJobRequest, context: Context) -> jobwire_pb2.Job:
+        return job_to_proto(await self._service.get(validate_job_id(request.id)))
+
+    @_unary
+    async def ListJobs(self, request: jobwire_pb2.ListJobsRequest, context: Context) -> jobwire_pb2.ListJobsResponse:
+        query = list_request_to_query(request, self._secret, limits=self._limits)
+        jobs, after = await self._service.list_jobs(query)
+        token = encode_page_token(after, filters_digest(query), self._secret) if after else ""
+        return jobwire_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=token)
+
+    @_unary
+    async def GetQueueStats(self, request: jobwire_pb2.GetQueueStatsRequest,
+                            context: Context) -> jobwire_pb2.GetQueueStatsResponse:
+        if request.queue:
+            watch_events_filter(jobwire_pb2.WatchEventsRequest(queues=[request.queue]))  # same name rules
+        stats = await self._service.queue_stats(request.queue)
+        return jobwire_pb2.GetQueueStatsResponse(queues=[stats_to_proto(s) for s in stats])
+
+    # ------------------------------------------------------------------ streams
+
+    async def WatchJob(self, request: jobwire_pb2.WatchJobRequest,
+                       context: Context) -> AsyncIterator[jobwire_pb2.JobEvent]:
+        try:
+            job_id = validate_job_id(request.id)
+        except JobwireError as exc:
+            await abort(context, exc)
+        await self._admit_watch(context)
+        # Subscribe before reading, so nothing committed in between is missed; duplicates are
+        # dropped by sequence number.
+        sub = self._service.hub.subscribe_job(job_id)
+        try:
+            try:
+                first, last, done = await self._watch_start(job_id, request.after_sequence)
+            except JobwireError as exc:
+                await abort(context, exc)
+            for message in first:
+                yield message
+            if done:
+                return
+            async for event in self._live(sub, context, last):
+                yield event_to_proto(event)
+                if event.type in FINAL_EVENTS:
+                    return
+        finally:
+            sub.close()
+            self._watches -= 1
+
+    async def _watch_start(self, job_id: str, after: int) -> tuple[list[jobwire_pb2.JobEvent], int, bool]:
+        """(messages to send first, last sequence sent, whether the stream ends after them)."""
+        job = await self._service.get(job_id)
+        if not after:
+            return [snapshot_event(job)], job.last_sequence, _finished(job)
+        if after > job.last_sequence:
+            raise InvalidArgument([FieldViolation(
+                "after_sequence", f"job {job_id} has no event {after}; its last is {job.last_sequence}")])
+        events = await self._service.events_after(job_id, after)
+        last = events[-1].sequence if events else after
+        done = _finished(job) and last >= job.last_sequence
+        return [event_to_proto(e) for e in events], last, done
+
+    async def WatchEvents(self, request: jobwire_pb2.WatchEventsRequest,
+                          context: Context) -> AsyncIterator[jobwire_pb2.JobEvent]:
+        try:
+            queues, kinds, types = watch_events_filter(request)
+        except JobwireError as exc:
+            await abort(context, exc)
+        await self._admit_watch(context)
+        sub = self._service.hub.subscribe_all(EventFilter(queues, kinds, types))
+        try:
+            async for event in self._live(sub, context, 0):
+                yield event_to_proto(event)
+        finally:
+            sub.close()
+            self._watches -= 1
+
+    async def _admit_watch(self, context: Context) -> None:
+        if self._watches >= self._max_watches:
+            await abort_with(context, status_with(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many watch streams (limit {self._max_watches}); retry later",
+                "TOO_MANY_STREAMS"))
+        self._watches += 1
+
+    async def _live(self, sub: Subscription, context: Context, last: int) -> AsyncIterator[Event]:
+        """Events from the hub after sequence `last`, until the subscription ends."""
+        while True:
+            event = await sub.next()
+            if event is None:
+                break
+            if sub.job_id is not None and event.sequence <= last:
+                continue
+            last = event.sequence
+            yield event
+        if sub.overflowed:
+            await abort_with(context, status_with(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"watcher fell more than {self._service.hub.capacity} events behind; resume after sequence {last}",
+                "WATCH_TOO_SLOW", {"last_sequence": str(last)}))
+        await abort_with(context, status_with(
+            grpc.StatusCode.UNAVAILABLE, "the server is shutting down; resume on another replica",
+            "SHUTTING_DOWN", {"last_sequence": str(last)}))
+
+
+def _finished(job: Job) -> bool:
+    return job.state in TERMINAL_STATES or job.state is JobState.STALE

@@ -1,0 +1,157 @@
+"""Wires the service together and runs its two-phase start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
+
+from jobwire_server.api.servicer import JobServicer
+from jobwire_server.api.validation import Limits
+from jobwire_server.config import ServerConfig
+from jobwire_server.domain.clock import Clock, SystemClock
+from jobwire_server.domain.states import JobState
+from jobwire_server.engine.dispatcher import Dispatcher
+from jobwire_server.engine.executor import Executor
+from jobwire_server.engine.hub import WatchHub
+from jobwire_server.engine.leases import LeaseKeeper
+from jobwire_server.engine.service import JobService
+from jobwire_server.engine.writer import ChangeWriter
+from jobwire_server.handlers.registry import Registry, build_registry
+from jobwire_server.store.base import Committed
+from jobwire_server.store.sqlite import SqliteJobStore
+
+log = logging.getLogger("jobwire")
+
+SERVICE_NAME = jobwire_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+#: The gRPC server's own grace after the drain: in-flight unary calls finish, streams end.
+SERVER_STOP_GRACE = 1.0
+
+
+class StartupError(Exception):
+    """The service cannot start (bad database, port in use…); the message is one line."""
+
+
+class App:
+    """One jobwire process. `start()` and `stop()` are idempotent."""
+
+    def __init__(self, config: ServerConfig, *, clock: Clock | None = None, registry: Registry | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.registry = registry or build_registry(config.handlers, builtins=config.builtin_kinds)
+        self.owner = f"jobwire-{secrets.token_hex(6)}"
+        self.store = SqliteJobStore(config.db, synchronous=config.synchronous)
+        self.hub = WatchHub(config.watch_buffer)
+        self.writer = ChangeWriter(self.store, self.hub, self._after_commit)
+        self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
+                                 queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
+                                 on_slot_free=self._slot_freed)
+        self.dispatcher = Dispatcher(self.store, self.executor, self.hub, self.clock, owner=self.owner,
+                                     lease_ttl=config.lease_ttl)
+        self.leases = LeaseKeeper(self.store, self.hub, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
+                                  running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake)
+        self.service = JobService(self.store, self.hub, self.dispatcher, self.executor, self.clock,
+                                  request_ttl=config.request_id_ttl)
+        self.health = health.aio.HealthServicer()
+        self.server: aio.Server | None = None
+        self.port = 0
+        self._state = "new"
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        if self._state != "new":
+            return
+        self._state = "starting"
+        await self.store.open()
+        try:
+            await self._start_server()
+        except BaseException:
+            await self.store.close()
+            raise
+        self.writer.start()
+        self.dispatcher.start()
+        self.leases.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._state = "serving"
+        log.info("jobwire serving on %s:%d (db %s, concurrency %d, kinds: %s)", self.config.host, self.port,
+                 self.config.db, self.config.concurrency, ", ".join(sorted(k.name for k in self.registry)))
+
+    async def _start_server(self) -> None:
+        cfg = self.config
+        server = aio.server(options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+            ("grpc.keepalive_time_ms", int(cfg.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ])
+        servicer = JobServicer(self.service, self.registry, self.clock,
+                               Limits(max_payload_bytes=cfg.max_payload_bytes),
+                               max_watch_streams=cfg.max_watch_streams)
+        jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        try:
+            self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {cfg.listen}: {exc} (is the port in use?)") from None
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {cfg.listen} (is the port in use?)")
+        await server.start()
+        self.server = server
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, stop claiming, drain, requeue the rest, stop gRPC, close the store."""
+        if self._state in ("stopping", "stopped"):
+            await self._stopped.wait()
+            return
+        if self._state == "new":
+            self._state = "stopped"
+            self._stopped.set()
+            return
+        self._state = "stopping"
+        try:
+            await self.health.enter_graceful_shutdown()
+            self.service.accepting = False
+            await self.dispatcher.stop_claiming()
+            cfg = self.config
+            drain = max(0.0, cfg.shutdown_grace - min(cfg.cancel_grace, cfg.shutdown_grace / 2))
+            await self.executor.drain(drain)
+            self.hub.close_all()
+            if self.server is not None:
+                await self.server.stop(SERVER_STOP_GRACE)
+            await self.leases.stop()
+            await self.writer.stop()
+        finally:
+            await self.store.close()
+            self._state = "stopped"
+            self._stopped.set()
+            log.info("jobwire stopped")
+
+    # ------------------------------------------------------------------ engine callbacks
+
+    def _slot_freed(self) -> None:
+        if self.service.accepting:
+            self.dispatcher.wake()
+
+    def _after_commit(self, committed: list[Committed]) -> None:
+        for item in committed:
+            if item.job.state is JobState.RETRYING:
+                self.dispatcher.note_wakeup(item.job.run_at)
+            elif item.job.state is JobState.QUEUED and self.service.accepting:
+                self.dispatcher.wake()

@@ -1,0 +1,84 @@
+"""The `jobwire` command: `jobwire serve` runs the service; the other commands are its client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from jobwire_server.config import ConfigError, ServerConfig, add_serve_arguments, load_config
+from jobwire_server.logs import configure_logging
+
+log = logging.getLogger("jobwire")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobwire",
+        description="jobwire: a job-control service. Enqueue, watch, cancel and retry jobs over gRPC.",
+        epilog="Run `jobwire COMMAND --help` for the options of a command.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the service",
+        description="Run the jobwire service. Settings come from flags, then JOBWIRE_* environment variables, "
+                    "then the TOML file given by --config, then defaults.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
+    try:
+        from jobwire.cli import add_client_commands  # noqa: PLC0415 - the client CLI is optional
+    except ImportError:
+        pass
+    else:
+        add_client_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(vars(args), config_file=args.config)
+    except ConfigError as exc:
+        print(f"jobwire: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(config.log_format, config.log_level)
+    if not config.is_loopback() and not config.tokens_file and not config.allow_unauthenticated:
+        print(f"jobwire: error: refusing to listen on {config.listen} without authentication: configure "
+              "--tokens-file, or pass --allow-unauthenticated if the network is trusted", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_serve_until_signalled(config))
+
+
+async def _serve_until_signalled(config: ServerConfig) -> int:
+    from jobwire_server.app import App, StartupError  # noqa: PLC0415 - keeps `jobwire --help` fast
+    from jobwire_server.domain.errors import SchemaTooNew  # noqa: PLC0415
+    from jobwire_server.handlers.registry import HandlerImportError  # noqa: PLC0415
+    from jobwire_server.store.sqlite.store import StoreError  # noqa: PLC0415
+
+    try:
+        app = App(config)
+        await app.start()
+    except (StartupError, StoreError, SchemaTooNew, HandlerImportError) as exc:
+        print(f"jobwire: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining (grace %.1fs)", config.shutdown_grace)
+    await app.stop()
+    return 0

@@ -1,0 +1,1 @@
+"""Long-lived services: dispatcher, executor, change writer, watch hub, lease keeper."""

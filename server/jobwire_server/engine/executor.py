@@ -1,0 +1,238 @@
+"""The worker pool and phase runner.
+
+Each claimed job gets a runner task that runs its phases in order. A phase runs as its own task
+so the runner can enforce the phase timeout, deliver a cancel request as ``CancelledError``, and
+abandon a handler that ignores it after a grace period. Every outcome goes through the domain's
+``decide`` and is written by the change writer, fenced by the attempt number: once a job has been
+cancelled, rescued or interrupted, nothing a late handler returns is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.models import Job, JobError
+from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome, Succeeded, decide, failure_from_exception
+from jobwire_server.domain.retry import RetryPolicy
+from jobwire_server.domain.states import JobState
+from jobwire_server.domain.transitions import JobChange, interrupt_by_shutdown, report_progress
+from jobwire_server.engine.writer import ChangeWriter
+from jobwire_server.handlers.kind import JobContext, Kind, PhaseFunction
+from jobwire_server.handlers.registry import Registry
+
+log = logging.getLogger("jobwire.executor")
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class _Interrupted:
+    """The phase was stopped because the server is shutting down."""
+
+
+@dataclass(eq=False)
+class Running:
+    """A job this process is running."""
+
+    job: Job
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: bool = False
+    shutdown: bool = False
+
+
+class Executor:
+    def __init__(self, registry: Registry, writer: ChangeWriter, clock: Clock, *, concurrency: int,
+                 queue_limits: dict[str, int], cancel_grace: float, on_slot_free: Callable[[], None]) -> None:
+        self._registry = registry
+        self._writer = writer
+        self._clock = clock
+        self.concurrency = concurrency
+        self._queue_limits = dict(queue_limits)
+        self._cancel_grace = cancel_grace
+        self._on_slot_free = on_slot_free
+        self._running: dict[str, Running] = {}
+        self._per_queue: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ capacity
+
+    def free_slots(self) -> int:
+        return max(0, self.concurrency - len(self._running))
+
+    def queue_room(self) -> dict[str, int]:
+        return {q: max(0, limit - self._per_queue.get(q, 0)) for q, limit in self._queue_limits.items()}
+
+    def running_ids(self) -> list[str]:
+        return list(self._running)
+
+    # ------------------------------------------------------------------ control
+
+    def start(self, job: Job) -> None:
+        """Run a job the dispatcher just claimed."""
+        entry = Running(job)
+        self._running[job.id] = entry
+        self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
+        self._idle.clear()
+        entry.task = asyncio.create_task(self._run(entry), name=f"job-{job.id}")
+
+    def request_cancel(self, job_id: str, reason: str) -> bool:
+        """Deliver a cancel request (already recorded in the store) to the running handler."""
+        entry = self._running.get(job_id)
+        if entry is None:
+            return False
+        entry.cancel_requested = True
+        entry.job = replace(entry.job, cancel_requested=True, cancel_reason=reason)
+        entry.stop.set()
+        return True
+
+    async def drain(self, budget: float) -> None:
+        """Give running jobs `budget` seconds to finish, then interrupt the rest (back to the queue)."""
+        tasks = [e.task for e in self._running.values() if e.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=budget)
+        rest = list(self._running.values())
+        for entry in rest:
+            entry.shutdown = True
+            entry.stop.set()
+        tasks = [e.task for e in rest if e.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._cancel_grace + 5.0)
+        if self._running:
+            log.warning("%d job runners did not stop; their leases will expire and the rescuer will requeue them",
+                        len(self._running))
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # ------------------------------------------------------------------ running
+
+    async def _run(self, entry: Running) -> None:
+        try:
+            await self._run_phases(entry)
+        except Exception:
+            log.exception("runner of job %s crashed; its lease will expire and it will be retried", entry.job.id)
+        finally:
+            del self._running[entry.job.id]
+            self._per_queue[entry.job.queue] -= 1
+            if not self._running:
+                self._idle.set()
+            self._on_slot_free()
+
+    async def _run_phases(self, entry: Running) -> None:
+        kind = self._registry.get(entry.job.kind)
+        while entry.job.state is JobState.RUNNING:
+            index = entry.job.next_phase
+            outcome = await self._run_phase(entry, kind, index)
+            committed = await self._writer.submit(self._change_for(entry, kind, index, outcome))
+            if committed is None:
+                log.info("job %s changed under attempt %d; outcome dropped", entry.job.id, entry.job.attempt)
+                return
+            entry.job = committed.job if not entry.cancel_requested else replace(
+                committed.job, cancel_requested=True, cancel_reason=entry.job.cancel_reason)
+            if entry.job.state is JobState.RUNNING and (entry.cancel_requested or entry.shutdown):
+                # A cancel or shutdown arrived while the phase boundary was being written.
+                outcome = _Interrupted() if entry.shutdown and not entry.cancel_requested else Cancelled()
+                index = entry.job.next_phase
+                committed = await self._writer.submit(self._change_for(entry, kind, index, outcome))
+                if committed is not None:
+                    entry.job = committed.job
+                return
+
+    def _change_for(self, entry: Running, kind: Kind | None, index: int, outcome: Outcome | _Interrupted) -> JobChange:
+        now = self._clock.now()
+        job = entry.job
+        if isinstance(outcome, _Interrupted):
+            phase = job.phases[index].name if index < len(job.phases) else ""
+            error = JobError("interrupted by server shutdown", "SHUTDOWN", True, phase, job.attempt, True, now)
+            return interrupt_by_shutdown(job, error, now)
+        return decide(job, index, outcome, now, kind.retry if kind is not None else DEFAULT_POLICY)
+
+    async def _run_phase(self, entry: Running, kind: Kind | None, index: int) -> Outcome | _Interrupted:
+        job = entry.job
+        if kind is None:
+            return Failed(f"no handler for kind {job.kind!r} on this server", "UNKNOWN_KIND", retryable=False)
+        phase = job.phases[index]
+        function = kind.function_for(phase.name)
+        if function is None:
+            return Failed(f"kind {job.kind!r} has no phase {phase.name!r}", "UNKNOWN_PHASE", retryable=False)
+        if entry.stop.is_set():
+            return Cancelled() if entry.cancel_requested else _Interrupted()
+        task = asyncio.ensure_future(self._call(function, self._context(entry, index)))
+        stopper = asyncio.ensure_future(entry.stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, timeout=job.timeout or None,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task in done:
+            return _outcome_of(task, entry)
+        task.cancel()
+        await asyncio.wait({task}, timeout=self._cancel_grace)
+        if not task.done():
+            log.warning("handler of job %s phase %s ignored cancellation for %.1fs; abandoned",
+                        job.id, phase.name, self._cancel_grace)
+            task.add_done_callback(_discard_result)
+        if entry.cancel_requested:
+            return Cancelled()
+        if entry.shutdown:
+            return _Interrupted()
+        return Failed(f"phase {phase.name!r} exceeded its timeout of {job.timeout:g}s", "TIMEOUT", retryable=True)
+
+    def _context(self, entry: Running, index: int) -> JobContext:
+        job = entry.job
+        loop = asyncio.get_running_loop()
+
+        async def report(percent: float, message: str) -> None:
+            change = report_progress(entry.job, index, percent, message, self._clock.now())
+            committed = await self._writer.submit(change)
+            if committed is None:
+                raise asyncio.CancelledError("job changed under this attempt")
+            entry.job = committed.job if not entry.cancel_requested else replace(
+                committed.job, cancel_requested=True, cancel_reason=entry.job.cancel_reason)
+
+        return JobContext(job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempt, payload=job.payload,
+                          labels=job.labels, results=job.results, phase=job.phases[index].name, report=report,
+                          loop=loop)
+
+    @staticmethod
+    async def _call(function: PhaseFunction, ctx: JobContext) -> bytes:
+        if inspect.iscoroutinefunction(function):
+            value = await function(ctx)
+        else:
+            value = await asyncio.to_thread(function, ctx)
+        return _to_bytes(value)
+
+
+def _to_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    try:
+        return json.dumps(value, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"phase returned a {type(value).__name__}, which is not bytes, str or JSON") from exc
+
+
+def _outcome_of(task: asyncio.Future[bytes], entry: Running) -> Outcome | _Interrupted:
+    if task.cancelled():
+        if entry.cancel_requested:
+            return Cancelled()
+        return _Interrupted() if entry.shutdown else Failed("phase was cancelled", "CancelledError", True)
+    exc = task.exception()
+    if exc is not None:
+        return failure_from_exception(exc)
+    return Succeeded(task.result())
+
+
+def _discard_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieve it so an abandoned handler's late error is not reported as unhandled

@@ -1,0 +1,77 @@
+"""The job service: the operations the API offers, on top of the store and the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jobwire_server.domain.actions import plan_cancel, plan_retry
+from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.errors import ShuttingDown
+from jobwire_server.domain.models import Event, Job, NewJob, QueueStats
+from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.states import JobState
+from jobwire_server.engine.dispatcher import Dispatcher
+from jobwire_server.engine.executor import Executor
+from jobwire_server.engine.hub import WatchHub
+from jobwire_server.store.base import InsertResult, JobStore
+
+
+class JobService:
+    def __init__(self, store: JobStore, hub: WatchHub, dispatcher: Dispatcher, executor: Executor, clock: Clock,
+                 *, request_ttl: float) -> None:
+        self.store = store
+        self.hub = hub
+        self._dispatcher = dispatcher
+        self._executor = executor
+        self._clock = clock
+        self._request_ttl = request_ttl
+        self.accepting = True
+
+    def _check_open(self) -> None:
+        if not self.accepting:
+            raise ShuttingDown
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
+        """Insert (durably) and wake the dispatcher; the reply is sent after the commit."""
+        self._check_open()
+        results = await self.store.insert_jobs(jobs, self._clock.now(), self._request_ttl)
+        wake = False
+        for result in results:
+            self.hub.publish(result.events)
+            if result.created and result.job.state is JobState.SCHEDULED:
+                self._dispatcher.note_wakeup(result.job.run_at)
+            wake = wake or result.created
+        if wake:
+            self._dispatcher.wake()
+        return results
+
+    async def get(self, job_id: str) -> Job:
+        return await self.store.get_job(job_id)
+
+    async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
+        return await self.store.list_jobs(query)
+
+    async def cancel(self, job_id: str, reason: str) -> Job:
+        self._check_open()
+        now = self._clock.now()
+        job, committed = await self.store.update_job(job_id, lambda j: plan_cancel(j, reason, now))
+        if committed is not None:
+            self.hub.publish(committed.events)
+            if job.state is JobState.RUNNING:
+                self._executor.request_cancel(job.id, reason)
+        return job
+
+    async def retry(self, job_id: str, from_start: bool) -> Job:
+        self._check_open()
+        now = self._clock.now()
+        job, committed = await self.store.update_job(job_id, lambda j: plan_retry(j, from_start, now))
+        if committed is not None:
+            self.hub.publish(committed.events)
+            self._dispatcher.wake()
+        return job
+
+    async def events_after(self, job_id: str, sequence: int, limit: int = 10_000) -> list[Event]:
+        return await self.store.events_after(job_id, sequence, limit)
+
+    async def queue_stats(self, queue: str) -> list[QueueStats]:
+        return await self.store.queue_stats(queue, self._clock.now())
