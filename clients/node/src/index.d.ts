@@ -1,0 +1,171 @@
+// Type declarations for @jobwire/client (hand-written; message shapes follow proto-loader's output:
+// camelCase fields, enums as names, 64-bit integers as decimal strings, bytes as Buffers).
+
+import type * as grpcNs from '@grpc/grpc-js';
+
+export const grpc: typeof grpcNs;
+export const DEFAULT_PROTO_DIR: string;
+
+export type JobState =
+  | 'JOB_STATE_UNSPECIFIED' | 'JOB_STATE_SCHEDULED' | 'JOB_STATE_QUEUED' | 'JOB_STATE_RUNNING'
+  | 'JOB_STATE_RETRYING' | 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED'
+  | 'JOB_STATE_STALE';
+
+export type PhaseState =
+  | 'PHASE_STATE_UNSPECIFIED' | 'PHASE_STATE_PENDING' | 'PHASE_STATE_RUNNING'
+  | 'PHASE_STATE_SUCCEEDED' | 'PHASE_STATE_FAILED' | 'PHASE_STATE_CANCELLED';
+
+export type EventType =
+  | 'EVENT_TYPE_UNSPECIFIED' | 'EVENT_TYPE_SNAPSHOT' | 'EVENT_TYPE_ENQUEUED' | 'EVENT_TYPE_STARTED'
+  | 'EVENT_TYPE_PHASE_STARTED' | 'EVENT_TYPE_PROGRESS' | 'EVENT_TYPE_PHASE_SUCCEEDED'
+  | 'EVENT_TYPE_PHASE_FAILED' | 'EVENT_TYPE_RETRY_SCHEDULED' | 'EVENT_TYPE_SUCCEEDED'
+  | 'EVENT_TYPE_FAILED' | 'EVENT_TYPE_CANCEL_REQUESTED' | 'EVENT_TYPE_CANCELLED'
+  | 'EVENT_TYPE_INTERRUPTED' | 'EVENT_TYPE_STALE' | 'EVENT_TYPE_DELETED'
+  | 'EVENT_TYPE_WEBHOOK_DELIVERED' | 'EVENT_TYPE_WEBHOOK_FAILED' | 'EVENT_TYPE_QUEUED';
+
+/** google.protobuf.Timestamp / Duration as proto-loader returns them. */
+export interface Timestamp { seconds: string; nanos: number }
+export type Duration = Timestamp;
+
+export interface Progress { percent: number; message: string }
+
+export interface JobError {
+  message: string;
+  type: string;
+  retryable: boolean;
+  phase: string;
+  attempt: number;
+  interrupted: boolean;
+  time: Timestamp | null;
+}
+
+export interface Phase {
+  name: string;
+  state: PhaseState;
+  progress: Progress | null;
+  result: Buffer;
+  error: JobError | null;
+  startTime: Timestamp | null;
+  finishTime: Timestamp | null;
+}
+
+export interface WebhookConfig { url: string; events?: EventType[] }
+
+export interface Job {
+  id: string;
+  queue: string;
+  kind: string;
+  payload: Buffer;
+  priority: number;
+  state: JobState;
+  attempt: number;
+  maxAttempts: number;
+  phases: Phase[];
+  progress: Progress | null;
+  result: Buffer;
+  error: JobError | null;
+  errorHistory: JobError[];
+  dedupeKey: string;
+  labels: Record<string, string>;
+  webhook: Required<WebhookConfig> | null;
+  cancelRequested: boolean;
+  cancelReason: string;
+  createTime: Timestamp | null;
+  updateTime: Timestamp | null;
+  runAt: Timestamp | null;
+  startTime: Timestamp | null;
+  finishTime: Timestamp | null;
+  /** uint64 as a decimal string. */
+  lastSequence: string;
+  timeout: Duration | null;
+}
+
+export interface JobEvent {
+  jobId: string;
+  /** uint64 as a decimal string; compare with BigInt(). */
+  sequence: string;
+  type: EventType;
+  time: Timestamp | null;
+  phase: string;
+  /** Null on DELETED. */
+  job: Job | null;
+  detail: string;
+}
+
+export interface TlsOptions {
+  rootCerts?: Buffer | null;
+  privateKey?: Buffer | null;
+  certChain?: Buffer | null;
+}
+
+export interface ClientOptions {
+  /** Bearer token sent as `authorization: Bearer <token>`. */
+  token?: string;
+  /** false/undefined: plaintext; true: TLS with system roots; object: custom CA and/or mTLS. */
+  tls?: boolean | TlsOptions;
+  /** Deadline applied to every unary call, in milliseconds. */
+  timeoutMs?: number;
+  channelOptions?: grpcNs.ChannelOptions;
+  /** Folder holding jobwire/v1/jobwire.proto; defaults to the repository's proto/ folder. */
+  protoDir?: string;
+}
+
+export interface EnqueueOptions {
+  /** Buffer/Uint8Array sent as is, string as UTF-8, anything else as JSON. */
+  payload?: Buffer | Uint8Array | string | unknown;
+  queue?: string;
+  priority?: number;
+  delaySeconds?: number;
+  runAt?: Date | number | string | Timestamp;
+  maxAttempts?: number;
+  timeoutSeconds?: number;
+  labels?: Record<string, string>;
+  dedupeKey?: string;
+  requestId?: string;
+  webhook?: WebhookConfig;
+}
+
+export interface EventStream extends AsyncIterableIterator<JobEvent> {
+  /** Cancels the call; the iterator then ends without an error. */
+  cancel(): void;
+}
+
+export interface FieldViolation { field: string; description: string }
+
+export class JobwireError extends Error {
+  /** gRPC status code number. */
+  readonly code: number;
+  /** gRPC status code name, e.g. "NOT_FOUND". */
+  readonly codeName: string;
+  /** The server's human-readable status message. */
+  readonly details: string;
+  /** google.rpc.ErrorInfo reason (stable, e.g. "JOB_NOT_FOUND"); null when none was sent. */
+  readonly reason: string | null;
+  readonly domain: string | null;
+  readonly errorMetadata: Record<string, string>;
+  /** google.rpc.BadRequest field violations, if any. */
+  readonly fieldViolations: FieldViolation[];
+  readonly metadata: grpcNs.Metadata | null;
+}
+
+export interface StatusDetails {
+  code: number;
+  message: string;
+  details: { typeUrl: string; value: Buffer }[];
+}
+
+export function decodeStatusDetails(buf: Buffer): StatusDetails | null;
+export function timestampToDate(ts: Timestamp | null | undefined): Date | null;
+
+export class JobwireClient {
+  constructor(target: string, options?: ClientOptions);
+  waitForReady(timeoutMs?: number): Promise<void>;
+  enqueue(kind: string, options?: EnqueueOptions): Promise<{ job: Job; deduplicated: boolean }>;
+  get(id: string): Promise<Job>;
+  cancel(id: string, reason?: string): Promise<Job>;
+  retry(id: string, options?: { fromStart?: boolean }): Promise<Job>;
+  watch(id: string, options?: { afterSequence?: number | string | bigint }): EventStream;
+  close(): void;
+}
+
+export default JobwireClient;

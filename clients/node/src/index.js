@@ -1,0 +1,440 @@
+// @jobwire/client: a small Node.js client for jobwire.v1.JobService.
+//
+// The contract is loaded at runtime from the repository's proto/jobwire/v1/jobwire.proto with
+// @grpc/proto-loader, so this client always speaks exactly the committed contract.
+//
+// Message objects use proto-loader's conventions: camelCase field names, enums as their names
+// (e.g. "JOB_STATE_QUEUED"), 64-bit integers as decimal strings (e.g. `sequence`, `lastSequence`),
+// bytes as Buffers, Timestamps/Durations as `{seconds: string, nanos: number}`, unset message
+// fields as null and unset scalars as their defaults.
+
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+
+/** Directory holding `jobwire/v1/jobwire.proto` (the repository's proto/ folder). */
+export const DEFAULT_PROTO_DIR = path.resolve(HERE, '..', '..', '..', 'proto');
+const PROTO_FILE = 'jobwire/v1/jobwire.proto';
+
+const LOADER_OPTIONS = Object.freeze({
+  keepCase: false,
+  longs: String,
+  enums: String,
+  bytes: Buffer,
+  defaults: true,
+  arrays: true,
+  objects: false,
+  oneofs: true,
+});
+
+const serviceCache = new Map();
+
+function loadService(protoDir) {
+  let ctor = serviceCache.get(protoDir);
+  if (!ctor) {
+    // google/protobuf/{timestamp,duration}.proto are bundled with protobufjs/proto-loader.
+    const def = protoLoader.loadSync(PROTO_FILE, { ...LOADER_OPTIONS, includeDirs: [protoDir] });
+    ctor = grpc.loadPackageDefinition(def).jobwire.v1.JobService;
+    serviceCache.set(protoDir, ctor);
+  }
+  return ctor;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/** Status code number -> name, e.g. 5 -> "NOT_FOUND". */
+const CODE_NAMES = Object.fromEntries(
+  Object.entries(grpc.status).filter(([, v]) => typeof v === 'number').map(([k, v]) => [v, k]),
+);
+
+/**
+ * Error raised for every failed call. `code` is the gRPC status number, `codeName` its name,
+ * `details` the server's (human) message, `reason`/`domain`/`errorMetadata` come from the
+ * google.rpc.ErrorInfo detail when the server sent one (match on `reason`, it is stable), and
+ * `fieldViolations` from a google.rpc.BadRequest detail.
+ */
+export class JobwireError extends Error {
+  constructor({ code, details, metadata, reason = null, domain = null, errorMetadata = {}, fieldViolations = [], cause }) {
+    super(`${CODE_NAMES[code] ?? code}: ${details}${reason ? ` [${reason}]` : ''}`, cause ? { cause } : undefined);
+    this.name = 'JobwireError';
+    this.code = code;
+    this.codeName = CODE_NAMES[code] ?? String(code);
+    this.details = details;
+    this.reason = reason;
+    this.domain = domain;
+    this.errorMetadata = errorMetadata;
+    this.fieldViolations = fieldViolations;
+    this.metadata = metadata ?? null;
+  }
+}
+
+// A tiny protobuf wire-format reader, enough for google.rpc.Status and its details.
+function* readFields(buf) {
+  let pos = 0;
+  const varint = () => {
+    let result = 0n;
+    let shift = 0n;
+    for (;;) {
+      if (pos >= buf.length) throw new Error('truncated varint');
+      const b = buf[pos++];
+      result |= BigInt(b & 0x7f) << shift;
+      if ((b & 0x80) === 0) return result;
+      shift += 7n;
+    }
+  };
+  while (pos < buf.length) {
+    const key = Number(varint());
+    const field = key >>> 3;
+    const wire = key & 7;
+    if (wire === 0) yield { field, wire, value: varint() };
+    else if (wire === 2) {
+      const len = Number(varint());
+      if (pos + len > buf.length) throw new Error('truncated field');
+      yield { field, wire, value: buf.subarray(pos, pos + len) };
+      pos += len;
+    } else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else throw new Error(`unsupported wire type ${wire}`);
+  }
+}
+
+const utf8 = (b) => Buffer.from(b).toString('utf8');
+
+function decodeErrorInfo(buf) {
+  const out = { reason: '', domain: '', metadata: {} };
+  for (const f of readFields(buf)) {
+    if (f.wire !== 2) continue;
+    if (f.field === 1) out.reason = utf8(f.value);
+    else if (f.field === 2) out.domain = utf8(f.value);
+    else if (f.field === 3) {
+      let k = '';
+      let v = '';
+      for (const e of readFields(f.value)) {
+        if (e.wire !== 2) continue;
+        if (e.field === 1) k = utf8(e.value);
+        else if (e.field === 2) v = utf8(e.value);
+      }
+      out.metadata[k] = v;
+    }
+  }
+  return out;
+}
+
+function decodeBadRequest(buf) {
+  const violations = [];
+  for (const f of readFields(buf)) {
+    if (f.field !== 1 || f.wire !== 2) continue;
+    const v = { field: '', description: '' };
+    for (const g of readFields(f.value)) {
+      if (g.wire !== 2) continue;
+      if (g.field === 1) v.field = utf8(g.value);
+      else if (g.field === 2) v.description = utf8(g.value);
+    }
+    violations.push(v);
+  }
+  return violations;
+}
+
+/** Decodes a `grpc-status-details-bin` value (google.rpc.Status); null if it is malformed. */
+export function decodeStatusDetails(buf) {
+  try {
+    const status = { code: 0, message: '', details: [] };
+    for (const f of readFields(buf)) {
+      if (f.field === 1 && f.wire === 0) status.code = Number(f.value);
+      else if (f.field === 2 && f.wire === 2) status.message = utf8(f.value);
+      else if (f.field === 3 && f.wire === 2) {
+        const any = { typeUrl: '', value: Buffer.alloc(0) };
+        for (const g of readFields(f.value)) {
+          if (g.wire !== 2) continue;
+          if (g.field === 1) any.typeUrl = utf8(g.value);
+          else if (g.field === 2) any.value = Buffer.from(g.value);
+        }
+        status.details.push(any);
+      }
+    }
+    return status;
+  } catch {
+    return null;
+  }
+}
+
+function toJobwireError(err) {
+  if (err instanceof JobwireError) return err;
+  if (typeof err?.code !== 'number') {
+    return new JobwireError({ code: grpc.status.UNKNOWN, details: String(err?.message ?? err), cause: err });
+  }
+  const fields = { code: err.code, details: err.details ?? err.message ?? '', metadata: err.metadata, cause: err };
+  const raw = err.metadata?.get?.('grpc-status-details-bin')?.[0];
+  const status = raw ? decodeStatusDetails(Buffer.from(raw)) : null;
+  for (const any of status?.details ?? []) {
+    const type = any.typeUrl.slice(any.typeUrl.lastIndexOf('/') + 1);
+    try {
+      if (type === 'google.rpc.ErrorInfo' && fields.reason === undefined) {
+        const info = decodeErrorInfo(any.value);
+        fields.reason = info.reason;
+        fields.domain = info.domain;
+        fields.errorMetadata = info.metadata;
+      } else if (type === 'google.rpc.BadRequest') {
+        fields.fieldViolations = decodeBadRequest(any.value);
+      }
+    } catch {
+      // A detail we cannot decode is ignored; code and details are still reported.
+    }
+  }
+  return new JobwireError(fields);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request conversion
+
+function toPayload(payload) {
+  if (payload === undefined || payload === null) return Buffer.alloc(0);
+  if (Buffer.isBuffer(payload)) return payload;
+  if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  if (typeof payload === 'string') return Buffer.from(payload, 'utf8');
+  return Buffer.from(JSON.stringify(payload), 'utf8');
+}
+
+function toDuration(seconds, name) {
+  if (seconds === undefined || seconds === null) return null;
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds)) throw new TypeError(`${name} must be a finite number of seconds`);
+  // Keep the sign on both parts, as google.protobuf.Duration requires.
+  const whole = Math.trunc(seconds);
+  const nanos = Math.round((seconds - whole) * 1e9);
+  return { seconds: String(whole), nanos };
+}
+
+function toTimestamp(value) {
+  if (value === undefined || value === null) return null;
+  if (typeof value === 'object' && !(value instanceof Date) && 'seconds' in value) {
+    return { seconds: String(value.seconds), nanos: value.nanos ?? 0 };
+  }
+  const ms = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : Date.parse(value);
+  if (!Number.isFinite(ms)) throw new TypeError('runAt must be a Date, epoch milliseconds, an ISO string or {seconds, nanos}');
+  const secs = Math.floor(ms / 1000);
+  return { seconds: String(secs), nanos: Math.round((ms - secs * 1000) * 1e6) };
+}
+
+/** Converts a proto Timestamp ({seconds, nanos}) to a Date; null when unset. */
+export function timestampToDate(ts) {
+  if (!ts) return null;
+  return new Date(Number(ts.seconds) * 1000 + Math.floor((ts.nanos ?? 0) / 1e6));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+/**
+ * Client of jobwire.v1.JobService.
+ *
+ * `new JobwireClient('127.0.0.1:50051', {token, tls})`:
+ *   - `token`: bearer token, sent as `authorization: Bearer <token>` on every call.
+ *   - `tls`: false/undefined for plaintext; true for TLS with the system roots; or
+ *     `{rootCerts, privateKey, certChain}` (Buffers) for a custom CA and/or mutual TLS.
+ *   - `timeoutMs`: optional deadline applied to every unary call.
+ *   - `channelOptions`: extra grpc-js channel options.
+ *   - `protoDir`: folder holding jobwire/v1/jobwire.proto (defaults to the repository's proto/).
+ */
+export class JobwireClient {
+  constructor(target, { token, tls, timeoutMs, channelOptions, protoDir } = {}) {
+    if (!target) throw new TypeError('target is required, e.g. "127.0.0.1:50051"');
+    const Service = loadService(protoDir ?? process.env.JOBWIRE_PROTO_DIR ?? DEFAULT_PROTO_DIR);
+    let creds;
+    if (!tls) creds = grpc.credentials.createInsecure();
+    else if (tls === true) creds = grpc.credentials.createSsl();
+    else creds = grpc.credentials.createSsl(tls.rootCerts ?? null, tls.privateKey ?? null, tls.certChain ?? null);
+    this._token = token ?? null;
+    this._timeoutMs = timeoutMs ?? null;
+    this._closed = false;
+    this._stub = new Service(target, creds, channelOptions ?? {});
+  }
+
+  _metadata() {
+    const md = new grpc.Metadata();
+    if (this._token) md.set('authorization', `Bearer ${this._token}`);
+    return md;
+  }
+
+  _callOptions() {
+    return this._timeoutMs ? { deadline: Date.now() + this._timeoutMs } : {};
+  }
+
+  _unary(method, request) {
+    return new Promise((resolve, reject) => {
+      this._stub[method](request, this._metadata(), this._callOptions(), (err, response) => {
+        if (err) reject(toJobwireError(err));
+        else resolve(response);
+      });
+    });
+  }
+
+  /**
+   * Resolves once the channel is connected (trying to connect meanwhile); rejects with a
+   * JobwireError (UNAVAILABLE) after `timeoutMs`, or at once when the client is closed.
+   */
+  waitForReady(timeoutMs = 20000) {
+    const channel = this._stub.getChannel();
+    const deadline = Date.now() + timeoutMs;
+    const { READY, SHUTDOWN } = grpc.connectivityState;
+    return new Promise((resolve, reject) => {
+      const fail = (details) => reject(new JobwireError({ code: grpc.status.UNAVAILABLE, details }));
+      const check = () => {
+        if (this._closed) return fail('client closed');
+        const state = channel.getConnectivityState(true);
+        if (state === READY) return resolve();
+        if (state === SHUTDOWN) return fail('channel shut down');
+        if (Date.now() >= deadline) return fail(`not connected to ${channel.getTarget()} within ${timeoutMs} ms`);
+        // Short slices, so that close() is noticed promptly.
+        return channel.watchConnectivityState(state, Math.min(deadline, Date.now() + 250), check);
+      };
+      check();
+    });
+  }
+
+  /**
+   * Creates a job. `payload` may be a Buffer/Uint8Array (sent as is), a string (UTF-8) or any other
+   * value (sent as JSON). Resolves to `{job, deduplicated}`.
+   */
+  async enqueue(kind, {
+    payload, queue, priority, delaySeconds, runAt, maxAttempts, timeoutSeconds, labels, dedupeKey, requestId, webhook,
+  } = {}) {
+    const request = {
+      kind,
+      queue: queue ?? '',
+      payload: toPayload(payload),
+      priority: priority ?? 0,
+      runAt: toTimestamp(runAt),
+      delay: toDuration(delaySeconds, 'delaySeconds'),
+      maxAttempts: maxAttempts ?? 0,
+      timeout: toDuration(timeoutSeconds, 'timeoutSeconds'),
+      dedupeKey: dedupeKey ?? '',
+      requestId: requestId ?? '',
+      labels: labels ?? {},
+      webhook: webhook ? { url: webhook.url, events: webhook.events ?? [] } : null,
+    };
+    const res = await this._unary('Enqueue', request);
+    return { job: res.job, deduplicated: res.deduplicated };
+  }
+
+  /** Returns the job as it is now. */
+  get(id) {
+    return this._unary('GetJob', { id });
+  }
+
+  /** Cancels a job; resolves to the job after the change (may still be RUNNING, see the proto). */
+  cancel(id, reason = '') {
+    return this._unary('CancelJob', { id, reason: reason ?? '' });
+  }
+
+  /** Puts a finished job back in the queue; resolves to the job after the change. */
+  retry(id, { fromStart = false } = {}) {
+    return this._unary('RetryJob', { id, fromStart: Boolean(fromStart) });
+  }
+
+  /**
+   * Streams one job's events as an async iterator of JobEvent objects. It ends when the server
+   * ends the stream (after the terminal event); a failed stream throws a JobwireError from the
+   * iterator. Breaking out of a `for await` loop (or calling `.cancel()`) cancels the call.
+   */
+  watch(id, { afterSequence = 0 } = {}) {
+    const call = this._stub.WatchJob({ id, afterSequence: String(afterSequence) }, this._metadata());
+    return new EventStream(call);
+  }
+
+  /** Closes the channel. Calls still in flight are cancelled. */
+  close() {
+    this._closed = true;
+    this._stub.close();
+  }
+}
+
+const HIGH_WATER = 64;
+
+/** Async iterator over a grpc-js server stream, with backpressure and errors as JobwireError. */
+class EventStream {
+  constructor(call) {
+    this._call = call;
+    this._queue = [];
+    this._waiters = [];
+    this._status = null; // final status once known
+    this._ended = false; // 'end' seen: every message has been delivered
+    this._done = false;
+    this._cancelled = false;
+    call.on('data', (msg) => {
+      this._queue.push(msg);
+      if (this._queue.length >= HIGH_WATER) call.pause();
+      this._flush();
+    });
+    call.on('error', (err) => {
+      this._status ??= err;
+      this._flush();
+    });
+    call.on('status', (st) => {
+      this._status ??= st;
+      this._flush();
+    });
+    call.on('end', () => {
+      this._ended = true;
+      this._flush();
+    });
+  }
+
+  _finished() {
+    // The final status arrives right after the last message was pushed into the stream; the
+    // stream is over once that status is known and every pushed message has been delivered.
+    return this._status !== null && (this._ended || this._call.readableLength === 0);
+  }
+
+  _flush() {
+    while (this._waiters.length > 0) {
+      const w = this._waiters[0];
+      if (this._queue.length > 0) {
+        this._waiters.shift();
+        w.resolve({ value: this._queue.shift(), done: false });
+        if (this._queue.length < HIGH_WATER / 2 && this._call.isPaused()) this._call.resume();
+      } else if (this._done || this._finished()) {
+        this._waiters.shift();
+        const failed = !this._done && !this._cancelled && this._status.code !== grpc.status.OK;
+        this._done = true;
+        if (failed) w.reject(toJobwireError(this._status));
+        else w.resolve({ value: undefined, done: true });
+      } else {
+        return;
+      }
+    }
+  }
+
+  next() {
+    return new Promise((resolve, reject) => {
+      this._waiters.push({ resolve, reject });
+      this._flush();
+    });
+  }
+
+  /** Stops the stream (cancels the call). */
+  cancel() {
+    if (!this._done) {
+      this._cancelled = true;
+      this._done = true;
+      this._queue.length = 0;
+      this._call.cancel();
+      this._flush();
+    }
+  }
+
+  async return(value) {
+    this.cancel();
+    return { value, done: true };
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+}
+
+export { grpc };
+export default JobwireClient;

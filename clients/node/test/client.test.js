@@ -1,0 +1,215 @@
+// End-to-end test of the Node.js client against the real jobwire server.
+//
+// Starts `$JOBWIRE_PYTHON -m jobwire_server serve` on a free loopback port with a fresh database,
+// waits (bounded by a deadline, no fixed sleeps) until its gRPC port is ready, runs a job to
+// completion while watching it, exercises get/cancel/retry and the error model, then stops the
+// server with SIGTERM and waits for it to exit.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { JobwireClient, JobwireError } from '../src/index.js';
+
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const READY_DEADLINE_MS = 20_000;
+
+function pythonExecutable() {
+  if (process.env.JOBWIRE_PYTHON) return process.env.JOBWIRE_PYTHON;
+  const venv = path.join(REPO_ROOT, '.venv', 'bin', 'python');
+  return fs.existsSync(venv) ? venv : 'python3';
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Collects every event of a watch until the server ends the stream. */
+async function collect(stream) {
+  const events = [];
+  for await (const ev of stream) events.push(ev);
+  return events;
+}
+
+async function expectJobwireError(promise, codeName, reason) {
+  await assert.rejects(promise, (err) => {
+    assert.ok(err instanceof JobwireError, `expected a JobwireError, got ${err}`);
+    assert.ok(err instanceof Error);
+    assert.equal(err.codeName, codeName, `codeName of ${err.message}`);
+    assert.equal(typeof err.code, 'number');
+    assert.equal(typeof err.details, 'string');
+    assert.equal(err.reason, reason, `reason of ${err.message}`);
+    return true;
+  });
+}
+
+describe('JobwireClient against a live jobwire server', { timeout: 120_000 }, () => {
+  let server;
+  let serverExit;
+  let serverLog = '';
+  let tmpDir;
+  let client;
+
+  const logTail = () => serverLog.slice(-4000);
+
+  before(async () => {
+    tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-'));
+    const port = await freePort();
+    const target = `127.0.0.1:${port}`;
+    const python = pythonExecutable();
+    const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(tmpDir, 't.db')];
+    server = spawn(python, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const append = (chunk) => {
+      serverLog = (serverLog + chunk.toString()).slice(-64_000);
+    };
+    server.stdout.on('data', append);
+    server.stderr.on('data', append);
+    serverExit = new Promise((resolve) => {
+      server.on('exit', (code, signal) => resolve({ code, signal }));
+      server.on('error', (err) => resolve({ code: null, signal: null, error: err }));
+    });
+
+    client = new JobwireClient(target, {
+      timeoutMs: 15_000,
+      // Reconnect quickly while the server is starting, so readiness is noticed promptly.
+      channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
+    });
+
+    // Ready when the channel connects; fail at once if the server process dies first.
+    const exited = serverExit.then(({ code, signal, error }) => {
+      throw new Error(
+        `server exited before it was ready (code ${code}, signal ${signal}${error ? `, ${error.message}` : ''}): `
+          + `${python} ${args.join(' ')}\n--- server output ---\n${logTail()}`,
+      );
+    });
+    try {
+      await Promise.race([client.waitForReady(READY_DEADLINE_MS), exited]);
+    } catch (err) {
+      if (err instanceof JobwireError) {
+        throw new Error(`server not ready within ${READY_DEADLINE_MS} ms on ${target}\n--- server output ---\n${logTail()}`);
+      }
+      throw err;
+    } finally {
+      exited.catch(() => {}); // the race is over; a later exit is handled in after()
+    }
+  });
+
+  after(async () => {
+    client?.close();
+    if (server && server.exitCode === null && server.signalCode === null) {
+      server.kill('SIGTERM');
+      const timer = setTimeout(() => server.kill('SIGKILL'), 15_000);
+      const { code, signal } = await serverExit;
+      clearTimeout(timer);
+      if (signal === 'SIGKILL') console.error(`server ignored SIGTERM for 15 s; killed\n${logTail()}`);
+      else if (code !== 0 && signal !== 'SIGTERM') console.error(`server exited with code ${code} after SIGTERM`);
+    }
+    if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+  });
+
+  let finishedJobId;
+
+  test('a sleep job runs to completion while it is watched', { timeout: 60_000 }, async () => {
+    // A short delay keeps the job SCHEDULED until the watch is open, so its phase events
+    // cannot happen before the stream starts.
+    const { job, deduplicated } = await client.enqueue('sleep', {
+      payload: { seconds: 0.3, phases: 3 },
+      delaySeconds: 1,
+      labels: { suite: 'node-client' },
+    });
+    assert.equal(deduplicated, false);
+    assert.match(job.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.equal(job.kind, 'sleep');
+    assert.deepEqual(JSON.parse(job.payload.toString('utf8')), { seconds: 0.3, phases: 3 });
+    assert.equal(job.labels.suite, 'node-client');
+    assert.ok(['JOB_STATE_SCHEDULED', 'JOB_STATE_QUEUED'].includes(job.state), job.state);
+
+    const events = await collect(client.watch(job.id));
+    const summary = events.map((e) => `${e.sequence}:${e.type}${e.phase ? `(${e.phase})` : ''}`).join(' ');
+
+    assert.ok(events.length > 0, 'no events');
+    assert.equal(events[0].type, 'EVENT_TYPE_SNAPSHOT', summary);
+    assert.equal(events[0].jobId, job.id);
+    assert.equal(events[0].job.id, job.id);
+
+    for (let i = 1; i < events.length; i += 1) {
+      assert.ok(BigInt(events[i].sequence) > BigInt(events[i - 1].sequence), `sequences not strictly increasing: ${summary}`);
+      assert.equal(events[i].jobId, job.id);
+    }
+
+    const phaseStarts = events.filter((e) => e.type === 'EVENT_TYPE_PHASE_STARTED').map((e) => e.phase);
+    assert.deepEqual(phaseStarts, ['step-1', 'step-2', 'step-3'], summary);
+
+    const last = events.at(-1);
+    assert.equal(last.type, 'EVENT_TYPE_SUCCEEDED', summary);
+    assert.equal(last.job.state, 'JOB_STATE_SUCCEEDED');
+
+    const got = await client.get(job.id);
+    assert.equal(got.state, 'JOB_STATE_SUCCEEDED');
+    assert.equal(got.id, job.id);
+    assert.equal(got.phases.length, 3);
+    assert.ok(got.phases.every((p) => p.state === 'PHASE_STATE_SUCCEEDED'), JSON.stringify(got.phases.map((p) => p.state)));
+    assert.ok(BigInt(got.lastSequence) >= BigInt(last.sequence));
+    finishedJobId = job.id;
+
+    // Resuming after the snapshot replays the stored events the live stream carried, then ends.
+    const replay = await collect(client.watch(job.id, { afterSequence: events[0].sequence }));
+    assert.deepEqual(
+      replay.map((e) => [e.sequence, e.type, e.phase]),
+      events.slice(1).map((e) => [e.sequence, e.type, e.phase]),
+    );
+  });
+
+  test('get of an unknown id rejects with NOT_FOUND / JOB_NOT_FOUND', async () => {
+    await expectJobwireError(client.get(randomUUID()), 'NOT_FOUND', 'JOB_NOT_FOUND');
+  });
+
+  test('watch of an unknown id throws NOT_FOUND / JOB_NOT_FOUND from the iterator', async () => {
+    await expectJobwireError(collect(client.watch(randomUUID())), 'NOT_FOUND', 'JOB_NOT_FOUND');
+  });
+
+  test('cancel of a finished job rejects with FAILED_PRECONDITION / INVALID_TRANSITION', async () => {
+    if (!finishedJobId) {
+      assert.fail('needs the job of the first test, which did not finish');
+    }
+    await expectJobwireError(client.cancel(finishedJobId, 'too late'), 'FAILED_PRECONDITION', 'INVALID_TRANSITION');
+  });
+
+  test('cancel of a delayed job, then retry, then cancel again', async () => {
+    const { job } = await client.enqueue('sleep', {
+      payload: { seconds: 30, phases: 1 },
+      delaySeconds: 3600,
+    });
+    assert.equal(job.state, 'JOB_STATE_SCHEDULED');
+
+    const cancelled = await client.cancel(job.id, 'changed my mind');
+    assert.equal(cancelled.state, 'JOB_STATE_CANCELLED');
+    assert.equal(cancelled.cancelReason, 'changed my mind');
+
+    const retried = await client.retry(job.id, { fromStart: false });
+    assert.equal(retried.state, 'JOB_STATE_QUEUED');
+    assert.equal(retried.cancelRequested, false);
+    assert.equal(retried.cancelReason, '');
+
+    // Clean up: the retried job is QUEUED (cancelled at once) or already RUNNING (cancel requested).
+    const again = await client.cancel(job.id, 'cleanup');
+    assert.ok(
+      again.state === 'JOB_STATE_CANCELLED' || (again.state === 'JOB_STATE_RUNNING' && again.cancelRequested),
+      `unexpected state after the cleanup cancel: ${again.state}`,
+    );
+  });
+});
