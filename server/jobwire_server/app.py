@@ -51,7 +51,7 @@ class App:
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
                                  on_slot_free=self._slot_freed)
-        self.dispatcher = Dispatcher(self.store, self.executor, self.hub, self.clock, owner=self.owner,
+        self.dispatcher = Dispatcher(self.writer, self.executor, self.hub, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl)
         self.leases = LeaseKeeper(self.store, self.hub, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
                                   running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake)
@@ -76,8 +76,8 @@ class App:
             await self.store.close()
             raise
         self.writer.start()
-        self.dispatcher.start()
         self.leases.start()
+        self.dispatcher.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._state = "serving"

@@ -4,8 +4,9 @@ so an event can hold the job "as it was after the event" without copying."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 
@@ -159,3 +160,24 @@ class QueueStats:
     queue: str
     counts: Mapping[JobState, int]
     oldest_queued_age: float
+
+
+_R = TypeVar("_R")
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_FIELD_SETS: dict[type, frozenset[str]] = {}
+
+
+def evolve(record: _R, **changes: Any) -> _R:
+    """`dataclasses.replace` for our frozen records, without re-running `__init__`: several times
+    faster, which matters on the claim/complete hot path where every job changes a few times."""
+    cls = type(record)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        _FIELD_SETS[cls] = frozenset(names)
+    if not _FIELD_SETS[cls].issuperset(changes):
+        raise TypeError(f"{cls.__name__} has no fields {sorted(set(changes) - _FIELD_SETS[cls])}")
+    new = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(record, name))
+    return new

@@ -24,10 +24,10 @@ STALE      RetryJob of a failed/cancelled job (→ QUEUED); retention deletes it
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
-from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress
+from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress, evolve
 from jobwire_server.domain.states import (
     TERMINAL_STATES,
     UNFINISHED_PHASES,
@@ -106,7 +106,7 @@ def _running_phase_index(job: Job) -> int | None:
 
 def become_due(job: Job, now: float) -> JobChange:
     """A SCHEDULED or RETRYING job whose run_at has come joins the queue."""
-    new = replace(job, state=S.QUEUED, update_time=now)
+    new = evolve(job, state=S.QUEUED, update_time=now)
     return JobChange(Reason.BECAME_DUE, new, frozenset({S.SCHEDULED, S.RETRYING}), (PendingEvent(EventType.QUEUED),))
 
 
@@ -118,11 +118,11 @@ def claim(job: Job, now: float, lease_expires: float) -> JobChange:
     events: list[PendingEvent] = [PendingEvent(EventType.STARTED)]
     changed: tuple[int, ...] = ()
     if index < len(phases):
-        phases = _set_phase(phases, index, replace(phases[index], state=PhaseState.RUNNING, start_time=now,
+        phases = _set_phase(phases, index, evolve(phases[index], state=PhaseState.RUNNING, start_time=now,
                                                    finish_time=None, error=None, progress=NO_PROGRESS))
         events.append(PendingEvent(EventType.PHASE_STARTED, phases[index].name))
         changed = (index,)
-    new = replace(job, state=S.RUNNING, attempt=job.attempt + 1, phases=phases, start_time=now,
+    new = evolve(job, state=S.RUNNING, attempt=job.attempt + 1, phases=phases, start_time=now,
                   finish_time=None, update_time=now)
     return JobChange(Reason.CLAIMED, new, frozenset({S.QUEUED}), tuple(events), changed)
 
@@ -133,9 +133,9 @@ def claim(job: Job, now: float, lease_expires: float) -> JobChange:
 def report_progress(job: Job, index: int, percent: float, message: str, now: float) -> JobChange:
     """The running phase reports progress; the job's overall progress is the phases' average."""
     progress = Progress(percent, message)
-    phases = _set_phase(job.phases, index, replace(job.phases[index], progress=progress))
+    phases = _set_phase(job.phases, index, evolve(job.phases[index], progress=progress))
     overall = Progress(_overall_percent(phases), message)
-    new = replace(job, phases=phases, progress=overall, update_time=now)
+    new = evolve(job, phases=phases, progress=overall, update_time=now)
     event = PendingEvent(EventType.PROGRESS, phases[index].name, message)
     return JobChange(Reason.PROGRESS, new, frozenset({S.RUNNING}), (event,), (index,), job.attempt)
 
@@ -148,7 +148,7 @@ def _overall_percent(phases: tuple[Phase, ...]) -> float:
 
 
 def _succeed_phase(job: Job, index: int, result: bytes, now: float) -> tuple[Phase, ...]:
-    done = replace(job.phases[index], state=PhaseState.SUCCEEDED, result=result, finish_time=now,
+    done = evolve(job.phases[index], state=PhaseState.SUCCEEDED, result=result, finish_time=now,
                    progress=Progress(100.0, job.phases[index].progress.message))
     return _set_phase(job.phases, index, done)
 
@@ -160,15 +160,15 @@ def finish_phase(job: Job, index: int, result: bytes, now: float) -> JobChange:
     events = [PendingEvent(EventType.PHASE_SUCCEEDED, done.name)]
     changed = [index]
     if index + 1 < len(phases):
-        following = replace(phases[index + 1], state=PhaseState.RUNNING, start_time=now, finish_time=None,
+        following = evolve(phases[index + 1], state=PhaseState.RUNNING, start_time=now, finish_time=None,
                             error=None, progress=NO_PROGRESS)
         phases = _set_phase(phases, index + 1, following)
         events.append(PendingEvent(EventType.PHASE_STARTED, following.name))
         changed.append(index + 1)
-        new = replace(job, phases=phases, progress=Progress(_overall_percent(phases)), update_time=now)
+        new = evolve(job, phases=phases, progress=Progress(_overall_percent(phases)), update_time=now)
         return JobChange(Reason.PHASE_SUCCEEDED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed),
                          job.attempt)
-    new = replace(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, job.progress.message),
+    new = evolve(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, job.progress.message),
                   error=None, finish_time=now, update_time=now)
     events.append(PendingEvent(EventType.SUCCEEDED))
     return JobChange(Reason.COMPLETED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed), job.attempt)
@@ -178,14 +178,14 @@ def _fail_running_phase(job: Job, error: JobError, now: float) -> tuple[tuple[Ph
     index = _running_phase_index(job)
     if index is None:
         return job.phases, []
-    failed = replace(job.phases[index], state=PhaseState.FAILED, error=error, finish_time=now)
+    failed = evolve(job.phases[index], state=PhaseState.FAILED, error=error, finish_time=now)
     return _set_phase(job.phases, index, failed), [index]
 
 
 def retry_after_failure(job: Job, error: JobError, run_at: float, now: float) -> JobChange:
     """A retryable failure with attempts left: wait in RETRYING until `run_at`."""
     phases, changed = _fail_running_phase(job, error, now)
-    new = replace(job, state=S.RETRYING, phases=phases, error=error, error_history=(*job.error_history, error),
+    new = evolve(job, state=S.RETRYING, phases=phases, error=error, error_history=(*job.error_history, error),
                   run_at=run_at, update_time=now)
     events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
               PendingEvent(EventType.RETRY_SCHEDULED, error.phase, error.message))
@@ -197,7 +197,7 @@ def fail(job: Job, error: JobError, now: float) -> JobChange:
     """A permanent error, or a retryable one with no attempts left: the job is dead-lettered."""
     phases, changed = _fail_running_phase(job, error, now)
     reason = Reason.ATTEMPTS_EXHAUSTED if error.retryable else Reason.FAILED_PERMANENTLY
-    new = replace(job, state=S.FAILED, phases=phases, error=error, error_history=(*job.error_history, error),
+    new = evolve(job, state=S.FAILED, phases=phases, error=error, error_history=(*job.error_history, error),
                   finish_time=now, update_time=now)
     events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
               PendingEvent(EventType.FAILED, error.phase, error.message))
@@ -208,7 +208,7 @@ def fail(job: Job, error: JobError, now: float) -> JobChange:
 def _cancel_unfinished(job: Job, now: float) -> tuple[tuple[Phase, ...], tuple[int, ...]]:
     changed = tuple(i for i, p in enumerate(job.phases) if p.state in UNFINISHED_PHASES)
     phases = tuple(
-        replace(p, state=PhaseState.CANCELLED, finish_time=now) if i in changed else p
+        evolve(p, state=PhaseState.CANCELLED, finish_time=now) if i in changed else p
         for i, p in enumerate(job.phases)
     )
     return phases, changed
@@ -217,7 +217,7 @@ def _cancel_unfinished(job: Job, now: float) -> tuple[tuple[Phase, ...], tuple[i
 def finish_cancel(job: Job, now: float) -> JobChange:
     """The worker of a job whose cancel was requested has stopped (or was abandoned)."""
     phases, changed = _cancel_unfinished(job, now)
-    new = replace(job, state=S.CANCELLED, phases=phases, finish_time=now, update_time=now)
+    new = evolve(job, state=S.CANCELLED, phases=phases, finish_time=now, update_time=now)
     event = PendingEvent(EventType.CANCELLED, detail=job.cancel_reason)
     return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
 
@@ -225,8 +225,8 @@ def finish_cancel(job: Job, now: float) -> JobChange:
 def finish_phase_then_cancel(job: Job, index: int, result: bytes, now: float) -> JobChange:
     """A phase returned after a cancel was requested: keep its result, cancel the phases after it."""
     phases = _succeed_phase(job, index, result, now)
-    cancelled, changed = _cancel_unfinished(replace(job, phases=phases), now)
-    new = replace(job, state=S.CANCELLED, phases=cancelled, finish_time=now, update_time=now)
+    cancelled, changed = _cancel_unfinished(evolve(job, phases=phases), now)
+    new = evolve(job, state=S.CANCELLED, phases=cancelled, finish_time=now, update_time=now)
     events = (PendingEvent(EventType.PHASE_SUCCEEDED, phases[index].name),
               PendingEvent(EventType.CANCELLED, detail=job.cancel_reason))
     return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), events,
@@ -238,10 +238,10 @@ def _interrupt(job: Job, error: JobError, now: float, reason: Reason, *, counted
     phases: tuple[Phase, ...] = job.phases
     changed: tuple[int, ...] = ()
     if index is not None:
-        phases = _set_phase(phases, index, replace(phases[index], state=PhaseState.PENDING, start_time=None,
+        phases = _set_phase(phases, index, evolve(phases[index], state=PhaseState.PENDING, start_time=None,
                                                    progress=NO_PROGRESS))
         changed = (index,)
-    new = replace(job, state=S.QUEUED, phases=phases, error=error, error_history=(*job.error_history, error),
+    new = evolve(job, state=S.QUEUED, phases=phases, error=error, error_history=(*job.error_history, error),
                   uncounted_attempts=job.uncounted_attempts + (0 if counted else 1), run_at=now, update_time=now)
     event = PendingEvent(EventType.INTERRUPTED, error.phase, error.message)
     return JobChange(reason, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
@@ -266,7 +266,7 @@ def rescue_expired(job: Job, error: JobError, now: float) -> JobChange:
 def cancel_waiting(job: Job, reason: str, now: float) -> JobChange:
     """Cancel a job no worker holds: immediate, all unfinished phases cancelled."""
     phases, changed = _cancel_unfinished(job, now)
-    new = replace(job, state=S.CANCELLED, phases=phases, cancel_requested=True, cancel_reason=reason,
+    new = evolve(job, state=S.CANCELLED, phases=phases, cancel_requested=True, cancel_reason=reason,
                   finish_time=now, update_time=now)
     event = PendingEvent(EventType.CANCELLED, detail=reason)
     return JobChange(Reason.CANCELLED_BY_USER, new, WAITING_STATES, (event,), changed)
@@ -274,7 +274,7 @@ def cancel_waiting(job: Job, reason: str, now: float) -> JobChange:
 
 def request_cancel(job: Job, reason: str, now: float) -> JobChange:
     """Ask the worker holding a RUNNING job to stop; it finishes the cancel when it does."""
-    new = replace(job, cancel_requested=True, cancel_reason=reason, update_time=now)
+    new = evolve(job, cancel_requested=True, cancel_reason=reason, update_time=now)
     event = PendingEvent(EventType.CANCEL_REQUESTED, detail=reason)
     return JobChange(Reason.CANCEL_REQUESTED, new, frozenset({S.RUNNING}), (event,), (), job.attempt)
 
@@ -292,7 +292,7 @@ def retry_by_user(job: Job, from_start: bool, now: float) -> JobChange:
 
     phases = tuple(reset(p) for p in job.phases)
     changed = tuple(i for i, (old, p) in enumerate(zip(job.phases, phases, strict=True)) if old != p)
-    new = replace(job, state=S.QUEUED, phases=phases, uncounted_attempts=job.attempt, cancel_requested=False,
+    new = evolve(job, state=S.QUEUED, phases=phases, uncounted_attempts=job.attempt, cancel_requested=False,
                   cancel_reason="", progress=Progress(_overall_percent(phases)) if not reset_all else NO_PROGRESS,
                   error=None, run_at=now, start_time=None, finish_time=None, update_time=now)
     guard = frozenset({S.FAILED, S.CANCELLED, S.STALE} | ({S.SUCCEEDED} if from_start else set()))
@@ -302,7 +302,7 @@ def retry_by_user(job: Job, from_start: bool, now: float) -> JobChange:
 
 def make_stale(job: Job, now: float) -> JobChange:
     """Retention: a terminal job past its keep time becomes STALE."""
-    new = replace(job, state=S.STALE, update_time=now)
+    new = evolve(job, state=S.STALE, update_time=now)
     return JobChange(Reason.MADE_STALE, new, TERMINAL_STATES, (PendingEvent(EventType.STALE),))
 
 

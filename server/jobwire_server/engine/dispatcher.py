@@ -1,57 +1,57 @@
-"""The dispatcher: claims ready jobs in batches and hands them to the executor.
+"""The dispatcher: the claim policy. It decides when and how many jobs to claim; the change
+writer claims them in its next commit, together with the outcomes of finishing jobs.
 
-No polling interval: it sleeps until woken by an enqueue, by a freed worker slot, or by a timer
-set to the next run_at of a SCHEDULED or RETRYING job.
+No polling interval: claiming happens when an enqueue, a retry or a freed slot wakes it, or when a
+timer set to the next run_at of a SCHEDULED or RETRYING job fires.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-from collections.abc import Callable
 
 from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.states import JobState
+from jobwire_server.domain.transitions import JobChange
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
-from jobwire_server.store.base import ClaimParams, Committed, JobStore
-
-log = logging.getLogger("jobwire.dispatcher")
+from jobwire_server.engine.writer import ChangeWriter
+from jobwire_server.store.base import ClaimParams, Cycle
 
 MAX_CLAIM = 256
-ERROR_BACKOFF = 1.0
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, executor: Executor, hub: WatchHub, clock: Clock, *, owner: str,
-                 lease_ttl: float, on_started: Callable[[list[Committed]], None] | None = None) -> None:
-        self._store = store
+    def __init__(self, writer: ChangeWriter, executor: Executor, hub: WatchHub, clock: Clock, *, owner: str,
+                 lease_ttl: float) -> None:
+        self._writer = writer
         self._executor = executor
         self._hub = hub
         self._clock = clock
         self._owner = owner
         self._lease_ttl = lease_ttl
-        self._on_started = on_started
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
-        self._claiming = True
-        #: Counts claim rounds; tests wait on `claimed` instead of sleeping.
+        self._claiming = False
+        self._wanted = False
+        #: Counts claim cycles; `claimed` is set after each (tests wait on it instead of sleeping).
         self.rounds = 0
         self.claimed = asyncio.Event()
+        writer.claimer = self
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="jobwire-dispatcher")
-            self.wake()
+        self._claiming = True
+        self.wake()
 
     def wake(self) -> None:
-        self._wake.set()
+        """Something may be ready to run: claim in the next commit."""
+        if self._claiming:
+            self._wanted = True
+            self._writer.kick()
 
     def note_wakeup(self, at: float) -> None:
         """A job becomes due at `at` (epoch seconds): make sure a timer wakes us then."""
-        if at >= self._timer_at:
+        if at >= self._timer_at or not self._claiming:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -68,41 +68,35 @@ class Dispatcher:
         self._claiming = False
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+            self._timer, self._timer_at = None, math.inf
 
-    async def _run(self) -> None:
-        while self._claiming:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                more = await self._round()
-            except Exception:
-                log.exception("claim round failed; retrying in %.0fs", ERROR_BACKOFF)
-                await asyncio.sleep(ERROR_BACKOFF)
-                more = True
-            if more:
-                self._wake.set()
+    # ------------------------------------------------------------------ Claimer
 
-    async def _round(self) -> bool:
-        """One claim round; True when more work is likely ready right now."""
+    def claim_params(self, finishing: list[JobChange]) -> ClaimParams | None:
+        if not self._claiming or not (self._wanted or finishing):
+            return None
+        self._wanted = False
         now = self._clock.now()
-        limit = min(self._executor.free_slots(), MAX_CLAIM)
-        promoted, claimed = await self._store.claim_jobs(ClaimParams(
-            now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
-            queue_room=self._executor.queue_room()))
-        for item in (*promoted, *claimed):
+        room = self._executor.queue_room()
+        for change in finishing:
+            if change.job.queue in room:
+                room[change.job.queue] += 1
+        limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM)
+        return ClaimParams(now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
+                           queue_room=room)
+
+    def after_cycle(self, params: ClaimParams, cycle: Cycle) -> None:
+        for item in cycle.results:
+            if item is not None and item.job.state is not JobState.RUNNING:
+                self._executor.release(item.job.id)
+        for item in (*cycle.promoted, *cycle.claimed):
             self._hub.publish(item.events)
-        for item in claimed:
+        for item in cycle.claimed:
             self._executor.start(item.job)
-        if claimed and self._on_started is not None:
-            self._on_started(claimed)
+        if cycle.next_due is not None:
+            self.note_wakeup(cycle.next_due)
         self.rounds += 1
         self.claimed.set()
         self.claimed = asyncio.Event()
-        next_due = await self._store.next_wakeup()
-        if next_due is not None:
-            self.note_wakeup(next_due)
-        return bool(promoted) or (limit > 0 and len(claimed) == limit)
+        if cycle.promoted or (params.limit > 0 and len(cycle.claimed) == params.limit):
+            self.wake()

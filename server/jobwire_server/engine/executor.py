@@ -14,11 +14,11 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from jobwire_server.domain.clock import Clock
-from jobwire_server.domain.models import Job, JobError
+from jobwire_server.domain.models import Job, JobError, evolve
 from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome, Succeeded, decide, failure_from_exception
 from jobwire_server.domain.retry import RetryPolicy
 from jobwire_server.domain.states import JobState
@@ -42,9 +42,22 @@ class Running:
 
     job: Job
     task: asyncio.Task[None] | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when the runner should stop the running phase (cancel request or shutdown).
+    stopping: bool = False
+    #: Resolved when the running phase ends, times out, or must stop.
+    waiter: asyncio.Future[None] | None = None
     cancel_requested: bool = False
     shutdown: bool = False
+    #: Its slot was given back (its final change committed); the runner is just returning.
+    released: bool = False
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake()
+
+    def wake(self, _: object = None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class Executor:
@@ -58,6 +71,7 @@ class Executor:
         self._cancel_grace = cancel_grace
         self._on_slot_free = on_slot_free
         self._running: dict[str, Running] = {}
+        self._busy = 0
         self._per_queue: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -65,7 +79,7 @@ class Executor:
     # ------------------------------------------------------------------ capacity
 
     def free_slots(self) -> int:
-        return max(0, self.concurrency - len(self._running))
+        return max(0, self.concurrency - self._busy)
 
     def queue_room(self) -> dict[str, int]:
         return {q: max(0, limit - self._per_queue.get(q, 0)) for q, limit in self._queue_limits.items()}
@@ -79,18 +93,34 @@ class Executor:
         """Run a job the dispatcher just claimed."""
         entry = Running(job)
         self._running[job.id] = entry
+        self._busy += 1
         self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
         self._idle.clear()
         entry.task = asyncio.create_task(self._run(entry), name=f"job-{job.id}")
 
+    def release(self, job_id: str) -> None:
+        """Give back the slot of a job whose final change has committed (its runner is exiting),
+        so the commit that finished it can already claim its successor."""
+        entry = self._running.get(job_id)
+        if entry is not None:
+            self._release(entry)
+
+    def _release(self, entry: Running) -> bool:
+        if entry.released:
+            return False
+        entry.released = True
+        self._busy -= 1
+        self._per_queue[entry.job.queue] -= 1
+        return True
+
     def request_cancel(self, job_id: str, reason: str) -> bool:
         """Deliver a cancel request (already recorded in the store) to the running handler."""
         entry = self._running.get(job_id)
-        if entry is None:
+        if entry is None or entry.released:
             return False
         entry.cancel_requested = True
-        entry.job = replace(entry.job, cancel_requested=True, cancel_reason=reason)
-        entry.stop.set()
+        entry.job = evolve(entry.job, cancel_requested=True, cancel_reason=reason)
+        entry.stop()
         return True
 
     async def drain(self, budget: float) -> None:
@@ -101,7 +131,7 @@ class Executor:
         rest = list(self._running.values())
         for entry in rest:
             entry.shutdown = True
-            entry.stop.set()
+            entry.stop()
         tasks = [e.task for e in rest if e.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self._cancel_grace + 5.0)
@@ -120,11 +150,13 @@ class Executor:
         except Exception:
             log.exception("runner of job %s crashed; its lease will expire and it will be retried", entry.job.id)
         finally:
-            del self._running[entry.job.id]
-            self._per_queue[entry.job.queue] -= 1
+            freed = self._release(entry)
+            if self._running.get(entry.job.id) is entry:  # a retried job may already run again
+                del self._running[entry.job.id]
             if not self._running:
                 self._idle.set()
-            self._on_slot_free()
+            if freed:
+                self._on_slot_free()
 
     async def _run_phases(self, entry: Running) -> None:
         kind = self._registry.get(entry.job.kind)
@@ -135,7 +167,7 @@ class Executor:
             if committed is None:
                 log.info("job %s changed under attempt %d; outcome dropped", entry.job.id, entry.job.attempt)
                 return
-            entry.job = committed.job if not entry.cancel_requested else replace(
+            entry.job = committed.job if not entry.cancel_requested else evolve(
                 committed.job, cancel_requested=True, cancel_reason=entry.job.cancel_reason)
             if entry.job.state is JobState.RUNNING and (entry.cancel_requested or entry.shutdown):
                 # A cancel or shutdown arrived while the phase boundary was being written.
@@ -163,14 +195,10 @@ class Executor:
         function = kind.function_for(phase.name)
         if function is None:
             return Failed(f"kind {job.kind!r} has no phase {phase.name!r}", "UNKNOWN_PHASE", retryable=False)
-        if entry.stop.is_set():
+        if entry.stopping:
             return Cancelled() if entry.cancel_requested else _Interrupted()
         task = asyncio.ensure_future(self._call(function, self._context(entry, index)))
-        stopper = asyncio.ensure_future(entry.stop.wait())
-        done, _ = await asyncio.wait({task, stopper}, timeout=job.timeout or None,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if task in done:
+        if await self._phase_ended(entry, task, job.timeout):
             return _outcome_of(task, entry)
         task.cancel()
         await asyncio.wait({task}, timeout=self._cancel_grace)
@@ -184,6 +212,22 @@ class Executor:
             return _Interrupted()
         return Failed(f"phase {phase.name!r} exceeded its timeout of {job.timeout:g}s", "TIMEOUT", retryable=True)
 
+    @staticmethod
+    async def _phase_ended(entry: Running, task: asyncio.Future[bytes], limit: float) -> bool:
+        """Wait until the phase ends (True), or times out or must stop (False). One future and
+        callbacks rather than extra tasks: this runs for every phase of every job."""
+        loop = asyncio.get_running_loop()
+        entry.waiter = loop.create_future()
+        task.add_done_callback(entry.wake)
+        timer = loop.call_later(limit, entry.wake) if limit else None
+        try:
+            await entry.waiter
+        finally:
+            entry.waiter = None
+            if timer is not None:
+                timer.cancel()
+        return task.done()
+
     def _context(self, entry: Running, index: int) -> JobContext:
         job = entry.job
         loop = asyncio.get_running_loop()
@@ -193,7 +237,7 @@ class Executor:
             committed = await self._writer.submit(change)
             if committed is None:
                 raise asyncio.CancelledError("job changed under this attempt")
-            entry.job = committed.job if not entry.cancel_requested else replace(
+            entry.job = committed.job if not entry.cancel_requested else evolve(
                 committed.job, cancel_requested=True, cancel_reason=entry.job.cancel_reason)
 
         return JobContext(job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempt, payload=job.payload,

@@ -1,19 +1,34 @@
-"""Group commit for the executor's changes: every change submitted while a commit is running is
-written together in the next transaction, then its events are published to the hub."""
+"""Group commit: the one place the engine's writes are committed.
+
+Every change submitted while a commit is running goes into the next transaction, and the same
+transaction claims new jobs for the slots the finishing ones free (when the dispatcher wants
+work). Events are published to the hub only after the commit.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
+from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.engine.hub import WatchHub
-from jobwire_server.store.base import Committed, JobStore
+from jobwire_server.store.base import ClaimParams, Committed, Cycle, JobStore
 
 log = logging.getLogger("jobwire.writer")
 
 MAX_BATCH = 1000
+ERROR_BACKOFF = 1.0
+
+
+class Claimer(Protocol):
+    """Decides whether a cycle should claim, and takes what it claimed."""
+
+    def claim_params(self, finishing: list[JobChange]) -> ClaimParams | None: ...
+
+    def after_cycle(self, params: ClaimParams, cycle: Cycle) -> None: ...
 
 
 class ChangeWriter:
@@ -21,6 +36,7 @@ class ChangeWriter:
         self._store = store
         self._hub = hub
         self._on_commit = on_commit
+        self.claimer: Claimer | None = None
         self._pending: list[tuple[JobChange, asyncio.Future[Committed | None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -29,6 +45,10 @@ class ChangeWriter:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="jobwire-writer")
+
+    def kick(self) -> None:
+        """Run a cycle soon even with no changes pending (the dispatcher wants to claim)."""
+        self._wake.set()
 
     async def submit(self, change: JobChange) -> Committed | None:
         """Write `change` (guarded); None when its guard no longer held. Shielded so the caller's
@@ -42,34 +62,53 @@ class ChangeWriter:
 
     async def _run(self) -> None:
         while True:
-            if not self._pending:
-                if self._stopping:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+            await self._wake.wait()
+            self._wake.clear()
+            await self._gather()
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            await self._commit(batch)
+            if self._pending:
+                self._wake.set()
+            if batch or not self._stopping:
+                await self._cycle(batch)
+            if self._stopping and not self._pending:
+                return
 
-    async def _commit(self, batch: list[tuple[JobChange, asyncio.Future[Committed | None]]]) -> None:
+    async def _gather(self) -> None:
+        """Yield to the event loop while runners keep submitting, so one commit takes every change
+        that is ready now (a few loop turns; no timer, so an idle submit still commits at once)."""
+        seen = -1
+        while len(self._pending) != seen and len(self._pending) < MAX_BATCH:
+            seen = len(self._pending)
+            await asyncio.sleep(0)
+
+    async def _cycle(self, batch: list[tuple[JobChange, asyncio.Future[Committed | None]]]) -> None:
+        changes = [change for change, _ in batch]
+        finishing = [c for c in changes if c.job.state is not JobState.RUNNING]
+        params = self.claimer.claim_params(finishing) if self.claimer is not None and not self._stopping else None
+        if not changes and params is None:
+            return
         try:
-            results = await self._store.apply_changes([change for change, _ in batch])
+            cycle = await self._store.commit_cycle(changes, params)
         except Exception as exc:
-            log.exception("writing %d job changes failed", len(batch))
+            log.exception("committing %d job changes failed", len(batch))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
+            await asyncio.sleep(ERROR_BACKOFF)
+            self._wake.set()
             return
-        committed = [c for c in results if c is not None]
-        for c in committed:
-            self._hub.publish(c.events)
+        committed = [c for c in cycle.results if c is not None]
+        for item in committed:
+            self._hub.publish(item.events)
         self._on_commit(committed)
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, cycle.results, strict=True):
             if not future.done():
                 future.set_result(result)
+        if params is not None and self.claimer is not None:
+            self.claimer.after_cycle(params, cycle)
 
     async def stop(self) -> None:
-        """Write everything already submitted, then stop."""
+        """Write everything already submitted (claiming nothing more), then stop."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:

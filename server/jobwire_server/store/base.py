@@ -44,6 +44,17 @@ class ClaimParams:
     queue_room: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """One group commit: the executor's changes, then due jobs promoted and ready jobs claimed."""
+
+    results: list[Committed | None]
+    promoted: list[Committed]
+    claimed: list[Committed]
+    #: Earliest run_at of a SCHEDULED or RETRYING job after the cycle (when a claim was made).
+    next_due: float | None
+
+
 #: Builds the change to make from the job as stored; None means "nothing to do".
 ChangeBuilder = Callable[[Job], JobChange | None]
 
@@ -74,6 +85,11 @@ class JobStore(Protocol):
 
     async def apply_changes(self, changes: Sequence[JobChange]) -> list[Committed | None]:
         """Write many guarded changes in one transaction (group commit)."""
+        ...
+
+    async def commit_cycle(self, changes: Sequence[JobChange], claim: ClaimParams | None) -> Cycle:
+        """`apply_changes` and then, when `claim` is given, `claim_jobs`, in one transaction: the
+        slots that finishing jobs free are refilled by the same commit."""
         ...
 
     async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,11 +20,11 @@ import aiosqlite
 
 from jobwire_server.domain.errors import JobNotFound, RequestIdReused, SchemaTooNew
 from jobwire_server.domain.ids import new_job_id
-from jobwire_server.domain.models import Event, Job, NewJob, Phase, QueueStats
+from jobwire_server.domain.models import Event, Job, NewJob, Phase, QueueStats, evolve
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim
-from jobwire_server.store.base import ChangeBuilder, ClaimParams, Committed, InsertResult
+from jobwire_server.store.base import ChangeBuilder, ClaimParams, Committed, Cycle, InsertResult
 from jobwire_server.store.sqlite import rows
 from jobwire_server.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -41,30 +40,16 @@ _INSERT_EVENT = "INSERT INTO events (job_id, seq, type, time, phase, detail) VAL
 _UPDATE_PHASE = """UPDATE phases SET state = ?, progress_pct = ?, progress_msg = ?, result = ?, error = ?,
     start_time = ?, finish_time = ? WHERE job_id = ? AND idx = ?"""
 
-# One guarded write for a whole batch of changes: each element of the JSON array is one change.
-_APPLY_CHANGES = """
-UPDATE jobs SET
-    state = c.value ->> 'state',
-    attempt = c.value ->> 'attempt',
-    uncounted_attempts = c.value ->> 'uncounted',
-    progress_pct = c.value ->> 'pct',
-    progress_msg = c.value ->> 'msg',
-    error = c.value ->> 'error',
-    error_history = c.value ->> 'history',
-    run_at = c.value ->> 'run_at',
-    start_time = c.value ->> 'start',
-    finish_time = c.value ->> 'finish',
-    update_time = c.value ->> 'now',
-    cancel_requested = CASE WHEN c.value ->> 'wc' THEN c.value ->> 'cr' ELSE cancel_requested END,
-    cancel_reason = CASE WHEN c.value ->> 'wc' THEN c.value ->> 'crr' ELSE cancel_reason END,
-    seq = seq + (c.value ->> 'n'),
-    lease_owner = CASE WHEN c.value ->> 'state' = 'RUNNING' THEN lease_owner END,
-    lease_expires = CASE WHEN c.value ->> 'state' = 'RUNNING' THEN lease_expires END
-FROM json_each(?) AS c
-WHERE jobs.id = c.value ->> 'id'
-  AND jobs.state IN (SELECT value FROM json_each(c.value -> 'guard'))
-  AND (c.value ->> 'fence' IS NULL OR jobs.attempt = c.value ->> 'fence')
-RETURNING jobs.id, jobs.seq, jobs.cancel_requested, jobs.cancel_reason
+# A guarded change: the row is written only if it is still in the state and attempt the change
+# was computed from (`state = ? AND attempt = ?` below; the caller checked the guard set).
+_APPLY_CHANGE = """
+UPDATE jobs SET state = ?, attempt = ?, uncounted_attempts = ?, progress_pct = ?, progress_msg = ?, error = ?,
+    error_history = ?, run_at = ?, start_time = ?, finish_time = ?, update_time = ?, seq = ?,
+    cancel_requested = CASE WHEN ? THEN ? ELSE cancel_requested END,
+    cancel_reason = CASE WHEN ? THEN ? ELSE cancel_reason END,
+    lease_owner = CASE WHEN ? = 'RUNNING' THEN lease_owner END,
+    lease_expires = CASE WHEN ? = 'RUNNING' THEN lease_expires END
+WHERE id = ? AND state = ? AND attempt = ?
 """
 
 _WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
@@ -352,10 +337,19 @@ class SqliteJobStore:
     # ------------------------------------------------------------------ dispatcher
 
     async def claim_jobs(self, params: ClaimParams) -> tuple[list[Committed], list[Committed]]:
-        async def body(conn: Conn) -> tuple[list[Committed], list[Committed]]:
-            promoted = await self._promote_due(conn, params.now)
-            claimed = await self._claim_ready(conn, params) if params.limit > 0 else []
-            return promoted, claimed
+        cycle = await self.commit_cycle((), params)
+        return cycle.promoted, cycle.claimed
+
+    async def commit_cycle(self, changes: Sequence[JobChange], claim: ClaimParams | None) -> Cycle:
+        async def body(conn: Conn) -> Cycle:
+            results = await self._apply(conn, changes) if changes else []
+            if claim is None:
+                return Cycle(results, [], [], None)
+            promoted = await self._promote_due(conn, claim.now)
+            claimed = await self._claim_ready(conn, claim) if claim.limit > 0 else []
+            next_due = _scalar(await conn.execute_fetchall(
+                "SELECT min(run_at) FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING')"))
+            return Cycle(results, promoted, claimed, next_due)
 
         return await self._transaction(body)
 
@@ -383,7 +377,7 @@ class SqliteJobStore:
         changes = []
         for job_id, seq in found:
             after = jobs[job_id]
-            before = replace(after, state=JobState.QUEUED, attempt=after.attempt - 1)
+            before = evolve(after, state=JobState.QUEUED, attempt=after.attempt - 1)
             changes.append((claim(before, p.now, p.lease_expires), seq))
         return await self._write_details(conn, changes)
 
@@ -402,17 +396,34 @@ class SqliteJobStore:
         return await self._transaction(lambda conn: self._apply(conn, changes))
 
     async def _apply(self, conn: Conn, changes: Sequence[JobChange]) -> list[Committed | None]:
+        """Check each change's guard against the row as it is now (we hold the write lock, so it
+        cannot move), then write the passing ones with `WHERE state = ? AND attempt = ?`.
+        Changes to one job apply in order, each seeing the one before."""
+        ids = list({c.job.id for c in changes})
+        found = await conn.execute_fetchall(
+            "SELECT id, state, attempt, seq, cancel_requested, cancel_reason FROM jobs "
+            "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))
+        current: dict[str, list[Any]] = {row[0]: list(row[1:]) for row in found}
         results: list[Committed | None] = [None] * len(changes)
-        for batch in _rounds(changes):
-            payload = json.dumps([_change_doc(changes[i]) for i in batch], separators=(",", ":"))
-            written = {row[0]: row for row in await conn.execute_fetchall(_APPLY_CHANGES, (payload,))}
-            done = [i for i in batch if changes[i].job.id in written]
-            committed = await self._write_details(conn, [(changes[i], written[changes[i].job.id][1]) for i in done])
-            for i, item in zip(done, committed, strict=True):
-                _, _, requested, reason = written[item.job.id]
-                job = replace(item.job, cancel_requested=bool(requested), cancel_reason=reason,
-                              last_sequence=written[item.job.id][1])
-                results[i] = Committed(job, tuple(replace(e, job=job) for e in item.events))
+        params: list[tuple[Any, ...]] = []
+        written: list[tuple[int, JobChange, int]] = []
+        for index, change in enumerate(changes):
+            row = current.get(change.job.id)
+            if row is None or not _passes(change, row[0], row[1]):
+                continue
+            state, attempt, seq = row[0], row[1], row[2] + len(change.events)
+            params.append(_change_params(change, seq, state, attempt))
+            row[0], row[1], row[2] = change.job.state.value, change.job.attempt, seq
+            if change.reason.value in _WRITES_CANCEL_FLAGS:
+                row[3], row[4] = int(change.job.cancel_requested), change.job.cancel_reason
+            written.append((index, change, seq))
+        if params:
+            await conn.executemany(_APPLY_CHANGE, params)
+        committed = await self._write_details(conn, [(change, seq) for _, change, seq in written])
+        for (index, change, seq), item in zip(written, committed, strict=True):
+            requested, reason = current[change.job.id][3], current[change.job.id][4]
+            job = evolve(item.job, cancel_requested=bool(requested), cancel_reason=reason, last_sequence=seq)
+            results[index] = Committed(job, tuple(evolve(e, job=job) for e in item.events))
         return results
 
     async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
@@ -460,33 +471,19 @@ def _job_params(job: Job) -> tuple[Any, ...]:
     )
 
 
-def _change_doc(change: JobChange) -> dict[str, Any]:
+def _passes(change: JobChange, state: str, attempt: int) -> bool:
+    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
+
+
+def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tuple[Any, ...]:
     job = change.job
-    return {
-        "id": job.id, "state": job.state.value, "attempt": job.attempt, "uncounted": job.uncounted_attempts,
-        "pct": float(job.progress.percent), "msg": job.progress.message, "error": rows.error_to_json(job.error),
-        "history": rows.history_to_json(job.error_history), "run_at": float(job.run_at),
-        "start": job.start_time, "finish": job.finish_time, "now": float(job.update_time),
-        "wc": change.reason.value in _WRITES_CANCEL_FLAGS, "cr": int(job.cancel_requested),
-        "crr": job.cancel_reason, "n": len(change.events), "guard": sorted(s.value for s in change.guard),
-        "fence": change.attempt,
-    }
-
-
-def _rounds(changes: Sequence[JobChange]) -> list[list[int]]:
-    """Split changes so no job appears twice in one set-based UPDATE (order per job is kept)."""
-    rounds: list[list[int]] = []
-    seen: list[set[str]] = []
-    for index, change in enumerate(changes):
-        level = 0
-        while level < len(seen) and change.job.id in seen[level]:
-            level += 1
-        if level == len(seen):
-            rounds.append([])
-            seen.append(set())
-        rounds[level].append(index)
-        seen[level].add(change.job.id)
-    return rounds
+    writes_cancel = change.reason.value in _WRITES_CANCEL_FLAGS
+    return (
+        job.state.value, job.attempt, job.uncounted_attempts, float(job.progress.percent), job.progress.message,
+        rows.error_to_json(job.error), rows.history_to_json(job.error_history), float(job.run_at), job.start_time,
+        job.finish_time, float(job.update_time), seq, writes_cancel, int(job.cancel_requested), writes_cancel,
+        job.cancel_reason, job.state.value, job.state.value, job.id, state, attempt,
+    )
 
 
 _ORDER = "ORDER BY priority DESC, run_at, id"
