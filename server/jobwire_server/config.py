@@ -197,7 +197,8 @@ _HELP: dict[str, str] = {
     "db": "SQLite database file (default ./jobwire.db)",
     "concurrency": "jobs run at once by this process (default 32)",
     "queue_concurrency": "per-queue limits, QUEUE=N[,QUEUE=N...]",
-    "shutdown_grace": "seconds running jobs get to finish on SIGTERM before they are requeued (default 10)",
+    "shutdown_grace": "seconds SIGTERM may take: running jobs get this minus cancel-grace (at most half) to "
+                      "finish, then the rest are stopped and requeued (default 10)",
     "cancel_grace": "seconds a cancelled handler gets before it is abandoned (default 5)",
     "lease_ttl": "seconds a claimed job's lease lasts; renewed while it runs (default 30)",
     "synchronous": "SQLite synchronous mode: FULL (default, durable on power loss), NORMAL, EXTRA",

@@ -28,6 +28,7 @@ from jobwire_server.domain.queries import filters_digest
 from jobwire_server.domain.states import FINAL_EVENTS, TERMINAL_STATES, JobState
 from jobwire_server.engine.hub import EventFilter, Subscription
 from jobwire_server.engine.service import JobService
+from jobwire_server.handlers.kind import NAME_PATTERN
 from jobwire_server.handlers.registry import Registry
 
 Req = TypeVar("Req")
@@ -117,8 +118,9 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
     @_unary
     async def GetQueueStats(self, request: jobwire_pb2.GetQueueStatsRequest,
                             context: Context) -> jobwire_pb2.GetQueueStatsResponse:
-        if request.queue:
-            watch_events_filter(jobwire_pb2.WatchEventsRequest(queues=[request.queue]))  # same name rules
+        if request.queue and not NAME_PATTERN.match(request.queue):
+            raise InvalidArgument([FieldViolation(
+                "queue", "must be 1–128 letters, digits, '.', '-' or '_'")])
         stats = await self._service.queue_stats(request.queue)
         return jobwire_pb2.GetQueueStatsResponse(queues=[stats_to_proto(s) for s in stats])
 
@@ -159,10 +161,16 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
         if after > job.last_sequence:
             raise InvalidArgument([FieldViolation(
                 "after_sequence", f"job {job_id} has no event {after}; its last is {job.last_sequence}")])
-        events = await self._service.events_after(job_id, after)
-        last = events[-1].sequence if events else after
+        messages: list[jobwire_pb2.JobEvent] = []
+        last = after
+        while True:  # stored events come in chunks; a long history is replayed whole
+            events = await self._service.events_after(job_id, last)
+            if not events:
+                break
+            messages += [event_to_proto(e) for e in events]
+            last = events[-1].sequence
         done = _finished(job) and last >= job.last_sequence
-        return [event_to_proto(e) for e in events], last, done
+        return messages, last, done
 
     async def WatchEvents(self, request: jobwire_pb2.WatchEventsRequest,
                           context: Context) -> AsyncIterator[jobwire_pb2.JobEvent]:
@@ -196,14 +204,16 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
                 continue
             last = event.sequence
             yield event
+        # Sequence numbers are per job, so only a WatchJob stream can name one to resume from.
+        resume = {"last_sequence": str(last)} if sub.job_id is not None else None
         if sub.overflowed:
             await abort_with(context, status_with(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"watcher fell more than {self._service.hub.capacity} events behind; resume after sequence {last}",
-                "WATCH_TOO_SLOW", {"last_sequence": str(last)}))
+                f"watcher fell more than {self._service.hub.capacity} events behind"
+                + (f"; resume after sequence {last}" if resume else ""), "WATCH_TOO_SLOW", resume))
         await abort_with(context, status_with(
             grpc.StatusCode.UNAVAILABLE, "the server is shutting down; resume on another replica",
-            "SHUTTING_DOWN", {"last_sequence": str(last)}))
+            "SHUTTING_DOWN", resume))
 
 
 def _finished(job: Job) -> bool:
