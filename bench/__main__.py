@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from grpc import aio
-
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from jobwire_server.app import App
 from jobwire_server.config import build_config
@@ -55,9 +54,9 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
+async def _until(predicate: Callable[[], Awaitable[bool]], limit: float) -> None:
     """Harness-side check every 20 ms (the service under test is event-driven)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not await predicate():
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark did not finish in time")
@@ -81,7 +80,7 @@ async def bench_drain(jobs: int) -> dict[str, float]:
             (stats,) = await app.service.queue_stats("default")
             return stats.counts.get(_succeeded(), 0) == jobs
 
-        await _until(done, timeout=300)
+        await _until(done, limit=300)
         elapsed = time.perf_counter() - started
         await app.stop()
     return {"drain_jobs": jobs, "drain_seconds": round(elapsed, 3), "drain_jobs_per_s": round(jobs / elapsed, 1)}

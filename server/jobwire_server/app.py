@@ -6,11 +6,13 @@ import asyncio
 import logging
 import secrets
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 
+from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.validation import Limits
 from jobwire_server.config import ServerConfig
@@ -86,7 +88,16 @@ class App:
 
     async def _start_server(self) -> None:
         cfg = self.config
-        server = aio.server(options=[
+        interceptors: list[aio.ServerInterceptor] = []
+        credentials: grpc.ServerCredentials | None = None
+        try:
+            if cfg.tokens_file:
+                interceptors.append(TokenAuthInterceptor(load_tokens(cfg.tokens_file)))
+            if cfg.tls_cert:
+                credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        except AuthConfigError as exc:
+            raise StartupError(str(exc)) from None
+        server = aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -104,14 +115,22 @@ class App:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server)
+        # gRPC reports a certificate that does not match its key like a busy port: name both causes.
+        hint = "is the port in use, and do tls_cert and tls_key match?" if credentials else "is the port in use?"
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            if credentials is None:
+                self.port = server.add_insecure_port(cfg.listen)
+            else:
+                self.port = server.add_secure_port(cfg.listen, credentials)
         except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {cfg.listen}: {exc} (is the port in use?)") from None
+            raise StartupError(f"cannot listen on {cfg.listen}: {exc} ({hint})") from None
         if self.port == 0:
-            raise StartupError(f"cannot listen on {cfg.listen} (is the port in use?)")
+            raise StartupError(f"cannot listen on {cfg.listen} ({hint})")
         await server.start()
         self.server = server
+        if interceptors or credentials:
+            log.info("access control: %s, %s", "bearer tokens" if interceptors else "no tokens",
+                     ("mutual TLS" if cfg.tls_client_ca else "TLS") if credentials else "plaintext")
 
     # ------------------------------------------------------------------ stop
 

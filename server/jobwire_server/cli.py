@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,10 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the service",
         description="Run the jobwire service. Settings come from flags, then JOBWIRE_* environment variables, "
                     "then the TOML file given by --config, then defaults.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+    hash_token = commands.add_parser(
+        "hash-token", help="print the sha256 to store in the tokens file for a bearer token",
+        description="Read a bearer token from standard input (or a no-echo prompt on a terminal) and print "
+                    "the hex SHA-256 digest to store as `sha256` in the tokens file. The file never holds the "
+                    "token itself.",
+        epilog="example:\n"
+               "  TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\n"
+               "  printf '%s' \"$TOKEN\" | jobwire hash-token\n\n"
+               "then add to the tokens file (--tokens-file):\n"
+               "  [[token]]\n"
+               "  name = \"ci\"\n"
+               "  sha256 = \"<the printed digest>\"\n"
+               "  scopes = [\"jobs:read\", \"jobs:write\"]   # or [\"admin\"]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    hash_token.set_defaults(func=_hash_token)
     try:
         from jobwire.cli import add_client_commands  # noqa: PLC0415 - the client CLI is optional
     except ImportError:
@@ -62,6 +79,18 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(_serve_until_signalled(config))
 
 
+def _hash_token(args: argparse.Namespace) -> int:
+    from jobwire_server.api.auth import hash_token  # noqa: PLC0415 - keeps `jobwire --help` fast
+
+    secret = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
+    secret = secret.strip()
+    if not secret:
+        print("jobwire: error: no token given on standard input", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_token(secret))
+    return 0
+
+
 async def _serve_until_signalled(config: ServerConfig) -> int:
     from jobwire_server.app import App, StartupError  # noqa: PLC0415 - keeps `jobwire --help` fast
     from jobwire_server.domain.errors import SchemaTooNew  # noqa: PLC0415
@@ -81,4 +110,10 @@ async def _serve_until_signalled(config: ServerConfig) -> int:
     await stop.wait()
     log.info("signal received: draining (grace %.1fs)", config.shutdown_grace)
     await app.stop()
-    return 0
+    # Exit here rather than return: a handler that ignored cancellation may still hold a task or
+    # a thread, and asyncio.run would wait for it, keeping a stopped server alive. Everything is
+    # committed (or fenced by its attempt) and the store is closed.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

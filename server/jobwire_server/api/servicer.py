@@ -162,14 +162,16 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
             raise InvalidArgument([FieldViolation(
                 "after_sequence", f"job {job_id} has no event {after}; its last is {job.last_sequence}")])
         messages: list[jobwire_pb2.JobEvent] = []
-        last = after
+        last, final = after, False
         while True:  # stored events come in chunks; a long history is replayed whole
             events = await self._service.events_after(job_id, last)
             if not events:
                 break
             messages += [event_to_proto(e) for e in events]
-            last = events[-1].sequence
-        done = _finished(job) and last >= job.last_sequence
+            last, final = events[-1].sequence, events[-1].type in FINAL_EVENTS
+        # The job was read before its events: it may have finished in between, so the replay's own
+        # last event decides too (the hub will not send that terminal event again).
+        done = final or (_finished(job) and last >= job.last_sequence)
         return messages, last, done
 
     async def WatchEvents(self, request: jobwire_pb2.WatchEventsRequest,

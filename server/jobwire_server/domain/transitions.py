@@ -255,6 +255,8 @@ def interrupt_by_shutdown(job: Job, error: JobError, now: float) -> JobChange:
 def rescue_expired(job: Job, error: JobError, now: float) -> JobChange:
     """The worker's lease ran out (it crashed): back to the queue; the attempt counts, so a job
     that kills its worker every time still ends in FAILED."""
+    if job.cancel_requested:  # the user's cancel outlives the crashed worker
+        return finish_cancel(job, now)
     if job.attempts_left <= 0:
         return fail(job, error, now)
     return _interrupt(job, error, now, Reason.LEASE_EXPIRED, counted=True)

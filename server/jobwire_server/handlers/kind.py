@@ -55,8 +55,8 @@ class JobContext:
             return None
         try:
             return json.loads(self.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MalformedPayload(f"payload is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting or numbers
+            raise MalformedPayload(f"payload is not valid JSON: {str(exc)[:200]}") from None
 
     async def progress(self, percent: float, message: str = "") -> None:
         """Report progress of the current phase, 0–100; stored and sent to watchers."""

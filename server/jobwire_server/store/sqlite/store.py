@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from jobwire_server.domain.errors import JobNotFound, RequestIdReused, SchemaTooNew
+from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused, SchemaTooNew
 from jobwire_server.domain.ids import new_job_id
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, QueueStats, evolve
 from jobwire_server.domain.queries import JobQuery
@@ -82,6 +82,9 @@ class SqliteJobStore:
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        except BaseException:
+            await self.close()  # no connection thread may outlive a refused open
+            raise
 
     async def _connect(self) -> Conn:
         conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -114,6 +117,11 @@ class SqliteJobStore:
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
+                # close() returns as the worker thread is told to stop; wait for it to be gone so
+                # a stopped store leaves no thread behind (aiosqlite keeps it as `_thread`).
+                thread = getattr(conn, "_thread", None)
+                if thread is not None:
+                    thread.join(5.0)  # it is already stopping: a wait of microseconds
         self._reader = self._writer = None
 
     # ------------------------------------------------------------------ plumbing
@@ -298,10 +306,10 @@ class SqliteJobStore:
         return page, (ids[-1] if more and ids else None)
 
     async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]:
-        job = await self.get_job(job_id)
         found = await self._read.execute_fetchall(
             "SELECT job_id, seq, type, time, phase, detail FROM events WHERE job_id = ? AND seq > ? "
             "ORDER BY seq LIMIT ?", (job_id, sequence, limit))
+        job = await self.get_job(job_id)  # read after the events, so it is never older than them
         return [rows.event_from_row(row, job.queue, job.kind, job) for row in found]
 
     async def queue_stats(self, queue: str, now: float) -> list[QueueStats]:
@@ -434,7 +442,13 @@ class SqliteJobStore:
             change = build(found[job_id])
             if change is None:
                 return found[job_id], None
-            (committed,) = await self._apply(conn, [change])
+            try:
+                (committed,) = await self._apply(conn, [change])
+            except sqlite3.IntegrityError as exc:
+                if "dedupe" not in str(exc) and "jobs.queue, jobs.dedupe_key" not in str(exc):
+                    raise
+                raise InvalidTransition(job_id, found[job_id].state.value,
+                                        "requeue (another active job holds its dedupe_key)") from None
             if committed is None:  # cannot happen: we hold the write lock since the read
                 raise StoreError(f"guarded write of job {job_id} did not apply")
             return committed.job, committed

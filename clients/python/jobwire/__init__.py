@@ -1,0 +1,65 @@
+"""jobwire: the Python SDK of the jobwire job-control service.
+
+``jobwire.Client`` is the asynchronous client (``grpc.aio``); ``jobwire.sync.Client`` is a blocking
+facade with the same methods. Calls return typed, immutable models (:class:`Job`, :class:`JobEvent`,
+...) and raise :class:`JobwireError` subclasses.
+"""
+
+from jobwire import sync
+from jobwire.client import Client, JobHandle, RetryPolicy, TLSConfig
+from jobwire.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    InvalidTransition,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobwireError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from jobwire.models import (
+    EnqueueSpec,
+    EventType,
+    Job,
+    JobError,
+    JobEvent,
+    JobState,
+    Phase,
+    PhaseState,
+    Progress,
+    QueueStats,
+    Webhook,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "Client",
+    "EnqueueSpec",
+    "EventType",
+    "InvalidArgument",
+    "InvalidTransition",
+    "Job",
+    "JobCancelled",
+    "JobError",
+    "JobEvent",
+    "JobFailed",
+    "JobHandle",
+    "JobNotFound",
+    "JobState",
+    "JobwireError",
+    "PermissionDenied",
+    "Phase",
+    "PhaseState",
+    "Progress",
+    "QueueStats",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "TLSConfig",
+    "Unauthenticated",
+    "Unavailable",
+    "Webhook",
+    "sync",
+]

@@ -1,0 +1,326 @@
+"""Conversion between ``jobwire.v1`` protobuf messages and the SDK's typed models, in one place.
+
+Also turns a failed gRPC call into the matching :class:`~jobwire.errors.JobwireError`, reading the
+``google.rpc.Status`` the server sends in the ``grpc-status-details-bin`` trailer.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped,unused-ignore]
+from grpc import aio
+
+from jobwire.errors import JobwireError, error_class_for
+from jobwire.models import (
+    EnqueueSpec,
+    EventType,
+    Job,
+    JobError,
+    JobEvent,
+    JobState,
+    Payload,
+    Phase,
+    PhaseState,
+    Progress,
+    QueueStats,
+    Webhook,
+)
+from jobwire.v1 import jobwire_pb2 as pb
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+_JOB_STATE_PREFIX = "JOB_STATE_"
+_PHASE_STATE_PREFIX = "PHASE_STATE_"
+_EVENT_TYPE_PREFIX = "EVENT_TYPE_"
+
+
+# --- enums -------------------------------------------------------------------------------------
+
+
+def job_state_from_proto(value: int) -> JobState:
+    """A proto ``JobState`` number as a :class:`JobState`; unknown numbers become UNSPECIFIED."""
+    try:
+        return JobState(pb.JobState.Name(value).removeprefix(_JOB_STATE_PREFIX))
+    except ValueError:
+        return JobState.UNSPECIFIED
+
+
+def job_state_to_proto(state: JobState | str) -> pb.JobState:
+    """A :class:`JobState` (or its name, any case, with or without prefix) as the proto number."""
+    return cast(pb.JobState, pb.JobState.Value(_prefixed(_JOB_STATE_PREFIX, state)))
+
+
+def phase_state_from_proto(value: int) -> PhaseState:
+    try:
+        return PhaseState(pb.PhaseState.Name(value).removeprefix(_PHASE_STATE_PREFIX))
+    except ValueError:
+        return PhaseState.UNSPECIFIED
+
+
+def event_type_from_proto(value: int) -> EventType:
+    try:
+        return EventType(pb.EventType.Name(value).removeprefix(_EVENT_TYPE_PREFIX))
+    except ValueError:
+        return EventType.UNSPECIFIED
+
+
+def event_type_to_proto(event_type: EventType | str) -> pb.EventType:
+    """An :class:`EventType` (or its name, any case, with or without prefix) as the proto number."""
+    return cast(pb.EventType, pb.EventType.Value(_prefixed(_EVENT_TYPE_PREFIX, event_type)))
+
+
+def _prefixed(prefix: str, name: str) -> str:
+    upper = str(name).upper()
+    return upper if upper.startswith(prefix) else prefix + upper
+
+
+# --- well-known types --------------------------------------------------------------------------
+
+
+def _time(message: pb.Job | pb.Phase | pb.JobError | pb.JobEvent, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, name)
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _duration(value: duration_pb2.Duration) -> timedelta:
+    return value.ToTimedelta()
+
+
+def to_duration(value: timedelta | float) -> duration_pb2.Duration:
+    """A ``timedelta`` or a number of seconds as a ``google.protobuf.Duration``."""
+    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    result = duration_pb2.Duration()
+    result.FromTimedelta(delta)
+    return result
+
+
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A datetime as a ``google.protobuf.Timestamp``; naive datetimes are taken as UTC."""
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+# --- messages -> models ------------------------------------------------------------------------
+
+
+def progress_from_proto(message: pb.Progress) -> Progress:
+    return Progress(percent=message.percent, message=message.message)
+
+
+def job_error_from_proto(message: pb.JobError) -> JobError:
+    return JobError(
+        message=message.message,
+        type=message.type,
+        retryable=message.retryable,
+        phase=message.phase,
+        attempt=message.attempt,
+        interrupted=message.interrupted,
+        time=_time(message, "time"),
+    )
+
+
+def phase_from_proto(message: pb.Phase) -> Phase:
+    return Phase(
+        name=message.name,
+        state=phase_state_from_proto(message.state),
+        progress=progress_from_proto(message.progress),
+        result=message.result,
+        error=job_error_from_proto(message.error) if message.HasField("error") else None,
+        start_time=_time(message, "start_time"),
+        finish_time=_time(message, "finish_time"),
+    )
+
+
+def webhook_from_proto(message: pb.WebhookConfig) -> Webhook:
+    return Webhook(url=message.url, events=tuple(event_type_from_proto(e) for e in message.events))
+
+
+def job_from_proto(message: pb.Job) -> Job:
+    """A ``jobwire.v1.Job`` message as a :class:`Job`."""
+    return Job(
+        id=message.id,
+        queue=message.queue,
+        kind=message.kind,
+        payload=message.payload,
+        priority=message.priority,
+        state=job_state_from_proto(message.state),
+        attempt=message.attempt,
+        max_attempts=message.max_attempts,
+        phases=tuple(phase_from_proto(p) for p in message.phases),
+        progress=progress_from_proto(message.progress),
+        result=message.result,
+        error=job_error_from_proto(message.error) if message.HasField("error") else None,
+        error_history=tuple(job_error_from_proto(e) for e in message.error_history),
+        dedupe_key=message.dedupe_key,
+        labels=dict(message.labels),
+        webhook=webhook_from_proto(message.webhook) if message.HasField("webhook") else None,
+        cancel_requested=message.cancel_requested,
+        cancel_reason=message.cancel_reason,
+        create_time=_time(message, "create_time"),
+        update_time=_time(message, "update_time"),
+        run_at=_time(message, "run_at"),
+        start_time=_time(message, "start_time"),
+        finish_time=_time(message, "finish_time"),
+        last_sequence=message.last_sequence,
+        timeout=_duration(message.timeout) if message.HasField("timeout") else None,
+    )
+
+
+def event_from_proto(message: pb.JobEvent) -> JobEvent:
+    """A ``jobwire.v1.JobEvent`` message as a :class:`JobEvent`."""
+    return JobEvent(
+        job_id=message.job_id,
+        sequence=message.sequence,
+        type=event_type_from_proto(message.type),
+        time=_time(message, "time"),
+        phase=message.phase,
+        job=job_from_proto(message.job) if message.HasField("job") else None,
+        detail=message.detail,
+    )
+
+
+def queue_stats_from_proto(message: pb.QueueStats) -> QueueStats:
+    return QueueStats(
+        queue=message.queue,
+        scheduled=message.scheduled,
+        queued=message.queued,
+        running=message.running,
+        retrying=message.retrying,
+        succeeded=message.succeeded,
+        failed=message.failed,
+        cancelled=message.cancelled,
+        stale=message.stale,
+        oldest_queued_age=_duration(message.oldest_queued_age),
+    )
+
+
+# --- models -> requests ------------------------------------------------------------------------
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """Payload bytes: bytes unchanged, ``str`` as UTF-8, a mapping or list as compact JSON."""
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key for one logical Enqueue."""
+    return str(uuid.uuid4())
+
+
+def enqueue_request(spec: EnqueueSpec) -> pb.EnqueueRequest:
+    """The ``EnqueueRequest`` for one spec; a missing ``request_id`` is generated here, once."""
+    request = pb.EnqueueRequest(
+        queue=spec.queue,
+        kind=spec.kind,
+        payload=encode_payload(spec.payload),
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        dedupe_key=spec.dedupe_key,
+        request_id=spec.request_id or new_request_id(),
+        labels=dict(spec.labels),
+    )
+    if spec.run_at is not None:
+        request.run_at.CopyFrom(to_timestamp(spec.run_at))
+    if spec.delay is not None:
+        request.delay.CopyFrom(to_duration(spec.delay))
+    if spec.timeout is not None:
+        request.timeout.CopyFrom(to_duration(spec.timeout))
+    if spec.webhook_url or spec.webhook_events:
+        request.webhook.CopyFrom(
+            pb.WebhookConfig(url=spec.webhook_url, events=[event_type_to_proto(e) for e in spec.webhook_events])
+        )
+    return request
+
+
+def list_jobs_request(
+    *,
+    queue: str = "",
+    kind: str = "",
+    states: Iterable[JobState | str] = (),
+    labels: Mapping[str, str] | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    page_size: int = 0,
+    page_token: str = "",
+) -> pb.ListJobsRequest:
+    request = pb.ListJobsRequest(
+        queue=queue,
+        kind=kind,
+        states=[job_state_to_proto(s) for s in states],
+        labels=dict(labels or {}),
+        page_size=page_size,
+        page_token=page_token,
+    )
+    if created_after is not None:
+        request.created_after.CopyFrom(to_timestamp(created_after))
+    if created_before is not None:
+        request.created_before.CopyFrom(to_timestamp(created_before))
+    return request
+
+
+def watch_events_request(
+    queues: Iterable[str] = (), kinds: Iterable[str] = (), types: Iterable[EventType | str] = ()
+) -> pb.WatchEventsRequest:
+    return pb.WatchEventsRequest(queues=list(queues), kinds=list(kinds), types=[event_type_to_proto(t) for t in types])
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def rich_status(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` carried in the trailers, if any (and if it parses)."""
+    for key, value in trailing_metadata or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # a garbled trailer must not hide the real error
+                return None
+            return status
+    return None
+
+
+def error_from_status(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> JobwireError:
+    """The typed error for a status code and the optional rich status details."""
+    reason = ""
+    metadata: dict[str, str] = {}
+    violations: list[tuple[str, str]] = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and not reason:
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+    return error_class_for(code)(code, message, reason, metadata, violations)
+
+
+def error_from_rpc(error: aio.AioRpcError | grpc.RpcError) -> JobwireError:
+    """The typed SDK error for a failed gRPC call."""
+    if isinstance(error, aio.AioRpcError):
+        code, message = error.code(), error.details() or ""
+        trailers: Iterable[tuple[str, str | bytes]] | None = error.trailing_metadata()
+    elif isinstance(error, grpc.Call):
+        code, message = error.code(), error.details() or ""
+        trailers = error.trailing_metadata()
+    else:
+        code, message, trailers = grpc.StatusCode.UNKNOWN, str(error), None
+    return error_from_status(code, message, rich_status(trailers))

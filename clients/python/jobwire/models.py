@@ -1,0 +1,228 @@
+"""Typed, immutable views of jobwire's jobs and events.
+
+These are what the SDK returns instead of raw protobuf messages. They mirror the messages of
+``jobwire.v1`` field for field, with Python types: unset timestamps are ``None``, durations are
+``timedelta``, enums are :class:`~enum.StrEnum` members whose values are the short names
+(``JobState.SUCCEEDED == "SUCCEEDED"``), so they print and serialise as people expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. ``UNSPECIFIED`` also stands for values newer than this SDK."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    SCHEDULED = "SCHEDULED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    STALE = "STALE"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for SUCCEEDED, FAILED, CANCELLED and STALE: no worker will touch the job again."""
+        return self in _TERMINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """True for SCHEDULED, QUEUED, RUNNING and RETRYING."""
+        return self in _ACTIVE_STATES
+
+
+_TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.STALE})
+_ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, JobState.RETRYING})
+
+
+class PhaseState(StrEnum):
+    """Where a phase is in its life: PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class EventType(StrEnum):
+    """The kind of change a :class:`JobEvent` reports."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    SNAPSHOT = "SNAPSHOT"
+    ENQUEUED = "ENQUEUED"
+    STARTED = "STARTED"
+    PHASE_STARTED = "PHASE_STARTED"
+    PROGRESS = "PROGRESS"
+    PHASE_SUCCEEDED = "PHASE_SUCCEEDED"
+    PHASE_FAILED = "PHASE_FAILED"
+    RETRY_SCHEDULED = "RETRY_SCHEDULED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    CANCELLED = "CANCELLED"
+    INTERRUPTED = "INTERRUPTED"
+    STALE = "STALE"
+    DELETED = "DELETED"
+    WEBHOOK_DELIVERED = "WEBHOOK_DELIVERED"
+    WEBHOOK_FAILED = "WEBHOOK_FAILED"
+    QUEUED = "QUEUED"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress reported by a handler: ``percent`` from 0 to 100 and a status line."""
+
+    percent: float = 0.0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class JobError:
+    """One failure of a job attempt."""
+
+    message: str
+    type: str = ""
+    retryable: bool = False
+    phase: str = ""
+    attempt: int = 0
+    interrupted: bool = False
+    time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a job, run in order by the job's handler."""
+
+    name: str
+    state: PhaseState = PhaseState.PENDING
+    progress: Progress = field(default_factory=Progress)
+    result: bytes = b""
+    error: JobError | None = None
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where and for which events the server POSTs a job's events."""
+
+    url: str
+    events: tuple[EventType, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A unit of work and everything known about its execution, as of one read."""
+
+    id: str
+    queue: str = ""
+    kind: str = ""
+    payload: bytes = b""
+    priority: int = 0
+    state: JobState = JobState.UNSPECIFIED
+    attempt: int = 0
+    max_attempts: int = 0
+    phases: tuple[Phase, ...] = ()
+    progress: Progress = field(default_factory=Progress)
+    result: bytes = b""
+    error: JobError | None = None
+    error_history: tuple[JobError, ...] = ()
+    dedupe_key: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    webhook: Webhook | None = None
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    run_at: datetime | None = None
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    last_sequence: int = 0
+    timeout: timedelta | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job is SUCCEEDED, FAILED, CANCELLED or STALE."""
+        return self.state.is_terminal
+
+    def outcome(self) -> JobState | None:
+        """How the job finished: SUCCEEDED, FAILED or CANCELLED; ``None`` while it is not finished.
+
+        A STALE job no longer says how it finished, so the outcome is read from its phases and
+        errors: any CANCELLED phase (or a cancel reason) means CANCELLED, a recorded error with
+        unfinished phases means FAILED, and otherwise SUCCEEDED.
+        """
+        if self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            return self.state
+        if self.state is not JobState.STALE:
+            return None
+        if any(p.state is PhaseState.CANCELLED for p in self.phases) or self.cancel_reason:
+            return JobState.CANCELLED
+        if all(p.state is PhaseState.SUCCEEDED for p in self.phases) and (self.phases or not self.error):
+            return JobState.SUCCEEDED
+        return JobState.FAILED
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One change in a job's life. ``job`` is the job after the change (``None`` on DELETED)."""
+
+    job_id: str
+    sequence: int
+    type: EventType
+    time: datetime | None = None
+    phase: str = ""
+    job: Job | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue's job counts per state, and the age of its oldest QUEUED job."""
+
+    queue: str
+    scheduled: int = 0
+    queued: int = 0
+    running: int = 0
+    retrying: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    stale: int = 0
+    oldest_queued_age: timedelta = timedelta(0)
+
+
+Payload = bytes | str | Mapping[str, Any] | list[Any] | None
+"""A job payload: bytes are sent as they are, ``str`` as UTF-8, a mapping or list as compact JSON."""
+
+
+@dataclass(frozen=True)
+class EnqueueSpec:
+    """One job to create with :meth:`jobwire.Client.enqueue_many`; fields as in ``Client.enqueue``.
+
+    ``request_id`` is generated (a UUID4) when left empty, so a retried batch never creates a job twice.
+    """
+
+    kind: str
+    payload: Payload = None
+    queue: str = ""
+    priority: int = 0
+    delay: timedelta | float | None = None
+    run_at: datetime | None = None
+    max_attempts: int = 0
+    timeout: timedelta | float | None = None
+    dedupe_key: str = ""
+    request_id: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    webhook_url: str = ""
+    webhook_events: tuple[EventType, ...] = ()

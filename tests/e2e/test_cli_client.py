@@ -1,0 +1,161 @@
+"""The `jobwire` command's client commands, run as a user would run them, against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess, StartServer
+from tests.integration.test_sdk_auth import READER, WRITER, write_tokens_file
+
+TIMEOUT = 60.0
+
+
+def _jobwire() -> str:
+    beside = Path(sys.executable).parent / "jobwire"
+    found = str(beside) if beside.exists() else shutil.which("jobwire")
+    if found is None:
+        pytest.skip("the jobwire command is not installed")
+    return found
+
+
+def run(server: ServerProcess, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JOBWIRE_TARGET": server.target}
+    env.pop("JOBWIRE_TOKEN", None)
+    if token is not None:
+        env["JOBWIRE_TOKEN"] = token
+    return subprocess.run([_jobwire(), *args], capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False)
+
+
+def test_enqueue_watch_succeeds(server: ServerProcess) -> None:
+    result = run(server, "enqueue", "sleep", "--payload", '{"seconds":0.2,"phases":2}', "--watch")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("enqueued ")
+    job_id = lines[0].split()[1]
+    assert lines[-1].startswith(f"job {job_id} SUCCEEDED")
+    assert any("PHASE_STARTED" in line for line in lines)
+
+
+def test_enqueue_watch_json_lines(server: ServerProcess) -> None:
+    result = run(server, "enqueue", "sleep", "--payload", '{"seconds":0.2,"phases":2}', "--watch", "--json")
+    assert result.returncode == 0, result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert objects[0]["deduplicated"] is False
+    job_id = objects[0]["job"]["id"]
+    events = objects[1:]
+    assert events[0]["type"] == "SNAPSHOT"
+    assert events[-1]["type"] == "SUCCEEDED" and events[-1]["job"]["state"] == "SUCCEEDED"
+    assert all(e["job_id"] == job_id for e in events)
+
+    got = run(server, "get", job_id, "--json")
+    assert got.returncode == 0, got.stderr
+    job = json.loads(got.stdout)
+    assert job["state"] == "SUCCEEDED" and len(job["phases"]) == 2
+    assert json.loads(job["payload"]) == {"seconds": 0.2, "phases": 2}
+
+
+def test_watch_of_a_failing_job_exits_1(server: ServerProcess) -> None:
+    result = run(server, "enqueue", "sleep", "--payload", '{"phases": "many"}', "--watch")
+    assert result.returncode == 1, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("job ") and " FAILED: " in last  # the final line names the error
+
+
+def test_list_stats_cancel_retry_json(server: ServerProcess) -> None:
+    queue = f"e2e-{uuid.uuid4().hex[:8]}"
+    enqueued = run(server, "enqueue", "noop", "--queue", queue, "--delay", "3600", "--label", "suite=e2e", "--json")
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = json.loads(enqueued.stdout)["job"]["id"]
+
+    listed = run(server, "list", "--queue", queue, "--state", "scheduled", "--label", "suite=e2e", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [job_id]
+
+    stats = run(server, "stats", "--queue", queue, "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["scheduled"] == 1
+
+    cancelled = run(server, "cancel", job_id, "--reason", "e2e", "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["state"] == "CANCELLED"
+
+    watched = run(server, "watch", job_id)
+    assert watched.returncode == 2, watched.stderr
+    assert watched.stdout.strip().splitlines()[-1].startswith(f"job {job_id} CANCELLED")
+
+    retried = run(server, "retry", job_id, "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["state"] == "QUEUED"
+    assert run(server, "watch", job_id, "--json").returncode == 0
+
+
+def test_human_output_and_errors(server: ServerProcess) -> None:
+    missing = run(server, "get", str(uuid.uuid4()))
+    assert missing.returncode != 0
+    assert missing.stderr.startswith("error: ") and missing.stderr.rstrip().endswith("(NOT_FOUND)")
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+    bad = run(server, "enqueue", "not a kind!")
+    assert bad.returncode != 0 and "(INVALID_ARGUMENT)" in bad.stderr
+
+    unreachable = subprocess.run(
+        [_jobwire(), "stats", "--target", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert unreachable.returncode != 0 and "(UNAVAILABLE)" in unreachable.stderr
+
+    assert run(server, "list").returncode == 0
+    assert run(server, "stats").returncode == 0
+    helped = run(server, "enqueue", "--help")
+    assert helped.returncode == 0 and "--payload" in helped.stdout
+
+
+def test_token_from_env_or_flag(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(tokens_file=write_tokens_file(tmp_path))
+    denied = run(server, "stats")
+    assert denied.returncode != 0 and "(UNAUTHENTICATED)" in denied.stderr
+    read_only = run(server, "enqueue", "noop", token=READER)
+    assert read_only.returncode != 0 and "(PERMISSION_DENIED)" in read_only.stderr
+    done = run(server, "enqueue", "noop", "--payload", '{"a":1}', "--watch", "--token", WRITER)
+    assert done.returncode == 0, done.stderr
+    assert run(server, "list", "--json", token=READER).returncode == 0
+
+
+def test_events_tail_json_until_ctrl_c(server: ServerProcess) -> None:
+    queue = f"tail-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "JOBWIRE_TARGET": server.target}
+    tail = subprocess.Popen(
+        [_jobwire(), "events", "--json", "--queue", queue, "--type", "SUCCEEDED"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # The job runs about a second, far longer than the tail needs to subscribe.
+        enqueued = run(server, "enqueue", "sleep", "--queue", queue, "--payload", '{"seconds":1,"phases":1}', "--json")
+        job_id = json.loads(enqueued.stdout)["job"]["id"]
+        assert tail.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(tail.stdout, selectors.EVENT_READ)
+            assert selector.select(timeout=TIMEOUT), "no event within the timeout"
+        event = json.loads(tail.stdout.readline())
+        assert event["job_id"] == job_id and event["type"] == "SUCCEEDED"
+    finally:
+        tail.send_signal(signal.SIGINT)
+        _, err = tail.communicate(timeout=TIMEOUT)
+    assert tail.returncode == 0, err
+    assert "Traceback" not in err
