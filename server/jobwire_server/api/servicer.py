@@ -43,7 +43,9 @@ def _unary(method: Callable[[Any, Req, Context], Awaitable[Resp]]) -> Callable[[
     async def call(self: Any, request: Req, context: Context) -> Resp:
         try:
             return await method(self, request, context)
-        except JobwireError as exc:
+        except aio.AbortError:
+            raise
+        except Exception as exc:  # domain errors get their status; anything else is INTERNAL, logged
             await abort(context, exc)
 
     return call

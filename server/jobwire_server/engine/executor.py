@@ -92,6 +92,8 @@ class Executor:
     def start(self, job: Job) -> None:
         """Run a job the dispatcher just claimed."""
         entry = Running(job)
+        if job.cancel_requested:  # asked to stop before this claim (e.g. across a shutdown): don't run it
+            entry.cancel_requested = entry.stopping = True
         self._running[job.id] = entry
         self._busy += 1
         self._per_queue[job.queue] = self._per_queue.get(job.queue, 0) + 1
