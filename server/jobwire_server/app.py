@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc import aio
@@ -71,6 +72,9 @@ class App:
         if self._state != "new":
             return
         self._state = "starting"
+        # Synchronous handlers run in threads: give every job slot one, not the default min(32, CPUs+4).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="jobwire-handler"))
         await self.store.open()
         try:
             await self._start_server()

@@ -31,7 +31,7 @@ class ServerConfig:
 
     listen: str = "127.0.0.1:50051"
     db: str = "./jobwire.db"
-    concurrency: int = 32
+    concurrency: int = 100
     queue_concurrency: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace: float = 10.0
     cancel_grace: float = 5.0
@@ -195,7 +195,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
 _HELP: dict[str, str] = {
     "listen": "address to serve gRPC on, HOST:PORT (default 127.0.0.1:50051)",
     "db": "SQLite database file (default ./jobwire.db)",
-    "concurrency": "jobs run at once by this process (default 32)",
+    "concurrency": "jobs run at once by this process (default 100)",
     "queue_concurrency": "per-queue limits, QUEUE=N[,QUEUE=N...]",
     "shutdown_grace": "seconds SIGTERM may take: running jobs get this minus cancel-grace (at most half) to "
                       "finish, then the rest are stopped and requeued (default 10)",

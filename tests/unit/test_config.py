@@ -30,7 +30,7 @@ def test_defaults_when_nothing_is_given() -> None:
     config = load_config({}, {}, None)
     assert config == ServerConfig()
     assert config.listen == "127.0.0.1:50051"
-    assert config.concurrency == 32
+    assert config.concurrency == 100
     assert config.synchronous == "FULL"
     assert config.queue_concurrency == {}
     assert config.handlers == ()
@@ -38,7 +38,7 @@ def test_defaults_when_nothing_is_given() -> None:
 
 def test_load_config_does_not_read_the_process_environment_when_given_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_CONCURRENCY", "7")
-    assert load_config({}, {}, None).concurrency == 32
+    assert load_config({}, {}, None).concurrency == 100
     assert load_config({}, None, None).concurrency == 7
 
 

@@ -163,21 +163,28 @@ class QueueStats:
 
 
 _R = TypeVar("_R")
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-_FIELD_SETS: dict[type, frozenset[str]] = {}
+_EVOLVERS: dict[type, Any] = {}
 
 
 def evolve(record: _R, **changes: Any) -> _R:
     """`dataclasses.replace` for our frozen records, without re-running `__init__`: several times
     faster, which matters on the claim/complete hot path where every job changes a few times."""
     cls = type(record)
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
-        _FIELD_SETS[cls] = frozenset(names)
-    if not _FIELD_SETS[cls].issuperset(changes):
-        raise TypeError(f"{cls.__name__} has no fields {sorted(set(changes) - _FIELD_SETS[cls])}")
-    new = object.__new__(cls)
-    for name in names:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(record, name))
-    return new
+    evolver = _EVOLVERS.get(cls) or _make_evolver(cls)
+    result: _R = evolver(record, changes)
+    return result
+
+
+def _make_evolver(cls: type) -> Any:
+    """Generate `copy(record, changes)` for `cls`: one straight-line function per record type."""
+    names = tuple(f.name for f in fields(cls))
+    lines = ["def evolve(r, c):",
+             "    if not c.keys() <= NAMES:",
+             f"        raise TypeError(f'{cls.__name__} has no fields {{sorted(c.keys() - NAMES)}}')",
+             "    n = new(cls)"]
+    lines += [f"    put(n, {name!r}, c[{name!r}] if {name!r} in c else r.{name})" for name in names]
+    lines.append("    return n")
+    scope: dict[str, Any] = {"NAMES": frozenset(names), "new": object.__new__, "put": object.__setattr__, "cls": cls}
+    exec("\n".join(lines), scope)
+    _EVOLVERS[cls] = scope["evolve"]
+    return scope["evolve"]

@@ -20,6 +20,8 @@ from jobwire_server.store.base import ClaimParams, Committed, Cycle, JobStore
 log = logging.getLogger("jobwire.writer")
 
 MAX_BATCH = 1000
+#: Loop turns without a new submit before a cycle commits what it has.
+GATHER_QUIET_TURNS = 1
 ERROR_BACKOFF = 1.0
 
 
@@ -75,11 +77,13 @@ class ChangeWriter:
 
     async def _gather(self) -> None:
         """Yield to the event loop while runners keep submitting, so one commit takes every change
-        that is ready now (a few loop turns; no timer, so an idle submit still commits at once)."""
-        seen = -1
-        while len(self._pending) != seen and len(self._pending) < MAX_BATCH:
-            seen = len(self._pending)
+        that is ready now. A runner needs a few loop turns from being woken to submitting, so a
+        few quiet turns are allowed; no timer, so a lone submit still commits within microseconds."""
+        seen, quiet = len(self._pending), 0
+        while quiet < GATHER_QUIET_TURNS and len(self._pending) < MAX_BATCH:
             await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._pending) == seen else 0
+            seen = len(self._pending)
 
     async def _cycle(self, batch: list[tuple[JobChange, asyncio.Future[Committed | None]]]) -> None:
         changes = [change for change, _ in batch]

@@ -167,16 +167,16 @@ class SqliteJobStore:
         return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
 
     @staticmethod
-    async def _write_details(conn: Conn, written: Iterable[tuple[JobChange, int]]) -> list[Committed]:
-        """Phase rows and numbered event rows of changes whose job row was written; `seq` is the
-        job's sequence after the change, so its events are numbered seq-n+1 … seq."""
+    async def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list[Committed]:
+        """Phase rows and numbered event rows of changes whose job row was written. Each change
+        comes with the job as committed: its `last_sequence` numbers the change's events
+        (last_sequence-n+1 … last_sequence), and every event carries it."""
         phase_params: list[tuple[Any, ...]] = []
         event_params: list[tuple[Any, ...]] = []
         committed: list[Committed] = []
-        for change, seq in written:
-            job = change.job
+        for change, job in written:
             phase_params.extend(rows.phase_params(job.id, i, job.phases[i]) for i in change.changed_phases)
-            first = seq - len(change.events) + 1
+            first = job.last_sequence - len(change.events) + 1
             events = tuple(
                 Event(job.id, first + n, e.type, job.update_time, job.queue, job.kind, e.phase, e.detail, job)
                 for n, e in enumerate(change.events))
@@ -369,8 +369,8 @@ class SqliteJobStore:
         if not found:
             return []
         jobs = await self._load_jobs(conn, [row[0] for row in found])
-        changes = [(become_due(jobs[job_id], now), seq) for job_id, seq in found]
-        return await self._write_details(conn, changes)
+        changes = [become_due(jobs[job_id], now) for job_id, _ in found]
+        return await self._write_details(conn, [(c, c.job) for c in changes])  # loaded after the update
 
     async def _claim_ready(self, conn: Conn, p: ClaimParams) -> list[Committed]:
         candidates, args = _candidate_sql(p)
@@ -383,10 +383,10 @@ class SqliteJobStore:
             return []
         jobs = await self._load_jobs(conn, [row[0] for row in found])
         changes = []
-        for job_id, seq in found:
-            after = jobs[job_id]
-            before = evolve(after, state=JobState.QUEUED, attempt=after.attempt - 1)
-            changes.append((claim(before, p.now, p.lease_expires), seq))
+        for job_id, _ in found:
+            after = jobs[job_id]  # loaded after the claim UPDATE: its attempt and sequence are current
+            change = claim(evolve(after, state=JobState.QUEUED, attempt=after.attempt - 1), p.now, p.lease_expires)
+            changes.append((change, change.job))
         return await self._write_details(conn, changes)
 
     async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
@@ -427,11 +427,14 @@ class SqliteJobStore:
             written.append((index, change, seq))
         if params:
             await conn.executemany(_APPLY_CHANGE, params)
-        committed = await self._write_details(conn, [(change, seq) for _, change, seq in written])
-        for (index, change, seq), item in zip(written, committed, strict=True):
+        finals = []
+        for _, change, seq in written:
             requested, reason = current[change.job.id][3], current[change.job.id][4]
-            job = evolve(item.job, cancel_requested=bool(requested), cancel_reason=reason, last_sequence=seq)
-            results[index] = Committed(job, tuple(evolve(e, job=job) for e in item.events))
+            finals.append((change, evolve(change.job, cancel_requested=bool(requested), cancel_reason=reason,
+                                          last_sequence=seq)))
+        committed = await self._write_details(conn, finals)
+        for (index, _, _), item in zip(written, committed, strict=True):
+            results[index] = item
         return results
 
     async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
