@@ -110,13 +110,13 @@ boundary = Kind("t.boundary", max_attempts=1)
 
 @boundary.phase("one")
 async def boundary_one(ctx: JobContext) -> bytes:
-    await asyncio.sleep(ctx.json()["work"][0])  # the simulated work: 0 to a few milliseconds
+    await asyncio.sleep(ctx.json()["work"][0])  # sleep-ok: the simulated work, 0 to a few milliseconds
     return b"1"
 
 
 @boundary.phase("two")
 async def boundary_two(ctx: JobContext) -> bytes:
-    await asyncio.sleep(ctx.json()["work"][1])
+    await asyncio.sleep(ctx.json()["work"][1])  # sleep-ok: simulated work
     return b"2"
 
 
