@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,12 +19,18 @@ from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.validation import Limits
 from jobwire_server.config import ServerConfig
 from jobwire_server.domain.clock import Clock, SystemClock
+from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.dispatcher import Dispatcher
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.leases import LeaseKeeper
+from jobwire_server.engine.retention import Retention, RetentionPolicy
 from jobwire_server.engine.service import JobService
+from jobwire_server.engine.webhooks.guard import AddressGuard
+from jobwire_server.engine.webhooks.http import WebhookClient
+from jobwire_server.engine.webhooks.sender import SenderSettings, WebhookSender, webhook_wanted
+from jobwire_server.engine.webhooks.signing import Signer
 from jobwire_server.engine.writer import ChangeWriter
 from jobwire_server.handlers.registry import Registry, build_registry
 from jobwire_server.store.base import Committed
@@ -34,6 +41,10 @@ log = logging.getLogger("jobwire")
 SERVICE_NAME = jobwire_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 #: The gRPC server's own grace after the drain: in-flight unary calls finish, streams end.
 SERVER_STOP_GRACE = 1.0
+#: Seconds webhook attempts in flight get at shutdown; the rest are sent after the next start.
+WEBHOOK_STOP_GRACE = 2.0
+#: Bytes of a webhook receiver's answer read before the rest is discarded.
+WEBHOOK_READ_CAP = 64 * 1024
 
 
 class StartupError(Exception):
@@ -60,6 +71,20 @@ class App:
                                   running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake)
         self.service = JobService(self.store, self.hub, self.dispatcher, self.executor, self.clock,
                                   request_ttl=config.request_id_ttl)
+        self.webhook_guard = AddressGuard(config.webhook_allow)
+        self.webhooks = WebhookSender(
+            self.store, self.hub,
+            WebhookClient(self.webhook_guard, timeout=config.webhook_timeout, read_cap=WEBHOOK_READ_CAP,
+                          connections=config.webhook_concurrency),
+            Signer(config.webhook_secret), self.clock,
+            SenderSettings(schedule=config.webhook_retry_schedule, timeout=config.webhook_timeout,
+                           concurrency=config.webhook_concurrency))
+        self.hub.add_listener(self._published)
+        self.retention = Retention(self.store, self.hub, self.clock, RetentionPolicy(
+            stale_after=config.stale_after, delete_after=config.delete_after,
+            stale_after_state={JobState(k): v for k, v in config.stale_after_state.items()},
+            delivery_log_keep=config.delivery_log_keep, interval=config.retention_interval,
+            batch=config.retention_batch))
         self.health = health.aio.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
@@ -84,6 +109,8 @@ class App:
         self.writer.start()
         self.leases.start()
         self.dispatcher.start()
+        await self.webhooks.start()
+        self.retention.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._state = "serving"
@@ -113,7 +140,8 @@ class App:
         ])
         servicer = JobServicer(self.service, self.registry, self.clock,
                                Limits(max_payload_bytes=cfg.max_payload_bytes),
-                               max_watch_streams=cfg.max_watch_streams)
+                               max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
+                               retention=self.retention)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -159,7 +187,10 @@ class App:
             if self.server is not None:
                 await self.server.stop(SERVER_STOP_GRACE)
             await self.leases.stop()
+            await self.retention.stop()
             await self.writer.stop()
+            # Every outbox row is committed by now; what is not sent in time stays in the outbox.
+            await self.webhooks.stop(WEBHOOK_STOP_GRACE)
         finally:
             await self.store.close()
             self._state = "stopped"
@@ -171,6 +202,10 @@ class App:
     def _slot_freed(self) -> None:
         if self.service.accepting:
             self.dispatcher.wake()
+
+    def _published(self, events: Sequence[Event]) -> None:
+        if webhook_wanted(events):
+            self.webhooks.kick()
 
     def _after_commit(self, committed: list[Committed]) -> None:
         for item in committed:

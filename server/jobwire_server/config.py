@@ -16,9 +16,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from jobwire_server.engine.webhooks.signing import check_secret
+
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+DAY = 86_400.0
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+TERMINAL_STATE_NAMES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 class ConfigError(ValueError):
@@ -54,6 +61,17 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     allow_unauthenticated: bool = False
+    webhook_secret: tuple[str, ...] = ()
+    webhook_allow: tuple[str, ...] = ()
+    webhook_timeout: float = 10.0
+    webhook_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    webhook_concurrency: int = 16
+    stale_after: float = 7 * DAY
+    delete_after: float = 30 * DAY
+    stale_after_state: Mapping[str, float] = field(default_factory=dict)
+    delivery_log_keep: float = 30 * DAY
+    retention_interval: float = 60.0
+    retention_batch: int = 500
 
     @property
     def host(self) -> str:
@@ -99,6 +117,80 @@ def _seconds(name: str, value: Any) -> float:
     if not number >= 0 or number == float("inf"):
         raise ConfigError(f"{name} must be a finite number of seconds ≥ 0, got {value!r}")
     return number
+
+
+def _duration(name: str, value: Any) -> float:
+    """Seconds, given as a number or with a unit: ``500ms``, ``30s``, ``5m``, ``2h``, ``7d``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit in sorted(_UNITS, key=len, reverse=True):
+            if text.endswith(unit) and text[: -len(unit)].strip():
+                try:
+                    return _seconds(name, float(text[: -len(unit)]) * _UNITS[unit])
+                except ValueError:
+                    break
+    try:
+        return _seconds(name, value)
+    except ConfigError:
+        raise ConfigError(f"{name} must be a duration such as 30s, 5m, 2h or 7d, got {value!r}") from None
+
+
+def _durations(name: str, value: Any) -> tuple[float, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    delays = tuple(_duration(f"{name}[{i}]", item) for i, item in enumerate(items) if str(item).strip())
+    if not delays:
+        raise ConfigError(f"{name} needs at least one delay")
+    return delays
+
+
+def _strings(check: Callable[[str], str | None]) -> Callable[[str, Any], tuple[str, ...]]:
+    """A repeatable list (comma-separated in env), each entry validated by `check`."""
+    def parse(name: str, value: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        out = tuple(str(item).strip() for item in items if str(item).strip())
+        for item in out:
+            problem = check(item)
+            if problem:
+                raise ConfigError(f"{name}: {_redact(item)} {problem}")
+        return out
+
+    return parse
+
+
+def _redact(item: str) -> str:
+    return "whsec_…" if item.startswith("whsec_") else repr(item)
+
+
+def _allow_entry(entry: str) -> str | None:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return None
+    except ValueError:
+        pass
+    if "/" in entry or not all(part.replace("-", "").isalnum() for part in entry.rstrip(".").split(".")):
+        return "is neither a CIDR (10.0.0.0/8) nor a host name"
+    return None
+
+
+def _state_durations(name: str, value: Any) -> dict[str, float]:
+    """``FAILED=30d,CANCELLED=1d`` (flag/env) or a TOML table; keys are terminal states."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), v) for k, v in value.items()]
+    else:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        pairs = []
+        for item in (str(i).strip() for i in items if str(i).strip()):
+            state, sep, duration = item.partition("=")
+            if not sep:
+                raise ConfigError(f"{name} entries must be STATE=DURATION, got {item!r}")
+            pairs.append((state, duration))
+    out: dict[str, float] = {}
+    for state, duration in pairs:
+        key = state.strip().upper()
+        if key not in TERMINAL_STATE_NAMES:
+            raise ConfigError(f"{name}: {state!r} is not one of {', '.join(TERMINAL_STATE_NAMES)}")
+        out[key] = _duration(f"{name}[{key}]", duration.strip() if isinstance(duration, str) else duration)
+    return out
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -190,6 +282,17 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "tls_key": _text,
     "tls_client_ca": _text,
     "allow_unauthenticated": _bool,
+    "webhook_secret": _strings(check_secret),  # the library that signs decides
+    "webhook_allow": _strings(_allow_entry),
+    "webhook_timeout": _duration,
+    "webhook_retry_schedule": _durations,
+    "webhook_concurrency": _positive_int,
+    "stale_after": _duration,
+    "delete_after": _duration,
+    "stale_after_state": _state_durations,
+    "delivery_log_keep": _duration,
+    "retention_interval": _duration,
+    "retention_batch": _positive_int,
 }
 
 _HELP: dict[str, str] = {
@@ -219,9 +322,21 @@ _HELP: dict[str, str] = {
     "tls_key": "TLS private key (PEM)",
     "tls_client_ca": "CA bundle (PEM) to require and verify client certificates (mutual TLS)",
     "allow_unauthenticated": "allow a non-loopback listen address without tokens",
+    "webhook_secret": "whsec_… secret that signs webhooks (repeatable: two at once while rotating)",
+    "webhook_allow": "CIDR or host name webhooks may reach although not public, e.g. 10.0.0.0/8 (repeatable)",
+    "webhook_timeout": "time limit of one webhook attempt (default 10s)",
+    "webhook_retry_schedule": "delays between webhook attempts, comma-separated "
+                              "(default 5s,5m,30m,2h,5h,10h,10h: 8 attempts over about a day)",
+    "webhook_concurrency": "webhook attempts in flight at once (default 16)",
+    "stale_after": "a finished job becomes STALE this long after it finished; 0 keeps forever (default 7d)",
+    "delete_after": "a STALE job is deleted this long after it became STALE; 0 keeps forever (default 30d)",
+    "stale_after_state": "per-state stale_after, STATE=DURATION[,...], e.g. FAILED=30d",
+    "delivery_log_keep": "how long the webhook delivery log is kept; 0 keeps forever (default 30d)",
+    "retention_interval": "how often retention runs (default 60s)",
+    "retention_batch": "jobs retention touches per transaction (default 500)",
 }
 
-_REPEATABLE = {"handlers", "queue_concurrency"}
+_REPEATABLE = {"handlers", "queue_concurrency", "webhook_secret", "webhook_allow", "stale_after_state"}
 _FLAGS_ONLY_BOOL = {"builtin_kinds", "allow_unauthenticated"}
 
 

@@ -60,7 +60,8 @@ _SERVICE: Final = "/jobwire.v1.JobService/"
 #: The scope each JobService method needs; ``admin`` grants every method, listed here or not.
 METHOD_SCOPES: Final[Mapping[str, str]] = {
     **{_SERVICE + name: WRITE for name in ("Enqueue", "EnqueueBatch", "CancelJob", "RetryJob")},
-    **{_SERVICE + name: READ for name in ("GetJob", "ListJobs", "WatchJob", "WatchEvents", "GetQueueStats")},
+    **{_SERVICE + name: READ for name in ("GetJob", "ListJobs", "WatchJob", "WatchEvents", "GetQueueStats",
+                                             "ListWebhookDeliveries")},
 }
 #: Methods under these prefixes need no token: load balancers probe health, tools list services.
 OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from jobwire.v1 import jobwire_pb2
 
+from jobwire_server.domain.deliveries import DeliveryInfo, DeliveryState, strip_query
 from jobwire_server.domain.models import Event, Job, JobError, Phase, QueueStats, Webhook
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 
@@ -254,4 +255,27 @@ def stats_to_proto(stats: QueueStats) -> jobwire_pb2.QueueStats:
         stale=counts.get(JobState.STALE, 0),
     )
     _set_duration(message.oldest_queued_age, max(stats.oldest_queued_age, 0.0))
+    return message
+
+
+def delivery_to_proto(delivery: DeliveryInfo) -> jobwire_pb2.WebhookDelivery:
+    """A delivery with its attempt log; URLs lose their query strings (they may hold secrets)."""
+    message = jobwire_pb2.WebhookDelivery(
+        id=delivery.id,
+        event_type=_EVENT_TYPE_TO_PROTO[EventType(delivery.event_type)],
+        event_sequence=delivery.event_seq,
+        url=strip_query(delivery.url),
+        state=cast(jobwire_pb2.WebhookDeliveryState, _proto_number(
+            jobwire_pb2.WebhookDeliveryState, f"WEBHOOK_DELIVERY_STATE_{delivery.state.value}")),
+        attempts=delivery.attempts,
+        last_error=delivery.last_error,
+    )
+    _set_timestamp(message.create_time, delivery.create_time)
+    if delivery.state is DeliveryState.PENDING:
+        _set_timestamp(message.next_attempt_time, delivery.next_at)
+    for record in delivery.log:
+        attempt = message.attempt_log.add(number=record.number, url=record.url, status_code=record.status_code,
+                                          response=record.response, error=record.error)
+        _set_timestamp(attempt.time, record.time)
+        _set_duration(attempt.latency, record.latency)
     return message

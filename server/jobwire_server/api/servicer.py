@@ -11,7 +11,13 @@ import grpc
 from grpc import aio
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 
-from jobwire_server.api.convert import event_to_proto, job_to_proto, snapshot_event, stats_to_proto
+from jobwire_server.api.convert import (
+    delivery_to_proto,
+    event_to_proto,
+    job_to_proto,
+    snapshot_event,
+    stats_to_proto,
+)
 from jobwire_server.api.errors import abort, abort_with, status_with
 from jobwire_server.api.validation import (
     Limits,
@@ -22,12 +28,14 @@ from jobwire_server.api.validation import (
     watch_events_filter,
 )
 from jobwire_server.domain.clock import Clock
-from jobwire_server.domain.errors import FieldViolation, InvalidArgument, JobwireError
+from jobwire_server.domain.errors import FieldViolation, InvalidArgument, JobwireError, ShuttingDown
 from jobwire_server.domain.models import Event, Job, NewJob
 from jobwire_server.domain.queries import filters_digest
 from jobwire_server.domain.states import FINAL_EVENTS, TERMINAL_STATES, JobState
 from jobwire_server.engine.hub import EventFilter, Subscription
+from jobwire_server.engine.retention import Retention
 from jobwire_server.engine.service import JobService
+from jobwire_server.engine.webhooks.guard import AddressGuard, AddressRefused
 from jobwire_server.handlers.kind import NAME_PATTERN
 from jobwire_server.handlers.registry import Registry
 
@@ -53,8 +61,11 @@ def _unary(method: Callable[[Any, Req, Context], Awaitable[Resp]]) -> Callable[[
 
 class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
     def __init__(self, service: JobService, registry: Registry, clock: Clock, limits: Limits, *,
-                 max_watch_streams: int, page_secret: bytes | None = None) -> None:
+                 max_watch_streams: int, page_secret: bytes | None = None,
+                 webhook_guard: AddressGuard | None = None, retention: Retention | None = None) -> None:
         self._service = service
+        self._guard = webhook_guard or AddressGuard()
+        self._retention = retention
         self._registry = registry
         self._clock = clock
         self._limits = limits
@@ -67,6 +78,7 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
     @_unary
     async def Enqueue(self, request: jobwire_pb2.EnqueueRequest, context: Context) -> jobwire_pb2.EnqueueResponse:
         new = enqueue_to_new_job(request, self._registry, self._clock.now(), self._limits)
+        await self._check_webhooks([new])
         (result,) = await self._service.enqueue([new])
         return jobwire_pb2.EnqueueResponse(job=job_to_proto(result.job), deduplicated=result.deduplicated)
 
@@ -88,9 +100,24 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
                 violations.extend(exc.violations)
         if violations:
             raise InvalidArgument(violations)
+        await self._check_webhooks(new_jobs, batch=True)
         results = await self._service.enqueue(new_jobs)
         return jobwire_pb2.EnqueueBatchResponse(responses=[
             jobwire_pb2.EnqueueResponse(job=job_to_proto(r.job), deduplicated=r.deduplicated) for r in results])
+
+    async def _check_webhooks(self, new_jobs: list[NewJob], *, batch: bool = False) -> None:
+        """The SSRF guard at enqueue: every webhook URL must resolve to addresses it may reach."""
+        violations: list[FieldViolation] = []
+        for index, new in enumerate(new_jobs):
+            if new.webhook is None:
+                continue
+            try:
+                await self._guard.target(new.webhook.url)
+            except AddressRefused as exc:
+                prefix = f"requests[{index}]." if batch else ""
+                violations.append(FieldViolation(f"{prefix}webhook.url", str(exc)))
+        if violations:
+            raise InvalidArgument(violations)
 
     @_unary
     async def CancelJob(self, request: jobwire_pb2.CancelJobRequest, context: Context) -> jobwire_pb2.Job:
@@ -125,6 +152,23 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
                 "queue", "must be 1–128 letters, digits, '.', '-' or '_'")])
         stats = await self._service.queue_stats(request.queue)
         return jobwire_pb2.GetQueueStatsResponse(queues=[stats_to_proto(s) for s in stats])
+
+    @_unary
+    async def ListWebhookDeliveries(self, request: jobwire_pb2.ListWebhookDeliveriesRequest,
+                                    context: Context) -> jobwire_pb2.ListWebhookDeliveriesResponse:
+        deliveries = await self._service.store.job_deliveries(validate_job_id(request.job_id, "job_id"))
+        return jobwire_pb2.ListWebhookDeliveriesResponse(deliveries=[delivery_to_proto(d) for d in deliveries])
+
+    @_unary
+    async def PruneJobs(self, request: jobwire_pb2.PruneJobsRequest,
+                        context: Context) -> jobwire_pb2.PruneJobsResponse:
+        if self._retention is None:
+            raise ShuttingDown
+        if not request.dry_run:
+            self._service.check_open()
+        counts = await (self._retention.preview() if request.dry_run else self._retention.run_once())
+        return jobwire_pb2.PruneJobsResponse(marked_stale=counts.marked_stale, deleted=counts.deleted,
+                                             delivery_log_pruned=counts.log_pruned, dry_run=request.dry_run)
 
     # ------------------------------------------------------------------ streams
 

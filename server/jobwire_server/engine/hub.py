@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from jobwire_server.domain.models import Event
@@ -81,6 +81,11 @@ class WatchHub:
         self._firehose: set[Subscription] = set()
         #: Set each time the number of subscriptions changes (tests wait on it).
         self.changed = asyncio.Event()
+        self._listeners: list[Callable[[Sequence[Event]], None]] = []
+
+    def add_listener(self, listener: Callable[[Sequence[Event]], None]) -> None:
+        """Call `listener` with every published batch (in-process consumers: the webhook sender)."""
+        self._listeners.append(listener)
 
     def subscribe_job(self, job_id: str) -> Subscription:
         sub = Subscription(self, self.capacity, job_id, None)
@@ -110,6 +115,10 @@ class WatchHub:
         self._signal()
 
     def publish(self, events: Iterable[Event]) -> None:
+        if self._listeners:
+            events = tuple(events)
+            for listener in self._listeners:
+                listener(events)
         if not self._by_job and not self._firehose:
             return
         for event in events:

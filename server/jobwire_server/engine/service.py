@@ -27,13 +27,13 @@ class JobService:
         self._request_ttl = request_ttl
         self.accepting = True
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if not self.accepting:
             raise ShuttingDown
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert (durably) and wake the dispatcher; the reply is sent after the commit."""
-        self._check_open()
+        self.check_open()
         results = await self.store.insert_jobs(jobs, self._clock.now(), self._request_ttl)
         wake = False
         for result in results:
@@ -52,7 +52,7 @@ class JobService:
         return await self.store.list_jobs(query)
 
     async def cancel(self, job_id: str, reason: str) -> Job:
-        self._check_open()
+        self.check_open()
         now = self._clock.now()
         job, committed = await self.store.update_job(job_id, lambda j: plan_cancel(j, reason, now))
         if committed is not None:
@@ -62,7 +62,7 @@ class JobService:
         return job
 
     async def retry(self, job_id: str, from_start: bool) -> Job:
-        self._check_open()
+        self.check_open()
         now = self._clock.now()
         job, committed = await self.store.update_job(job_id, lambda j: plan_retry(j, from_start, now))
         if committed is not None:

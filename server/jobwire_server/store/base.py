@@ -11,8 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from jobwire_server.domain.models import Event, Job, NewJob, QueueStats
+from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
+from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
 
 
@@ -53,6 +55,13 @@ class Cycle:
     claimed: list[Committed]
     #: Earliest run_at of a SCHEDULED or RETRYING job after the cycle (when a claim was made).
     next_due: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionCounts:
+    marked_stale: int = 0
+    deleted: int = 0
+    log_pruned: int = 0
 
 
 #: Builds the change to make from the job as stored; None means "nothing to do".
@@ -111,3 +120,37 @@ class JobStore(Protocol):
     async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]: ...
 
     async def queue_stats(self, queue: str, now: float) -> list[QueueStats]: ...
+
+    # Webhook outbox: rows are written with their events by every write above.
+
+    async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
+        """Lease up to `limit` due deliveries so they are sent once."""
+        ...
+
+    async def record_delivery_attempt(
+        self, outcome: AttemptOutcome, now: float, event: PendingEvent | None
+    ) -> Event | None:
+        """Log an attempt; with `event`, append it to the job (numbered) in the same transaction.
+        A delivery whose job retention deleted is a no-op (None)."""
+        ...
+
+    async def next_delivery_due(self) -> float | None: ...
+
+    async def release_delivery_leases(self) -> int: ...
+
+    async def job_deliveries(self, job_id: str) -> list[DeliveryInfo]: ...
+
+    # Retention: each call is one short transaction over at most `limit` rows.
+
+    async def mark_stale(self, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
+        ...
+
+    async def delete_stale(self, stale_before: float, now: float, limit: int) -> list[Event]: ...
+
+    async def prune_delivery_log(self, before: float, limit: int) -> int: ...
+
+    async def prune_requests(self, now: float, limit: int) -> int: ...
+
+    async def retention_preview(
+        self, finished_before: Mapping[JobState, float], stale_before: float | None, log_before: float | None
+    ) -> RetentionCounts: ...

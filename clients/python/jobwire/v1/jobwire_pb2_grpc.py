@@ -100,6 +100,16 @@ class JobServiceStub:
                 request_serializer=jobwire_dot_v1_dot_jobwire__pb2.GetQueueStatsRequest.SerializeToString,
                 response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.GetQueueStatsResponse.FromString,
                 _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/jobwire.v1.JobService/ListWebhookDeliveries',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.PruneJobs = channel.unary_unary(
+                '/jobwire.v1.JobService/PruneJobs',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -254,6 +264,27 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookDeliveries(self, request, context):
+        """ListWebhookDeliveries returns a job's webhook deliveries, oldest event first, each with its
+        attempt log. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (malformed `job_id`), NOT_FOUND (no such job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneJobs(self, request, context):
+        """PruneJobs runs retention now (finished jobs past their keep time become STALE, STALE jobs past
+        theirs are deleted, the delivery log is pruned), or with `dry_run` only counts what it would
+        do. Retention also runs on its own schedule. Needs `admin`.
+
+        Errors: UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +332,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetQueueStats,
                     request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.GetQueueStatsRequest.FromString,
                     response_serializer=jobwire_dot_v1_dot_jobwire__pb2.GetQueueStatsResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'PruneJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneJobs,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -567,6 +608,60 @@ class JobService:
             '/jobwire.v1.JobService/GetQueueStats',
             jobwire_dot_v1_dot_jobwire__pb2.GetQueueStatsRequest.SerializeToString,
             jobwire_dot_v1_dot_jobwire__pb2.GetQueueStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/ListWebhookDeliveries',
+            jobwire_dot_v1_dot_jobwire__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/PruneJobs',
+            jobwire_dot_v1_dot_jobwire__pb2.PruneJobsRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.PruneJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

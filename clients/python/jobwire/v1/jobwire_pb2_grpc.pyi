@@ -159,6 +159,19 @@ class JobServiceStub:
 
     Errors: INVALID_ARGUMENT (a bad queue name), UNAVAILABLE (SHUTTING_DOWN).
     """
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.ListWebhookDeliveriesRequest, _jobwire_pb2.ListWebhookDeliveriesResponse]
+    """ListWebhookDeliveries returns a job's webhook deliveries, oldest event first, each with its
+    attempt log. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (malformed `job_id`), NOT_FOUND (no such job).
+    """
+    PruneJobs: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.PruneJobsRequest, _jobwire_pb2.PruneJobsResponse]
+    """PruneJobs runs retention now (finished jobs past their keep time become STALE, STALE jobs past
+    theirs are deleted, the delivery log is pruned), or with `dry_run` only counts what it would
+    do. Retention also runs on its own schedule. Needs `admin`.
+
+    Errors: UNAVAILABLE (SHUTTING_DOWN).
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -277,6 +290,19 @@ class JobServiceAsyncStub(JobServiceStub):
     or for every queue that holds jobs.
 
     Errors: INVALID_ARGUMENT (a bad queue name), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.ListWebhookDeliveriesRequest, _jobwire_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """ListWebhookDeliveries returns a job's webhook deliveries, oldest event first, each with its
+    attempt log. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (malformed `job_id`), NOT_FOUND (no such job).
+    """
+    PruneJobs: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.PruneJobsRequest, _jobwire_pb2.PruneJobsResponse]  # type: ignore[assignment]
+    """PruneJobs runs retention now (finished jobs past their keep time become STALE, STALE jobs past
+    theirs are deleted, the delivery log is pruned), or with `dry_run` only counts what it would
+    do. Retention also runs on its own schedule. Needs `admin`.
+
+    Errors: UNAVAILABLE (SHUTTING_DOWN).
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -447,6 +473,31 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         or for every queue that holds jobs.
 
         Errors: INVALID_ARGUMENT (a bad queue name), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _jobwire_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_jobwire_pb2.ListWebhookDeliveriesResponse]]:
+        """ListWebhookDeliveries returns a job's webhook deliveries, oldest event first, each with its
+        attempt log. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (malformed `job_id`), NOT_FOUND (no such job).
+        """
+
+    @_abc_1.abstractmethod
+    def PruneJobs(
+        self,
+        request: _jobwire_pb2.PruneJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.PruneJobsResponse, _abc.Awaitable[_jobwire_pb2.PruneJobsResponse]]:
+        """PruneJobs runs retention now (finished jobs past their keep time become STALE, STALE jobs past
+        theirs are deleted, the delivery log is pruned), or with `dry_run` only counts what it would
+        do. Retention also runs on its own schedule. Needs `admin`.
+
+        Errors: UNAVAILABLE (SHUTTING_DOWN).
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

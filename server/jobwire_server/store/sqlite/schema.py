@@ -75,6 +75,47 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX requests_expiry ON requests (expires);
     """,
+    # 2: the webhook outbox (one row per event to deliver) and its delivery log (one row per attempt).
+    """
+    CREATE TABLE deliveries (
+        id           TEXT PRIMARY KEY,
+        job_id       TEXT NOT NULL,
+        event_seq    INTEGER NOT NULL,
+        event_type   TEXT NOT NULL,
+        url          TEXT NOT NULL,
+        body         BLOB NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      REAL NOT NULL,
+        lease_until  REAL,
+        create_time  REAL NOT NULL,
+        update_time  REAL NOT NULL,
+        last_error   TEXT NOT NULL DEFAULT '',
+        -- 1 when the receiver answered 410 Gone: nothing more goes to this URL for this job.
+        gone         INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX deliveries_due ON deliveries (next_at) WHERE state = 'PENDING';
+    CREATE INDEX deliveries_by_job ON deliveries (job_id, url);
+
+    CREATE TABLE delivery_attempts (
+        delivery_id  TEXT NOT NULL,
+        number       INTEGER NOT NULL,
+        job_id       TEXT NOT NULL,
+        time         REAL NOT NULL,
+        url          TEXT NOT NULL,
+        status_code  INTEGER NOT NULL DEFAULT 0,
+        latency      REAL NOT NULL DEFAULT 0,
+        response     TEXT NOT NULL DEFAULT '',
+        error        TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (delivery_id, number)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX delivery_attempts_time ON delivery_attempts (time);
+    CREATE INDEX delivery_attempts_by_job ON delivery_attempts (job_id);
+
+    -- Retention looks for terminal jobs by when they finished, and STALE ones by when they became so.
+    CREATE INDEX jobs_finished ON jobs (finish_time) WHERE state IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+    CREATE INDEX jobs_stale ON jobs (update_time) WHERE state = 'STALE';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
+from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused, SchemaTooNew
 from jobwire_server.domain.ids import new_job_id
-from jobwire_server.domain.models import Event, Job, NewJob, Phase, QueueStats, evolve
+from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, Phase, QueueStats, evolve
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
-from jobwire_server.domain.transitions import JobChange, become_due, claim
-from jobwire_server.store.base import ChangeBuilder, ClaimParams, Committed, Cycle, InsertResult
-from jobwire_server.store.sqlite import rows
+from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
+from jobwire_server.store.base import ChangeBuilder, ClaimParams, Committed, Cycle, InsertResult, RetentionCounts
+from jobwire_server.store.sqlite import outbox, rows
 from jobwire_server.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -186,6 +187,7 @@ class SqliteJobStore:
             await conn.executemany(_UPDATE_PHASE, phase_params)
         if event_params:
             await conn.executemany(_INSERT_EVENT, event_params)
+            await outbox.add_deliveries(conn, (e for c in committed for e in c.events))
         return committed
 
     # ------------------------------------------------------------------ enqueue
@@ -230,6 +232,7 @@ class SqliteJobStore:
                 results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
             else:
                 results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
+        await outbox.add_deliveries(conn, (e for r in results for e in r.events))
         return results
 
     @staticmethod
@@ -459,7 +462,115 @@ class SqliteJobStore:
         return await self._transaction(body)
 
 
+    # ------------------------------------------------------------------ webhook outbox
+
+    async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
+        return await self._transaction(lambda conn: outbox.take_due(conn, now, limit, lease_until))
+
+    async def record_delivery_attempt(
+        self, outcome: AttemptOutcome, now: float, event: PendingEvent | None
+    ) -> Event | None:
+        """Log one attempt and move its delivery on; with `event` (the delivery ended), append that
+        WEBHOOK_* event to the job in the same transaction and return it numbered. Nothing is
+        written, and None returned, when retention deleted the job (and so the delivery) meanwhile."""
+        job_id = outcome.delivery.job_id
+
+        async def body(conn: Conn) -> Event | None:
+            if not await outbox.record_attempt(conn, outcome, now) or event is None:
+                return None
+            found = await conn.execute_fetchall("UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING seq", (job_id,))
+            if not found:
+                return None
+            seq = int(next(iter(found))[0])
+            await conn.execute(_INSERT_EVENT, (job_id, seq, event.type.value, now, event.phase, event.detail))
+            job = (await self._load_jobs(conn, [job_id]))[job_id]
+            return Event(job_id, seq, event.type, now, job.queue, job.kind, event.phase, event.detail, job)
+
+        return await self._transaction(body)
+
+    async def next_delivery_due(self) -> float | None:
+        return await outbox.next_due(self._read)
+
+    async def release_delivery_leases(self) -> int:
+        """At start: deliveries a previous process had taken but not finished are due again."""
+        return await self._transaction(outbox.release_leases)
+
+    async def job_deliveries(self, job_id: str) -> list[DeliveryInfo]:
+        """A job's deliveries with their attempt log; JobNotFound when the job does not exist."""
+        exists = await self._read.execute_fetchall("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
+        if not exists:
+            raise JobNotFound(job_id)
+        return await outbox.job_deliveries(self._read, job_id)
+
+    # ------------------------------------------------------------------ retention
+
+    async def mark_stale(self, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
+        """Up to `limit` terminal jobs that finished before their state's cutoff become STALE."""
+        async def body(conn: Conn) -> list[Committed]:
+            ids = await _stale_candidates(conn, finished_before, limit)
+            jobs = await self._load_jobs(conn, ids)
+            results = await self._apply(conn, [make_stale(jobs[i], now) for i in ids if i in jobs])
+            return [c for c in results if c is not None]
+
+        return await self._transaction(body)
+
+    async def delete_stale(self, stale_before: float, now: float, limit: int) -> list[Event]:
+        """Delete up to `limit` jobs STALE since before `stale_before`, with everything kept for
+        them; returns their DELETED events (no job attached, never stored)."""
+        async def body(conn: Conn) -> list[Event]:
+            found = await conn.execute_fetchall(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'STALE' AND update_time < ? "
+                "ORDER BY update_time LIMIT ?) RETURNING id, queue, kind, seq", (stale_before, limit))
+            if not found:
+                return []
+            key = json.dumps([row[0] for row in found])
+            await conn.execute("DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
+            await conn.execute("DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
+            await outbox.delete_for_jobs(conn, key)
+            return [Event(row[0], row[3] + 1, EventType.DELETED, now, row[1], row[2]) for row in found]
+
+        return await self._transaction(body)
+
+    async def prune_delivery_log(self, before: float, limit: int) -> int:
+        return await self._transaction(lambda conn: outbox.prune_log(conn, before, limit))
+
+    async def prune_requests(self, now: float, limit: int) -> int:
+        async def body(conn: Conn) -> int:
+            cursor = await conn.execute(
+                "DELETE FROM requests WHERE request_id IN (SELECT request_id FROM requests WHERE expires <= ? LIMIT ?)",
+                (now, limit))
+            return cursor.rowcount
+
+        return await self._transaction(body)
+
+    async def retention_preview(
+        self, finished_before: Mapping[JobState, float], stale_before: float | None, log_before: float | None
+    ) -> RetentionCounts:
+        """What one full retention pass would do now, counted without writing."""
+        stale = 0
+        for state, cutoff in finished_before.items():
+            stale += int(_scalar(await self._read.execute_fetchall(
+                "SELECT count(*) FROM jobs WHERE state = ? AND finish_time < ?", (state.value, cutoff))) or 0)
+        deleted = 0 if stale_before is None else int(_scalar(await self._read.execute_fetchall(
+            "SELECT count(*) FROM jobs WHERE state = 'STALE' AND update_time < ?", (stale_before,))) or 0)
+        log = 0 if log_before is None else int(_scalar(await self._read.execute_fetchall(
+            "SELECT count(*) FROM delivery_attempts WHERE time < ?", (log_before,))) or 0)
+        return RetentionCounts(marked_stale=stale, deleted=deleted, log_pruned=log)
+
+
 # ---------------------------------------------------------------------- helpers
+
+
+async def _stale_candidates(conn: Conn, finished_before: Mapping[JobState, float], limit: int) -> list[str]:
+    ids: list[str] = []
+    for state, cutoff in sorted(finished_before.items()):
+        if len(ids) >= limit:
+            break
+        found = await conn.execute_fetchall(
+            "SELECT id FROM jobs WHERE state = ? AND finish_time < ? ORDER BY finish_time LIMIT ?",
+            (state.value, cutoff, limit - len(ids)))
+        ids.extend(row[0] for row in found)
+    return ids
 
 
 def _scalar(found: Iterable[Any]) -> float | None:
