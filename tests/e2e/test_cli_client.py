@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import selectors
@@ -159,3 +160,36 @@ def test_events_tail_json_until_ctrl_c(server: ServerProcess) -> None:
         _, err = tail.communicate(timeout=TIMEOUT)
     assert tail.returncode == 0, err
     assert "Traceback" not in err
+
+
+async def test_webhooks_and_prune_commands(start_server: StartServer) -> None:
+    from jobwire.v1 import jobwire_pb2 as pb  # noqa: PLC0415
+
+    from tests.integration.test_webhooks import connect, next_outcome, webhook_outcomes  # noqa: PLC0415
+    from tests.receiver import Answer, Receiver  # noqa: PLC0415
+
+    server = start_server(webhook_allow="127.0.0.1/32", webhook_retry_schedule="0.01s",
+                          stale_after="0.000001", retention_interval="1h")
+    async with Receiver() as receiver, connect(server) as stub, webhook_outcomes(stub) as outcomes:
+        receiver.answer(Answer(503, body=b"busy"))
+        enqueued = await asyncio.to_thread(run, server, "enqueue", "noop", "--payload", "{}", "--json",
+                                           "--webhook", receiver.url("/hook?key=secret"))
+        assert enqueued.returncode == 0, enqueued.stderr
+        job_id = json.loads(enqueued.stdout)["job"]["id"]
+        assert (await next_outcome(outcomes, job_id)).type == pb.EVENT_TYPE_WEBHOOK_DELIVERED
+
+    shown = run(server, "webhooks", job_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "SUCCEEDED #" in shown.stdout and "DELIVERED" in shown.stdout and "attempts: 2" in shown.stdout
+    assert "503" in shown.stdout and "200" in shown.stdout and "secret" not in shown.stdout
+    as_json = [json.loads(line) for line in run(server, "webhooks", job_id, "--json").stdout.splitlines()]
+    assert [a["status_code"] for a in as_json[0]["attempt_log"]] == [503, 200]
+
+    dry = run(server, "prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would make ") and "STALE" in dry.stdout
+    done = json.loads(run(server, "prune", "--json").stdout)
+    assert done["marked_stale"] >= 1 and done["dry_run"] is False
+    assert json.loads(run(server, "get", job_id, "--json").stdout)["state"] == "STALE"
+    missing = run(server, "webhooks", "01a00000-0000-7000-8000-000000000000")
+    assert missing.returncode != 0 and "not found" in missing.stderr.lower()

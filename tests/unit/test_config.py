@@ -353,3 +353,43 @@ def test_host_and_port() -> None:
     assert (config.host, config.port) == ("::1", 6000)
     assert ServerConfig().host == "127.0.0.1"
     assert ServerConfig().port == 50051
+
+
+# ----------------------------------------------------------------------------- webhooks and retention
+
+
+def test_durations_take_units_and_plain_seconds() -> None:
+    config = build_config({"stale_after": "7d", "delete_after": "36h", "webhook_timeout": "500ms",
+                           "delivery_log_keep": 90, "retention_interval": "1.5m"})
+    assert (config.stale_after, config.delete_after, config.webhook_timeout) == (7 * 86400, 36 * 3600, 0.5)
+    assert (config.delivery_log_keep, config.retention_interval) == (90.0, 90.0)
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1s", "5 parsecs", "inf", ""])
+def test_bad_durations_name_the_setting(bad: str) -> None:
+    with pytest.raises(ConfigError, match="stale_after"):
+        build_config({"stale_after": bad})
+
+
+def test_retry_schedule_and_state_overrides() -> None:
+    config = load_config({"webhook_retry_schedule": "1s, 2m,3h", "stale_after_state": ["failed=30d", "CANCELLED=0"]},
+                         environ={})
+    assert config.webhook_retry_schedule == (1.0, 120.0, 10800.0)
+    assert config.stale_after_state == {"FAILED": 30 * 86400.0, "CANCELLED": 0.0}
+    with pytest.raises(ConfigError, match="RUNNING"):
+        build_config({"stale_after_state": "RUNNING=1d"})
+    with pytest.raises(ConfigError, match="STATE=DURATION"):
+        build_config({"stale_after_state": "FAILED"})
+
+
+def test_webhook_secrets_and_allow_list_from_env_and_flags() -> None:
+    secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    config = load_config({"webhook_allow": ["10.0.0.0/8", "hooks.internal"]},
+                         environ={"JOBWIRE_WEBHOOK_SECRET": f"{secret},{secret}"})
+    assert config.webhook_secret == (secret, secret)
+    assert config.webhook_allow == ("10.0.0.0/8", "hooks.internal")
+    with pytest.raises(ConfigError, match="whsec_") as caught:
+        load_config({"webhook_secret": ["not-a-secret"]}, environ={})
+    assert "env" not in str(caught.value)
+    with pytest.raises(ConfigError, match="webhook_allow"):
+        build_config({"webhook_allow": "10.0.0.0/33/1"})

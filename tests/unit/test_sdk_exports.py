@@ -28,6 +28,7 @@ EXPECTED = [
     "Phase",
     "PhaseState",
     "Progress",
+    "PruneResult",
     "QueueStats",
     "ResourceExhausted",
     "RetryPolicy",
@@ -35,6 +36,8 @@ EXPECTED = [
     "Unauthenticated",
     "Unavailable",
     "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "sync",
 ]
 

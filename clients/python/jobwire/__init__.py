@@ -30,8 +30,11 @@ from jobwire.models import (
     Phase,
     PhaseState,
     Progress,
+    PruneResult,
     QueueStats,
     Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "Phase",
     "PhaseState",
     "Progress",
+    "PruneResult",
     "QueueStats",
     "ResourceExhausted",
     "RetryPolicy",
@@ -61,5 +65,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "sync",
 ]

@@ -29,8 +29,11 @@ from jobwire.models import (
     Phase,
     PhaseState,
     Progress,
+    PruneResult,
     QueueStats,
     Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
 )
 from jobwire.v1 import jobwire_pb2 as pb
 
@@ -202,6 +205,39 @@ def queue_stats_from_proto(message: pb.QueueStats) -> QueueStats:
         stale=message.stale,
         oldest_queued_age=_duration(message.oldest_queued_age),
     )
+
+
+def delivery_from_proto(message: pb.WebhookDelivery) -> WebhookDelivery:
+    state = pb.WebhookDeliveryState.Name(message.state).removeprefix("WEBHOOK_DELIVERY_STATE_")
+    return WebhookDelivery(
+        id=message.id,
+        event_type=event_type_from_proto(message.event_type),
+        event_sequence=message.event_sequence,
+        url=message.url,
+        state=state,
+        attempts=message.attempts,
+        create_time=message.create_time.ToDatetime(tzinfo=UTC) if message.HasField("create_time") else None,
+        next_attempt_time=(
+            message.next_attempt_time.ToDatetime(tzinfo=UTC) if message.HasField("next_attempt_time") else None
+        ),
+        last_error=message.last_error,
+        attempt_log=tuple(
+            WebhookAttempt(
+                number=a.number,
+                time=a.time.ToDatetime(tzinfo=UTC) if a.HasField("time") else None,
+                url=a.url,
+                status_code=a.status_code,
+                latency=_duration(a.latency),
+                response=a.response,
+                error=a.error,
+            )
+            for a in message.attempt_log
+        ),
+    )
+
+
+def prune_from_proto(message: pb.PruneJobsResponse) -> PruneResult:
+    return PruneResult(message.marked_stale, message.deleted, message.delivery_log_pruned, message.dry_run)
 
 
 # --- models -> requests ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from jobwire.client import DEFAULT_TARGET, TLSConfig
 from jobwire.errors import JobwireError
-from jobwire.models import EventType, Job, JobEvent, JobState, Phase, Progress
+from jobwire.models import EventType, Job, JobEvent, JobState, Phase, Progress, WebhookDelivery
 from jobwire.sync import Client
 
 EXIT_OK = 0
@@ -57,7 +57,7 @@ class UsageError(Exception):
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add enqueue, get, list, watch, cancel, retry, events and stats to a ``jobwire`` parser."""
+    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks and prune to a ``jobwire`` parser."""
     common = _common_flags()
 
     def command(name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -92,6 +92,9 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts including the first")
     p.add_argument("--dedupe-key", default="", metavar="KEY", help="fold into an active job with this key")
     p.add_argument("--request-id", default="", metavar="ID", help="idempotency key (default: generated)")
+    p.add_argument("--webhook", default="", metavar="URL", help="POST the job's events to URL (signed)")
+    p.add_argument("--webhook-event", action="append", type=_event_type, default=[], metavar="TYPE",
+                   help="event to send to --webhook (repeatable; default SUCCEEDED, FAILED, CANCELLED)")
     p.add_argument("--watch", action="store_true", help="then watch the job until it finishes")
     p.set_defaults(func=cmd_enqueue)
 
@@ -149,6 +152,28 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p = command("stats", "show queue statistics", "Job counts per state and the oldest QUEUED job's age.")
     p.add_argument("--queue", default="", help="only this queue (default: every queue holding jobs)")
     p.set_defaults(func=cmd_stats)
+    _add_webhook_and_retention_commands(command)
+
+
+def _add_webhook_and_retention_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command(
+        "webhooks",
+        "show a job's webhook deliveries",
+        "Show each webhook delivery of a job (one per event sent) with every attempt: when, the HTTP "
+        "status, latency and error. The delivery log is kept for 30 days by default.",
+    )
+    p.add_argument("id", metavar="ID", help="job id")
+    p.set_defaults(func=cmd_webhooks)
+
+    p = command(
+        "prune",
+        "run retention now",
+        "Make finished jobs past their keep time STALE, delete STALE jobs past theirs, and prune the "
+        "webhook delivery log, as the server's own schedule does. Needs the admin scope.",
+        "example:\n  jobwire prune --dry-run\n",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only count what would be done")
+    p.set_defaults(func=cmd_prune)
 
 
 def _common_flags() -> argparse.ArgumentParser:
@@ -255,6 +280,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
             dedupe_key=args.dedupe_key,
             request_id=args.request_id,
+            webhook_url=args.webhook,
+            webhook_events=tuple(args.webhook_event),
         )
         if args.json:
             _print_json({"job": handle.job, "deduplicated": handle.deduplicated})
@@ -442,6 +469,55 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(args, body)
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """``jobwire webhooks ID``."""
+
+    def body(client: Client) -> int:
+        deliveries = client.webhook_deliveries(args.id)
+        if args.json:
+            for delivery in deliveries:
+                _print_json(delivery)
+            return EXIT_OK
+        if not deliveries:
+            print(f"job {args.id} has no webhook deliveries")
+            return EXIT_OK
+        for delivery in deliveries:
+            print(format_delivery(delivery))
+        return EXIT_OK
+
+    return _run(args, body)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``jobwire prune [--dry-run]``."""
+
+    def body(client: Client) -> int:
+        result = client.prune(args.dry_run)
+        if args.json:
+            _print_json(result)
+            return EXIT_OK
+        verb = "would make" if result.dry_run else "made"
+        print(f"{verb} {result.marked_stale} jobs STALE, "
+              f"{'would delete' if result.dry_run else 'deleted'} {result.deleted} STALE jobs, "
+              f"{'would prune' if result.dry_run else 'pruned'} {result.delivery_log_pruned} delivery log entries")
+        return EXIT_OK
+
+    return _run(args, body)
+
+
+def format_delivery(delivery: WebhookDelivery) -> str:
+    head = (f"{delivery.id}  {delivery.event_type.value} #{delivery.event_sequence}  {delivery.state}  "
+            f"{delivery.url}  attempts: {delivery.attempts}")
+    if delivery.state == "PENDING" and delivery.next_attempt_time is not None:
+        head += f"  next: {_when(delivery.next_attempt_time)}"
+    rows = [(a.number, _when(a.time), a.status_code or "-", f"{a.latency.total_seconds() * 1000:.0f} ms",
+             a.error or _short(a.response.encode(), 60)) for a in delivery.attempt_log]
+    if not rows:
+        return head
+    table = _table(("#", "TIME", "STATUS", "LATENCY", "ERROR / ANSWER"), rows)
+    return head + "\n" + "\n".join("  " + line for line in table.splitlines())
 
 
 def _error(message: str) -> None:

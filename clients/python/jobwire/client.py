@@ -41,7 +41,9 @@ from jobwire.models import (
     JobEvent,
     JobState,
     Payload,
+    PruneResult,
     QueueStats,
+    WebhookDelivery,
 )
 from jobwire.v1 import jobwire_pb2 as pb
 from jobwire.v1 import jobwire_pb2_grpc as pb_grpc
@@ -300,6 +302,17 @@ class Client:
         """Job counts per state for one queue, or for every queue holding jobs (sorted by name)."""
         response = await self._unary(self._service().GetQueueStats, pb.GetQueueStatsRequest(queue=queue))
         return [_convert.queue_stats_from_proto(q) for q in response.queues]
+
+    async def webhook_deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        """A job's webhook deliveries with their attempt log, oldest event first."""
+        request = pb.ListWebhookDeliveriesRequest(job_id=job_id)
+        response = await self._unary(self._service().ListWebhookDeliveries, request)
+        return [_convert.delivery_from_proto(d) for d in response.deliveries]
+
+    async def prune(self, dry_run: bool = False) -> PruneResult:
+        """Run retention now (needs the ``admin`` scope), or with ``dry_run`` count what it would do."""
+        response = await self._unary(self._service().PruneJobs, pb.PruneJobsRequest(dry_run=dry_run))
+        return _convert.prune_from_proto(response)
 
     # --- per-job operations (used by JobHandle) -------------------------------------------------
 

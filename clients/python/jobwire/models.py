@@ -202,6 +202,50 @@ class QueueStats:
     oldest_queued_age: timedelta = timedelta(0)
 
 
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One POST of a webhook delivery, as the server's delivery log keeps it."""
+
+    number: int
+    time: datetime | None
+    url: str
+    #: 0 when there was no answer (refused address, network error, timeout).
+    status_code: int
+    latency: timedelta
+    #: The start of the answer's body (at most 1 KiB).
+    response: str
+    error: str
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One event's delivery to a job's webhook."""
+
+    #: Sent as the ``webhook-id`` header on every attempt.
+    id: str
+    event_type: EventType
+    event_sequence: int
+    #: Without its query string.
+    url: str
+    #: PENDING, DELIVERED, FAILED or STOPPED (after a 410 Gone).
+    state: str
+    attempts: int
+    create_time: datetime | None
+    next_attempt_time: datetime | None
+    last_error: str
+    attempt_log: tuple[WebhookAttempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a retention pass did, or with ``dry_run`` would do."""
+
+    marked_stale: int
+    deleted: int
+    delivery_log_pruned: int
+    dry_run: bool
+
+
 Payload = bytes | str | Mapping[str, Any] | list[Any] | None
 """A job payload: bytes are sent as they are, ``str`` as UTF-8, a mapping or list as compact JSON."""
 

@@ -23,7 +23,17 @@ from typing import Any, Self, TypeVar, cast
 
 from jobwire import client as _async
 from jobwire.client import DEFAULT_TARGET, RetryPolicy, TLSConfig
-from jobwire.models import EnqueueSpec, EventType, Job, JobEvent, JobState, Payload, QueueStats
+from jobwire.models import (
+    EnqueueSpec,
+    EventType,
+    Job,
+    JobEvent,
+    JobState,
+    Payload,
+    PruneResult,
+    QueueStats,
+    WebhookDelivery,
+)
 
 __all__ = ["Client", "JobHandle"]
 
@@ -259,6 +269,14 @@ class Client:
     def queue_stats(self, queue: str = "") -> list[QueueStats]:
         """Job counts per state for one queue or every queue."""
         return self._runner.run(self._client.queue_stats(queue))
+
+    def webhook_deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        """A job's webhook deliveries with their attempt log."""
+        return self._runner.run(self._client.webhook_deliveries(job_id))
+
+    def prune(self, dry_run: bool = False) -> PruneResult:
+        """Run retention now, or with ``dry_run`` count what it would do."""
+        return self._runner.run(self._client.prune(dry_run))
 
 
 class JobHandle:

@@ -30,6 +30,8 @@ DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 3600
 #: How long a taken delivery stays leased beyond its attempt timeout.
 LEASE_MARGIN = 30.0
 JITTER = 0.1
+#: The longest wait a receiver's Retry-After can ask for.
+RETRY_AFTER_CAP = 86_400.0
 ERROR_BACKOFF = 1.0
 
 
@@ -139,7 +141,7 @@ class WebhookSender:
 
 def judge(delivery: Delivery, result: HttpResult, now: float, schedule: Sequence[float]) -> AttemptOutcome:
     """The verdict of one attempt and, for a retry, when the next one is due: the schedule's delay
-    with jitter, or longer when the receiver's Retry-After asks (capped at the longest delay)."""
+    with jitter, or longer when the receiver's Retry-After asks (at most a day)."""
     number = delivery.attempts + 1
     record = AttemptRecord(number, now, strip_query(delivery.url), result.status, result.latency,
                            result.response, result.error or _status_error(result.status))
@@ -150,7 +152,7 @@ def judge(delivery: Delivery, result: HttpResult, now: float, schedule: Sequence
         return AttemptOutcome(delivery, record, Verdict.FAILED)
     delay = schedule[number - 1] * (1 - JITTER + 2 * JITTER * random.random())
     if result.retry_after is not None:
-        delay = max(delay, min(result.retry_after, max(schedule)))
+        delay = max(delay, min(result.retry_after, RETRY_AFTER_CAP))
     return AttemptOutcome(delivery, record, verdict, next_at=now + result.latency + delay)
 
 
