@@ -156,6 +156,20 @@ def test_admin_token_reads_and_writes(stub: jobwire_pb2_grpc.JobServiceStub) -> 
     assert got.id == job.id
 
 
+def test_prune_needs_admin_and_deliveries_need_read(stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    job = _enqueue(stub, ADMIN).job
+    deliveries = stub.ListWebhookDeliveries(jobwire_pb2.ListWebhookDeliveriesRequest(job_id=job.id),
+                                            timeout=TIMEOUT, metadata=_bearer(READER))
+    assert list(deliveries.deliveries) == []
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    for token in (READER, WRITER):
+        assert _refused(lambda token=token: stub.PruneJobs(jobwire_pb2.PruneJobsRequest(dry_run=True),
+                                                           timeout=TIMEOUT, metadata=_bearer(token)),
+                        denied) == "PERMISSION_DENIED"
+    reply = stub.PruneJobs(jobwire_pb2.PruneJobsRequest(dry_run=True), timeout=TIMEOUT, metadata=_bearer(ADMIN))
+    assert reply.dry_run
+
+
 def test_domain_errors_still_come_through_once_authorized(stub: jobwire_pb2_grpc.JobServiceStub) -> None:
     missing = "01890000-0000-7000-8000-000000000000"
     assert _refused(lambda: stub.GetJob(jobwire_pb2.GetJobRequest(id=missing), timeout=TIMEOUT,

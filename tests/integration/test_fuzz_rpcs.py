@@ -142,6 +142,9 @@ def _requests(method: str, known: list[str]) -> st.SearchStrategy[Any]:
                               {**wild_ids, "reason": TEXT}),
         "RetryJob": _mutated(jobwire_pb2.RetryJobRequest, {**ids, "from_start": st.booleans()}, wild_ids),
         "GetQueueStats": _mutated(jobwire_pb2.GetQueueStatsRequest, {"queue": NAME}, {"queue": TEXT}),
+        "ListWebhookDeliveries": _mutated(jobwire_pb2.ListWebhookDeliveriesRequest, {"job_id": ids["id"]},
+                                          {"job_id": wild_ids["id"]}),
+        "PruneJobs": st.builds(jobwire_pb2.PruneJobsRequest, dry_run=st.booleans()),
         "WatchJob": _mutated(jobwire_pb2.WatchJobRequest, {**ids, "after_sequence": st.integers(0, 5)},
                              {**wild_ids, "after_sequence": UINT64}),
         "WatchEvents": _mutated(
@@ -152,7 +155,8 @@ def _requests(method: str, known: list[str]) -> st.SearchStrategy[Any]:
     }[method]
 
 
-UNARY = ["Enqueue", "EnqueueBatch", "GetJob", "ListJobs", "CancelJob", "RetryJob", "GetQueueStats"]
+UNARY = ["Enqueue", "EnqueueBatch", "GetJob", "ListJobs", "CancelJob", "RetryJob", "GetQueueStats",
+         "ListWebhookDeliveries", "PruneJobs"]
 STREAMS = ["WatchJob", "WatchEvents"]
 
 
