@@ -15,6 +15,7 @@ Times are explicit (the store never reads a clock), so every test is determinist
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import MappingProxyType
@@ -22,8 +23,9 @@ from typing import Any
 
 import pytest
 from jobwire_server.domain.actions import plan_cancel, plan_retry
+from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, DeliveryState, Verdict
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused, SchemaTooNew
-from jobwire_server.domain.models import Job, JobError, NewJob
+from jobwire_server.domain.models import Job, JobError, NewJob, PendingEvent, Webhook
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 from jobwire_server.domain.transitions import (
@@ -569,3 +571,102 @@ class StoreConformance:
         with pytest.raises(SchemaTooNew) as info:
             await newer_schema_store.open()
         assert "newer" in str(info.value)
+
+    # ------------------------------------------------------------------ webhook outbox
+
+    async def _succeeded_with_webhook(self, store: Store, events: tuple[EventType, ...] = (EventType.SUCCEEDED,)
+                                      ) -> Job:
+        await insert(store, replace(nj(phases=("only",)), webhook=Webhook("https://hooks.example.com/x", events)))
+        running = await claim_one(store)
+        (done,) = await store.apply_changes([finish_phase(running, 0, b"r", T0 + 1)])
+        assert done is not None and done.job.state is JobState.SUCCEEDED
+        return done.job
+
+    async def test_an_event_the_webhook_wants_is_written_to_the_outbox_with_it(self, store: Store) -> None:
+        job = await self._succeeded_with_webhook(store)
+        await insert(store, nj())  # no webhook: nothing in the outbox
+        assert await store.next_delivery_due() == T0 + 1
+        (taken,) = await store.take_deliveries(T0 + 2, 10, lease_until=T0 + 60)
+        assert (taken.job_id, taken.event_type, taken.event_seq) == (job.id, "SUCCEEDED", job.last_sequence)
+        assert json.loads(taken.body)["data"]["jobId"] == job.id
+        assert await store.take_deliveries(T0 + 3, 10, lease_until=T0 + 60) == [], "a taken delivery is leased"
+        assert await store.next_delivery_due() is None
+        assert await store.release_delivery_leases() == 1
+        assert [d.id for d in await store.take_deliveries(T0 + 3, 10, lease_until=T0 + 60)] == [taken.id]
+
+    async def test_a_retry_logs_the_attempt_and_the_last_attempt_appends_an_event(self, store: Store) -> None:
+        job = await self._succeeded_with_webhook(store)
+        (taken,) = await store.take_deliveries(T0 + 2, 10, lease_until=T0 + 60)
+        first = AttemptRecord(1, T0 + 2, "https://hooks.example.com/x", 503, 0.1, "busy", "HTTP 503")
+        assert await store.record_delivery_attempt(
+            AttemptOutcome(taken, first, Verdict.RETRY, next_at=T0 + 10), T0 + 2, None) is None
+        assert await store.next_delivery_due() == T0 + 10
+        (again,) = await store.take_deliveries(T0 + 10, 10, lease_until=T0 + 60)
+        second = AttemptRecord(2, T0 + 10, "https://hooks.example.com/x", 200, 0.1, "ok", "")
+        event = await store.record_delivery_attempt(AttemptOutcome(again, second, Verdict.DELIVERED), T0 + 10,
+                                                    PendingEvent(EventType.WEBHOOK_DELIVERED, detail="done"))
+        assert event is not None and event.sequence == job.last_sequence + 1
+        assert event.job is not None and event.job.last_sequence == event.sequence
+        (info,) = await store.job_deliveries(job.id)
+        assert (info.state, info.attempts, [a.status_code for a in info.log]) == (DeliveryState.DELIVERED, 2,
+                                                                                 [503, 200])
+        assert (await stored_events(store, job.id))[-1][1] is EventType.WEBHOOK_DELIVERED
+
+    async def test_410_stops_the_jobs_other_deliveries_to_the_url(self, store: Store) -> None:
+        job = await self._succeeded_with_webhook(store, (EventType.STARTED, EventType.SUCCEEDED))
+        started, succeeded = await store.take_deliveries(T0 + 2, 10, lease_until=T0 + 60)
+        assert (started.event_type, succeeded.event_type) == ("STARTED", "SUCCEEDED")
+        gone = AttemptRecord(1, T0 + 2, "https://hooks.example.com/x", 410, 0.1, "", "HTTP 410")
+        await store.record_delivery_attempt(AttemptOutcome(started, gone, Verdict.GONE), T0 + 2,
+                                            PendingEvent(EventType.WEBHOOK_FAILED))
+        states = {d.event_type: d.state for d in await store.job_deliveries(job.id)}
+        assert states == {"STARTED": DeliveryState.FAILED, "SUCCEEDED": DeliveryState.STOPPED}
+        late = AttemptRecord(1, T0 + 3, "https://hooks.example.com/x", 200, 0.1, "", "")
+        assert await store.record_delivery_attempt(AttemptOutcome(succeeded, late, Verdict.DELIVERED), T0 + 3,
+                                                   PendingEvent(EventType.WEBHOOK_DELIVERED)) is None
+
+    # ------------------------------------------------------------------ retention
+
+    async def test_retention_makes_stale_then_deletes_everything_kept_for_a_job(self, store: Store) -> None:
+        job = await self._succeeded_with_webhook(store)
+        waiting = (await insert(store, nj(run_at=T0 + 10_000)))[0]
+        cutoffs = {JobState.SUCCEEDED: T0 + 5}
+        preview = await store.retention_preview(cutoffs, T0 + 5, T0 + 5)
+        assert (preview.marked_stale, preview.deleted) == (1, 0)
+        (stale,) = await store.mark_stale(cutoffs, T0 + 6, 100)
+        assert stale.job.id == job.id and stale.job.state is JobState.STALE
+        assert [e.type for e in stale.events] == [EventType.STALE]
+        assert await store.mark_stale(cutoffs, T0 + 6, 100) == []
+        assert await store.delete_stale(T0 + 6, T0 + 7, 100) == [], "STALE since T0+6 is not before T0+6"
+        (deleted,) = await store.delete_stale(T0 + 7, T0 + 7, 100)
+        assert (deleted.job_id, deleted.type, deleted.job) == (job.id, EventType.DELETED, None)
+        assert deleted.sequence == stale.job.last_sequence + 1
+        with pytest.raises(JobNotFound):
+            await store.get_job(job.id)
+        with pytest.raises(JobNotFound):
+            await store.job_deliveries(job.id)
+        assert await store.events_after(waiting.id, 0, 10) != []
+        assert await store.take_deliveries(T0 + 8, 10, lease_until=T0 + 60) == []
+        assert (await store.get_job(waiting.id)).state is JobState.SCHEDULED
+
+    async def test_retention_batches_respect_their_limit(self, store: Store) -> None:
+        for _ in range(3):
+            await insert(store, nj(phases=("only",)))
+            running = await claim_one(store)
+            await store.apply_changes([finish_phase(running, 0, b"", T0 + 1)])
+        cutoffs = {JobState.SUCCEEDED: T0 + 5}
+        assert len(await store.mark_stale(cutoffs, T0 + 6, 2)) == 2
+        assert len(await store.mark_stale(cutoffs, T0 + 6, 2)) == 1
+        assert len(await store.delete_stale(T0 + 7, T0 + 7, 2)) == 2
+        assert len(await store.delete_stale(T0 + 7, T0 + 7, 2)) == 1
+
+    async def test_a_delivery_whose_job_was_deleted_records_nothing(self, store: Store) -> None:
+        job = await self._succeeded_with_webhook(store)
+        (taken,) = await store.take_deliveries(T0 + 2, 10, lease_until=T0 + 60)
+        await store.mark_stale({JobState.SUCCEEDED: T0 + 5}, T0 + 6, 100)
+        await store.delete_stale(T0 + 7, T0 + 7, 100)
+        record = AttemptRecord(1, T0 + 8, "https://hooks.example.com/x", 200, 0.1, "", "")
+        assert await store.record_delivery_attempt(AttemptOutcome(taken, record, Verdict.DELIVERED), T0 + 8,
+                                                   PendingEvent(EventType.WEBHOOK_DELIVERED)) is None
+        with pytest.raises(JobNotFound):
+            await store.get_job(job.id)
