@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,9 +13,11 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
 from jobwire_server.api.servicer import JobServicer
+from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
 from jobwire_server.config import ServerConfig
 from jobwire_server.domain.clock import Clock, SystemClock
@@ -28,6 +31,7 @@ from jobwire_server.engine.writer import ChangeWriter
 from jobwire_server.handlers.registry import Registry, build_registry
 from jobwire_server.store.base import Committed
 from jobwire_server.store.sqlite import SqliteJobStore
+from jobwire_server.telemetry import Tracing, TracingConfigError
 
 log = logging.getLogger("jobwire")
 
@@ -41,19 +45,29 @@ class StartupError(Exception):
 
 
 class App:
-    """One jobwire process. `start()` and `stop()` are idempotent."""
+    """One jobwire process. `start()` and `stop()` are idempotent.
 
-    def __init__(self, config: ServerConfig, *, clock: Clock | None = None, registry: Registry | None = None) -> None:
+    Tracing is set up from the ``OTEL_*`` environment unless `tracer_provider` is given (tests pass
+    one with an in-memory exporter); a given provider is used as is and not shut down by `stop()`.
+    """
+
+    def __init__(self, config: ServerConfig, *, clock: Clock | None = None, registry: Registry | None = None,
+                 tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.registry = registry or build_registry(config.handlers, builtins=config.builtin_kinds)
         self.owner = f"jobwire-{secrets.token_hex(6)}"
+        try:
+            self.tracing = (Tracing(tracer_provider, owned=False) if tracer_provider is not None
+                            else Tracing.from_env(os.environ))
+        except TracingConfigError as exc:
+            raise StartupError(str(exc)) from None
         self.store = SqliteJobStore(config.db, synchronous=config.synchronous)
         self.hub = WatchHub(config.watch_buffer)
         self.writer = ChangeWriter(self.store, self.hub, self._after_commit)
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
-                                 on_slot_free=self._slot_freed)
+                                 on_slot_free=self._slot_freed, tracer=self.tracing.tracer)
         self.dispatcher = Dispatcher(self.writer, self.executor, self.hub, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl)
         self.leases = LeaseKeeper(self.store, self.hub, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
@@ -92,7 +106,10 @@ class App:
 
     async def _start_server(self) -> None:
         cfg = self.config
+        # Tracing first: a call that auth refuses still gets its span.
         interceptors: list[aio.ServerInterceptor] = []
+        if self.tracing.tracer is not None:
+            interceptors.append(TracingInterceptor(self.tracing.tracer))
         credentials: grpc.ServerCredentials | None = None
         try:
             if cfg.tokens_file:
@@ -132,8 +149,8 @@ class App:
             raise StartupError(f"cannot listen on {cfg.listen} ({hint})")
         await server.start()
         self.server = server
-        if interceptors or credentials:
-            log.info("access control: %s, %s", "bearer tokens" if interceptors else "no tokens",
+        if cfg.tokens_file or credentials:
+            log.info("access control: %s, %s", "bearer tokens" if cfg.tokens_file else "no tokens",
                      ("mutual TLS" if cfg.tls_client_ca else "TLS") if credentials else "plaintext")
 
     # ------------------------------------------------------------------ stop
@@ -144,6 +161,7 @@ class App:
             await self._stopped.wait()
             return
         if self._state == "new":
+            self.tracing.shutdown()
             self._state = "stopped"
             self._stopped.set()
             return
@@ -162,6 +180,8 @@ class App:
             await self.writer.stop()
         finally:
             await self.store.close()
+            # Flushes spans still batched; after the store so no write waits behind an export.
+            self.tracing.shutdown()
             self._state = "stopped"
             self._stopped.set()
             log.info("jobwire stopped")
