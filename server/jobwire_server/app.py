@@ -29,6 +29,7 @@ from jobwire_server.engine.leases import LeaseKeeper
 from jobwire_server.engine.service import JobService
 from jobwire_server.engine.writer import ChangeWriter
 from jobwire_server.handlers.registry import Registry, build_registry
+from jobwire_server.metrics import Metrics, MetricsServer
 from jobwire_server.store.base import Committed
 from jobwire_server.store.sqlite import SqliteJobStore
 from jobwire_server.telemetry import Tracing, TracingConfigError
@@ -49,10 +50,11 @@ class App:
 
     Tracing is set up from the ``OTEL_*`` environment unless `tracer_provider` is given (tests pass
     one with an in-memory exporter); a given provider is used as is and not shut down by `stop()`.
+    Metrics are kept when ``metrics_listen`` is set (and served there), or when `metrics` is given.
     """
 
     def __init__(self, config: ServerConfig, *, clock: Clock | None = None, registry: Registry | None = None,
-                 tracer_provider: TracerProvider | None = None) -> None:
+                 tracer_provider: TracerProvider | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.registry = registry or build_registry(config.handlers, builtins=config.builtin_kinds)
@@ -63,7 +65,14 @@ class App:
         except TracingConfigError as exc:
             raise StartupError(str(exc)) from None
         self.store = SqliteJobStore(config.db, synchronous=config.synchronous)
-        self.hub = WatchHub(config.watch_buffer)
+        if metrics is None and config.metrics_listen:
+            metrics = Metrics()
+        self.metrics = metrics
+        self.hub = WatchHub(config.watch_buffer, tap=metrics.observe if metrics is not None else None)
+        if metrics is not None:
+            metrics.bind(watch_streams=lambda: self.hub.subscriber_count,
+                         queue_stats=lambda: self.store.queue_stats("", self.clock.now()))
+        self.metrics_server: MetricsServer | None = None
         self.writer = ChangeWriter(self.store, self.hub, self._after_commit)
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
@@ -91,8 +100,10 @@ class App:
             ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="jobwire-handler"))
         await self.store.open()
         try:
+            await self._start_metrics()
             await self._start_server()
         except BaseException:
+            await self._stop_metrics()
             await self.store.close()
             raise
         self.writer.start()
@@ -103,6 +114,25 @@ class App:
         self._state = "serving"
         log.info("jobwire serving on %s:%d (db %s, concurrency %d, kinds: %s)", self.config.host, self.port,
                  self.config.db, self.config.concurrency, ", ".join(sorted(k.name for k in self.registry)))
+
+    async def _start_metrics(self) -> None:
+        address = self.config.metrics_listen
+        if not address or self.metrics is None:
+            return
+        host, _, port = address.rpartition(":")
+        server = MetricsServer(self.metrics)
+        try:
+            await server.start(host.strip("[]"), int(port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {address} for metrics: {exc.strerror or exc} "
+                               "(is the port in use?)") from None
+        self.metrics_server = server
+        log.info("metrics on http://%s:%d/metrics", host, server.port)
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
 
     async def _start_server(self) -> None:
         cfg = self.config
@@ -179,6 +209,7 @@ class App:
             await self.leases.stop()
             await self.writer.stop()
         finally:
+            await self._stop_metrics()
             await self.store.close()
             # Flushes spans still batched; after the store so no write waits behind an export.
             self.tracing.shutdown()

@@ -54,6 +54,8 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     allow_unauthenticated: bool = False
+    #: HOST:PORT of the Prometheus endpoint; empty means off.
+    metrics_listen: str = ""
 
     @property
     def host(self) -> str:
@@ -132,6 +134,14 @@ def _listen(name: str, value: Any) -> str:
     return text
 
 
+def _listen_or_off(name: str, value: Any) -> str:
+    """Like `_listen`, but empty (or ``off``) turns the listener off."""
+    text = str(value).strip()
+    if text.lower() in ("", "off"):
+        return ""
+    return _listen(name, text)
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str | int | float):
         raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -190,6 +200,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "tls_key": _text,
     "tls_client_ca": _text,
     "allow_unauthenticated": _bool,
+    "metrics_listen": _listen_or_off,
 }
 
 _HELP: dict[str, str] = {
@@ -219,6 +230,7 @@ _HELP: dict[str, str] = {
     "tls_key": "TLS private key (PEM)",
     "tls_client_ca": "CA bundle (PEM) to require and verify client certificates (mutual TLS)",
     "allow_unauthenticated": "allow a non-loopback listen address without tokens",
+    "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
 }
 
 _REPEATABLE = {"handlers", "queue_concurrency"}
