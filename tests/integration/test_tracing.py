@@ -8,6 +8,9 @@ one `phase <name>` span per phase run, with the handler running inside its phase
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from tests.conftest import REPO, free_port
 from tests.testkit import Harness, finished
 
 CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -191,3 +195,14 @@ async def test_with_tracing_off_the_job_keeps_the_callers_traceparent(tmp_path: 
         assert (await app.service.get(plain.job.id)).trace_parent == ""
     finally:
         await harness.stop_all()
+
+
+def test_bad_otel_settings_stop_the_start_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobwire_server", "serve", "--listen", f"127.0.0.1:{free_port()}",
+         "--db", str(tmp_path / "t.db")],
+        cwd=REPO, capture_output=True, text=True, timeout=20, check=False,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "zipkin"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("jobwire: error: OTEL_TRACES_EXPORTER: unknown exporter 'zipkin' "
+                                     "(use otlp, console or none)")
