@@ -19,6 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
 
+# Servers started by the tests (in process or as subprocesses) export no spans unless a test asks:
+# a developer's OTEL_* settings or an installed OTLP exporter must not change what the tests see.
+os.environ["OTEL_TRACES_EXPORTER"] = "none"
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,11 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
 from jobwire_server.api.servicer import JobServicer
+from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
 from jobwire_server.config import ServerConfig
 from jobwire_server.domain.clock import Clock, SystemClock
@@ -33,8 +36,10 @@ from jobwire_server.engine.webhooks.sender import SenderSettings, WebhookSender,
 from jobwire_server.engine.webhooks.signing import Signer
 from jobwire_server.engine.writer import ChangeWriter
 from jobwire_server.handlers.registry import Registry, build_registry
+from jobwire_server.metrics import Metrics, MetricsServer
 from jobwire_server.store.base import Committed
 from jobwire_server.store.sqlite import SqliteJobStore
+from jobwire_server.telemetry import Tracing, TracingConfigError
 
 log = logging.getLogger("jobwire")
 
@@ -52,19 +57,37 @@ class StartupError(Exception):
 
 
 class App:
-    """One jobwire process. `start()` and `stop()` are idempotent."""
+    """One jobwire process. `start()` and `stop()` are idempotent.
 
-    def __init__(self, config: ServerConfig, *, clock: Clock | None = None, registry: Registry | None = None) -> None:
+    Tracing is set up from the ``OTEL_*`` environment unless `tracer_provider` is given (tests pass
+    one with an in-memory exporter); a given provider is used as is and not shut down by `stop()`.
+    Metrics are kept when ``metrics_listen`` is set (and served there), or when `metrics` is given.
+    """
+
+    def __init__(self, config: ServerConfig, *, clock: Clock | None = None, registry: Registry | None = None,
+                 tracer_provider: TracerProvider | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.registry = registry or build_registry(config.handlers, builtins=config.builtin_kinds)
         self.owner = f"jobwire-{secrets.token_hex(6)}"
+        try:
+            self.tracing = (Tracing(tracer_provider, owned=False) if tracer_provider is not None
+                            else Tracing.from_env(os.environ))
+        except TracingConfigError as exc:
+            raise StartupError(str(exc)) from None
         self.store = SqliteJobStore(config.db, synchronous=config.synchronous)
-        self.hub = WatchHub(config.watch_buffer)
+        if metrics is None and config.metrics_listen:
+            metrics = Metrics()
+        self.metrics = metrics
+        self.hub = WatchHub(config.watch_buffer, tap=metrics.observe if metrics is not None else None)
+        if metrics is not None:
+            metrics.bind(watch_streams=lambda: self.hub.subscriber_count,
+                         queue_stats=lambda: self.store.queue_stats("", self.clock.now()))
+        self.metrics_server: MetricsServer | None = None
         self.writer = ChangeWriter(self.store, self.hub, self._after_commit)
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
-                                 on_slot_free=self._slot_freed)
+                                 on_slot_free=self._slot_freed, tracer=self.tracing.tracer)
         self.dispatcher = Dispatcher(self.writer, self.executor, self.hub, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl)
         self.leases = LeaseKeeper(self.store, self.hub, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
@@ -78,7 +101,8 @@ class App:
                           connections=config.webhook_concurrency),
             Signer(config.webhook_secret), self.clock,
             SenderSettings(schedule=config.webhook_retry_schedule, timeout=config.webhook_timeout,
-                           concurrency=config.webhook_concurrency))
+                           concurrency=config.webhook_concurrency),
+            tracer=self.tracing.tracer, metrics=self.metrics)
         self.hub.add_listener(self._published)
         self.retention = Retention(self.store, self.hub, self.clock, RetentionPolicy(
             stale_after=config.stale_after, delete_after=config.delete_after,
@@ -102,8 +126,10 @@ class App:
             ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="jobwire-handler"))
         await self.store.open()
         try:
+            await self._start_metrics()
             await self._start_server()
         except BaseException:
+            await self._stop_metrics()
             await self.store.close()
             raise
         self.writer.start()
@@ -117,9 +143,31 @@ class App:
         log.info("jobwire serving on %s:%d (db %s, concurrency %d, kinds: %s)", self.config.host, self.port,
                  self.config.db, self.config.concurrency, ", ".join(sorted(k.name for k in self.registry)))
 
+    async def _start_metrics(self) -> None:
+        address = self.config.metrics_listen
+        if not address or self.metrics is None:
+            return
+        host, _, port = address.rpartition(":")
+        server = MetricsServer(self.metrics)
+        try:
+            await server.start(host.strip("[]"), int(port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {address} for metrics: {exc.strerror or exc} "
+                               "(is the port in use?)") from None
+        self.metrics_server = server
+        log.info("metrics on http://%s:%d/metrics", host, server.port)
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
+
     async def _start_server(self) -> None:
         cfg = self.config
+        # Tracing first: a call that auth refuses still gets its span.
         interceptors: list[aio.ServerInterceptor] = []
+        if self.tracing.tracer is not None:
+            interceptors.append(TracingInterceptor(self.tracing.tracer))
         credentials: grpc.ServerCredentials | None = None
         try:
             if cfg.tokens_file:
@@ -160,8 +208,8 @@ class App:
             raise StartupError(f"cannot listen on {cfg.listen} ({hint})")
         await server.start()
         self.server = server
-        if interceptors or credentials:
-            log.info("access control: %s, %s", "bearer tokens" if interceptors else "no tokens",
+        if cfg.tokens_file or credentials:
+            log.info("access control: %s, %s", "bearer tokens" if cfg.tokens_file else "no tokens",
                      ("mutual TLS" if cfg.tls_client_ca else "TLS") if credentials else "plaintext")
 
     # ------------------------------------------------------------------ stop
@@ -172,6 +220,7 @@ class App:
             await self._stopped.wait()
             return
         if self._state == "new":
+            self.tracing.shutdown()
             self._state = "stopped"
             self._stopped.set()
             return
@@ -192,7 +241,10 @@ class App:
             # Every outbox row is committed by now; what is not sent in time stays in the outbox.
             await self.webhooks.stop(WEBHOOK_STOP_GRACE)
         finally:
+            await self._stop_metrics()
             await self.store.close()
+            # Flushes spans still batched; after the store so no write waits behind an export.
+            self.tracing.shutdown()
             self._state = "stopped"
             self._stopped.set()
             log.info("jobwire stopped")

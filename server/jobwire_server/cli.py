@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the service",
         description="Run the jobwire service. Settings come from flags, then JOBWIRE_* environment variables, "
                     "then the TOML file given by --config, then defaults.",
+        epilog="Tracing is configured by the standard OpenTelemetry variables, not by flags: "
+               "OTEL_TRACES_EXPORTER=otlp|console|none (unset: otlp when the exporter from the "
+               "'jobwire[otlp]' extra is installed, otherwise off), OTEL_EXPORTER_OTLP_ENDPOINT, "
+               "OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf, OTEL_SERVICE_NAME (default jobwire), "
+               "OTEL_TRACES_SAMPLER, OTEL_SDK_DISABLED. See docs/operations.md.",
     )
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)

@@ -72,6 +72,8 @@ class ServerConfig:
     delivery_log_keep: float = 30 * DAY
     retention_interval: float = 60.0
     retention_batch: int = 500
+    #: HOST:PORT of the Prometheus endpoint; empty means off.
+    metrics_listen: str = ""
 
     @property
     def host(self) -> str:
@@ -224,6 +226,14 @@ def _listen(name: str, value: Any) -> str:
     return text
 
 
+def _listen_or_off(name: str, value: Any) -> str:
+    """Like `_listen`, but empty (or ``off``) turns the listener off."""
+    text = str(value).strip()
+    if text.lower() in ("", "off"):
+        return ""
+    return _listen(name, text)
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str | int | float):
         raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -293,6 +303,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "delivery_log_keep": _duration,
     "retention_interval": _duration,
     "retention_batch": _positive_int,
+    "metrics_listen": _listen_or_off,
 }
 
 _HELP: dict[str, str] = {
@@ -334,6 +345,7 @@ _HELP: dict[str, str] = {
     "delivery_log_keep": "how long the webhook delivery log is kept; 0 keeps forever (default 30d)",
     "retention_interval": "how often retention runs (default 60s)",
     "retention_batch": "jobs retention touches per transaction (default 500)",
+    "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
 }
 
 _REPEATABLE = {"handlers", "queue_concurrency", "webhook_secret", "webhook_allow", "stale_after_state"}

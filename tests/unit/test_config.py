@@ -177,6 +177,19 @@ def test_good_listen(listen: str) -> None:
     assert load_config({"listen": listen}, {}, None).listen == listen
 
 
+def test_metrics_are_off_unless_an_address_is_given(tmp_path: Path) -> None:
+    assert load_config({}, {}, None).metrics_listen == ""
+    assert load_config({}, {"JOBWIRE_METRICS_LISTEN": "off"}, None).metrics_listen == ""
+    assert load_config({"metrics_listen": "0.0.0.0:9464"}, {}, None).metrics_listen == "0.0.0.0:9464"
+    path = toml(tmp_path, 'metrics-listen = "127.0.0.1:9000"\n')
+    assert load_config({}, {}, path).metrics_listen == "127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("value", ["9464", "127.0.0.1:", "127.0.0.1:99999"])
+def test_bad_metrics_listen_names_its_source(value: str) -> None:
+    assert_config_error(["metrics_listen", "env JOBWIRE_METRICS_LISTEN"], environ={"JOBWIRE_METRICS_LISTEN": value})
+
+
 @pytest.mark.parametrize(("value", "fragment"), [("0", "at least 1"), ("abc", "integer"), ("-3", "at least 1"),
                                                  ("2.5", "integer")])
 def test_bad_concurrency_from_env(value: str, fragment: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
+from opentelemetry import trace
 
 from jobwire_server.api.convert import (
     delivery_to_proto,
@@ -38,6 +39,7 @@ from jobwire_server.engine.service import JobService
 from jobwire_server.engine.webhooks.guard import AddressGuard, AddressRefused
 from jobwire_server.handlers.kind import NAME_PATTERN
 from jobwire_server.handlers.registry import Registry
+from jobwire_server.telemetry import ATTR_JOB_ID, ATTR_KIND, ATTR_QUEUE, enqueue_traceparent
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -77,9 +79,13 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
 
     @_unary
     async def Enqueue(self, request: jobwire_pb2.EnqueueRequest, context: Context) -> jobwire_pb2.EnqueueResponse:
-        new = enqueue_to_new_job(request, self._registry, self._clock.now(), self._limits)
+        new = enqueue_to_new_job(request, self._registry, self._clock.now(), self._limits,
+                                 trace_parent=enqueue_traceparent(context.invocation_metadata()))
         await self._check_webhooks([new])
         (result,) = await self._service.enqueue([new])
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({ATTR_JOB_ID: result.job.id, ATTR_QUEUE: result.job.queue, ATTR_KIND: result.job.kind})
         return jobwire_pb2.EnqueueResponse(job=job_to_proto(result.job), deduplicated=result.deduplicated)
 
     @_unary
@@ -90,12 +96,13 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
             raise InvalidArgument([FieldViolation("requests", f"must hold 1–{self._limits.max_batch} requests, "
                                                               f"got {count}")])
         now = self._clock.now()
+        trace_parent = enqueue_traceparent(context.invocation_metadata())
         new_jobs: list[NewJob] = []
         violations: list[FieldViolation] = []
         for index, item in enumerate(request.requests):
             try:
                 new_jobs.append(enqueue_to_new_job(item, self._registry, now, self._limits,
-                                                   field_prefix=f"requests[{index}]."))
+                                                   field_prefix=f"requests[{index}].", trace_parent=trace_parent))
             except InvalidArgument as exc:
                 violations.extend(exc.violations)
         if violations:

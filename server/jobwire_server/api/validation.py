@@ -279,7 +279,7 @@ def _timeout(req: jobwire_pb2.EnqueueRequest, kind: Kind | None, out: _Violation
 
 
 def enqueue_to_new_job(req: jobwire_pb2.EnqueueRequest, registry: Registry, now: float, limits: Limits,
-                       field_prefix: str = "") -> NewJob:
+                       field_prefix: str = "", *, trace_parent: str = "") -> NewJob:
     """Validate one EnqueueRequest and apply the defaults of its kind.
 
     Raises PayloadTooLarge (checked first, on ``payload``) or one InvalidArgument listing every bad
@@ -327,6 +327,7 @@ def enqueue_to_new_job(req: jobwire_pb2.EnqueueRequest, registry: Registry, now:
         fingerprint=_fingerprint(req),
         labels=MappingProxyType(labels),
         webhook=webhook,
+        trace_parent=trace_parent,
     )
 
 

@@ -61,6 +61,10 @@ class Delivery:
     body: bytes
     attempts: int
     create_time: float
+    #: Of the job, for traces and metrics.
+    queue: str = ""
+    kind: str = ""
+    trace_parent: str = ""
 
 
 @dataclass(frozen=True, slots=True)

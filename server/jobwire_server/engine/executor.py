@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
+
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.models import Job, JobError, evolve
 from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome, Succeeded, decide, failure_from_exception
@@ -26,6 +29,7 @@ from jobwire_server.domain.transitions import JobChange, interrupt_by_shutdown, 
 from jobwire_server.engine.writer import ChangeWriter
 from jobwire_server.handlers.kind import JobContext, Kind, PhaseFunction
 from jobwire_server.handlers.registry import Registry
+from jobwire_server.telemetry import end_job_span, end_phase_span, start_job_span, start_phase_span
 
 log = logging.getLogger("jobwire.executor")
 
@@ -62,8 +66,11 @@ class Running:
 
 class Executor:
     def __init__(self, registry: Registry, writer: ChangeWriter, clock: Clock, *, concurrency: int,
-                 queue_limits: dict[str, int], cancel_grace: float, on_slot_free: Callable[[], None]) -> None:
+                 queue_limits: dict[str, int], cancel_grace: float, on_slot_free: Callable[[], None],
+                 tracer: Tracer | None = None) -> None:
         self._registry = registry
+        #: None when tracing is off: then no span is ever made.
+        self._tracer = tracer
         self._writer = writer
         self._clock = clock
         self.concurrency = concurrency
@@ -148,7 +155,10 @@ class Executor:
 
     async def _run(self, entry: Running) -> None:
         try:
-            await self._run_phases(entry)
+            if self._tracer is None:
+                await self._run_phases(entry)
+            else:
+                await self._run_traced(entry, self._tracer)
         except Exception:
             log.exception("runner of job %s crashed; its lease will expire and it will be retried", entry.job.id)
         finally:
@@ -160,11 +170,20 @@ class Executor:
             if freed:
                 self._on_slot_free()
 
+    async def _run_traced(self, entry: Running, tracer: Tracer) -> None:
+        span = start_job_span(tracer, entry.job)
+        with trace.use_span(span, end_on_exit=True):  # records an exception that crashes the runner
+            await self._run_phases(entry)
+            end_job_span(span, entry.job)
+
     async def _run_phases(self, entry: Running) -> None:
         kind = self._registry.get(entry.job.kind)
         while entry.job.state is JobState.RUNNING:
             index = entry.job.next_phase
-            outcome = await self._run_phase(entry, kind, index)
+            if self._tracer is None:
+                outcome = await self._run_phase(entry, kind, index)
+            else:
+                outcome = await self._run_phase_traced(entry, kind, index, self._tracer)
             committed = await self._writer.submit(self._change_for(entry, kind, index, outcome))
             if committed is None:
                 log.info("job %s changed under attempt %d; outcome dropped", entry.job.id, entry.job.attempt)
@@ -189,7 +208,21 @@ class Executor:
             return interrupt_by_shutdown(job, error, now)
         return decide(job, index, outcome, now, kind.retry if kind is not None else DEFAULT_POLICY)
 
-    async def _run_phase(self, entry: Running, kind: Kind | None, index: int) -> Outcome | _Interrupted:
+    async def _run_phase_traced(self, entry: Running, kind: Kind | None, index: int,
+                                tracer: Tracer) -> Outcome | _Interrupted:
+        phase = entry.job.phases[index].name if index < len(entry.job.phases) else ""
+        span = start_phase_span(tracer, entry.job, phase)
+        # Current while the handler task is created, so the handler's own spans nest in the phase.
+        with trace.use_span(span, end_on_exit=True):
+            outcome = await self._run_phase(entry, kind, index, span)
+            if isinstance(outcome, Failed):
+                end_phase_span(span, "failed", error_type=outcome.type, message=outcome.message)
+            else:
+                end_phase_span(span, _OUTCOME_NAMES[type(outcome)])
+        return outcome
+
+    async def _run_phase(self, entry: Running, kind: Kind | None, index: int,
+                         span: Span | None = None) -> Outcome | _Interrupted:
         job = entry.job
         if kind is None:
             return Failed(f"no handler for kind {job.kind!r} on this server", "UNKNOWN_KIND", retryable=False)
@@ -201,7 +234,7 @@ class Executor:
             return Cancelled() if entry.cancel_requested else _Interrupted()
         task = asyncio.ensure_future(self._call(function, self._context(entry, index)))
         if await self._phase_ended(entry, task, job.timeout):
-            return _outcome_of(task, entry)
+            return _outcome_of(task, entry, span)
         task.cancel()
         await asyncio.wait({task}, timeout=self._cancel_grace)
         if not task.done():
@@ -268,13 +301,18 @@ def _to_bytes(value: Any) -> bytes:
         raise TypeError(f"phase returned a {type(value).__name__}, which is not bytes, str or JSON") from exc
 
 
-def _outcome_of(task: asyncio.Future[bytes], entry: Running) -> Outcome | _Interrupted:
+_OUTCOME_NAMES: dict[type, str] = {Succeeded: "succeeded", Cancelled: "cancelled", _Interrupted: "interrupted"}
+
+
+def _outcome_of(task: asyncio.Future[bytes], entry: Running, span: Span | None) -> Outcome | _Interrupted:
     if task.cancelled():
         if entry.cancel_requested:
             return Cancelled()
         return _Interrupted() if entry.shutdown else Failed("phase was cancelled", "CancelledError", True)
     exc = task.exception()
     if exc is not None:
+        if span is not None:
+            span.record_exception(exc)
         return failure_from_exception(exc)
     return Succeeded(task.result())
 

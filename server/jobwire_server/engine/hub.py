@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jobwire_server.domain.models import Event
@@ -75,8 +75,12 @@ class Subscription:
 
 
 class WatchHub:
-    def __init__(self, capacity: int = 1000) -> None:
+    """Every committed event passes through `publish`, so it is also where metrics are counted:
+    `tap` (when given) sees each batch before the streams do."""
+
+    def __init__(self, capacity: int = 1000, *, tap: Callable[[Sequence[Event]], None] | None = None) -> None:
         self.capacity = capacity
+        self._tap = tap
         self._by_job: dict[str, set[Subscription]] = {}
         self._firehose: set[Subscription] = set()
         #: Set each time the number of subscriptions changes (tests wait on it).
@@ -114,11 +118,11 @@ class WatchHub:
                     del self._by_job[sub.job_id]
         self._signal()
 
-    def publish(self, events: Iterable[Event]) -> None:
-        if self._listeners:
-            events = tuple(events)
-            for listener in self._listeners:
-                listener(events)
+    def publish(self, events: Sequence[Event]) -> None:
+        if self._tap is not None:
+            self._tap(events)
+        for listener in self._listeners:
+            listener(events)
         if not self._by_job and not self._firehose:
             return
         for event in events:

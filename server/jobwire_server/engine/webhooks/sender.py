@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from opentelemetry.trace import Tracer
 
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Delivery, Verdict, strip_query
@@ -21,7 +23,9 @@ from jobwire_server.domain.states import EventType
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.webhooks.http import HttpResult, WebhookClient
 from jobwire_server.engine.webhooks.signing import Signer
+from jobwire_server.metrics import Metrics
 from jobwire_server.store.base import JobStore
+from jobwire_server.telemetry import webhook_span
 
 log = logging.getLogger("jobwire.webhooks")
 
@@ -43,20 +47,21 @@ class SenderSettings:
     read_cap: int = 64 * 1024
 
 
-#: Told about every attempt: its outcome and how long it took (metrics, tracing).
-AttemptObserver = Callable[[AttemptOutcome, Delivery], None]
+_METRIC_OUTCOME = {Verdict.DELIVERED: "delivered", Verdict.RETRY: "retry", Verdict.FAILED: "failed",
+                   Verdict.GONE: "failed"}
 
 
 class WebhookSender:
     def __init__(self, store: JobStore, hub: WatchHub, client: WebhookClient, signer: Signer, clock: Clock,
-                 settings: SenderSettings, observe: AttemptObserver | None = None) -> None:
+                 settings: SenderSettings, *, tracer: Tracer | None = None, metrics: Metrics | None = None) -> None:
         self._store = store
         self._hub = hub
         self._client = client
         self._signer = signer
         self._clock = clock
         self._settings = settings
-        self._observe = observe
+        self._tracer = tracer
+        self._metrics = metrics
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -124,10 +129,18 @@ class WebhookSender:
     async def _attempt(self, delivery: Delivery) -> None:
         now = self._clock.now()
         headers = self._signer.headers(delivery.id, delivery.body, now)
-        result = await self._client.post(delivery.url, delivery.body, headers)
+        with webhook_span(self._tracer, delivery.event_type, delivery.url, job_id=delivery.job_id,
+                          queue=delivery.queue, kind=delivery.kind, attempt=delivery.attempts + 1,
+                          trace_parent=delivery.trace_parent) as span:
+            result = await self._client.post(delivery.url, delivery.body, headers)
+            if result.status:
+                span.set_status_code(result.status)
+            else:
+                span.fail(result.error, "refused" if result.refused else "network")
         outcome = judge(delivery, result, now, self._settings.schedule)
-        if self._observe is not None:
-            self._observe(outcome, delivery)
+        if self._metrics is not None:
+            name = "refused" if result.refused else _METRIC_OUTCOME[outcome.verdict]
+            self._metrics.webhook_attempt(name, result.latency)
         try:
             event = await self._store.record_delivery_attempt(outcome, self._clock.now(), _event_for(outcome))
         except Exception:

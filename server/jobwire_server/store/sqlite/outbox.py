@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,7 +61,12 @@ async def take_due(conn: Conn, now: float, limit: int, lease_until: float) -> li
         "  SELECT id FROM deliveries WHERE state = 'PENDING' AND next_at <= ?"
         "  AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_at LIMIT ?)"
         f" RETURNING {_DELIVERY_COLUMNS}", (lease_until, now, now, limit))
-    deliveries = [Delivery(*row) for row in found]
+    if not found:
+        return []
+    key = json.dumps(sorted({row[1] for row in found}))
+    jobs = {row[0]: row[1:] for row in await conn.execute_fetchall(
+        "SELECT id, queue, kind, trace_parent FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (key,))}
+    deliveries = [Delivery(*row, *jobs.get(row[1], ("", "", ""))) for row in found]
     deliveries.sort(key=lambda d: (d.create_time, d.id))
     return deliveries
 

@@ -1,0 +1,306 @@
+"""OpenTelemetry tracing: the SDK set up from the standard ``OTEL_*`` variables, and the spans
+jobwire makes.
+
+Span tree::
+
+    jobwire.v1.JobService/Enqueue        SERVER, child of the caller's `traceparent`; its own
+                                         traceparent is stored with the job (`Job.trace_parent`)
+    job <kind>                           one per attempt, a new trace linked to the Enqueue span
+      phase <name>                       one per phase the attempt ran (the handler runs inside it)
+    webhook <event type>                 one per delivery attempt, linked to the Enqueue span
+
+With tracing off (``OTEL_TRACES_EXPORTER=none``) the App has no tracer, installs no interceptor,
+and the executor skips span creation entirely: a job costs one ``is None`` check per phase.
+
+Which settings are read, and the defaults jobwire picks, are in docs/operations.md ("Tracing").
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from jobwire_server.domain.models import Job
+from jobwire_server.domain.states import JobState
+
+log = logging.getLogger("jobwire.telemetry")
+
+TRACER_NAME = "jobwire_server"
+DEFAULT_SERVICE_NAME = "jobwire"
+
+ATTR_JOB_ID = "jobwire.job.id"
+ATTR_QUEUE = "jobwire.queue"
+ATTR_KIND = "jobwire.kind"
+ATTR_ATTEMPT = "jobwire.attempt"
+ATTR_PHASE = "jobwire.phase"
+#: The job's state after the attempt (job spans) and how a phase ended (phase spans).
+ATTR_JOB_STATE = "jobwire.job.state"
+ATTR_PHASE_OUTCOME = "jobwire.phase.outcome"
+ATTR_WEBHOOK_EVENT = "jobwire.webhook.event"
+ATTR_ERROR_TYPE = "error.type"
+ATTR_URL_FULL = "url.full"
+ATTR_HTTP_STATUS = "http.response.status_code"
+
+#: ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` → module of the exporter (from the ``otlp`` extra).
+OTLP_MODULES = {
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+}
+DEFAULT_OTLP_PROTOCOL = "grpc"
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_FAILED_STATES = frozenset({JobState.RETRYING, JobState.FAILED})
+
+
+class TracingConfigError(Exception):
+    """The ``OTEL_*`` settings ask for something this installation cannot do; one line."""
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def tracer_provider_from_env(environ: Mapping[str, str]) -> TracerProvider | None:
+    """A TracerProvider exporting where ``OTEL_TRACES_EXPORTER`` says, or None when tracing is off.
+
+    ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` turn tracing off. Unset, the
+    spec's default ``otlp`` is used when the OTLP exporter is installed and tracing is off
+    otherwise (logged). Asking for ``otlp`` explicitly without the exporter raises
+    TracingConfigError. The sampler (``OTEL_TRACES_SAMPLER``), the batch processor
+    (``OTEL_BSP_*``), the resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``) and the
+    exporters' own ``OTEL_EXPORTER_OTLP_*`` settings are read by the SDK from the process
+    environment.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    raw = environ.get("OTEL_TRACES_EXPORTER")
+    if raw is None:
+        protocol = _otlp_protocol(environ)
+        if not _installed(OTLP_MODULES[protocol]):
+            log.info("tracing off: OTEL_TRACES_EXPORTER is unset and the OTLP exporter is not installed "
+                     "(pip install 'jobwire[otlp]', or set OTEL_TRACES_EXPORTER=console)")
+            return None
+        names = ["otlp"]
+    else:
+        names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    exporters = [_exporter(name, environ) for name in names if name != "none"]
+    if not exporters:
+        return None
+    provider = TracerProvider(resource=_resource())
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        raise TracingConfigError(f"OTEL_TRACES_EXPORTER: unknown exporter {name!r} (use otlp, console or none)")
+    module_name = OTLP_MODULES[_otlp_protocol(environ)]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise TracingConfigError(f"OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter, which is not installed: "
+                                 f"pip install 'jobwire[otlp]' (no module {module_name})") from None
+    exporter: SpanExporter = module.OTLPSpanExporter()
+    return exporter
+
+
+def _otlp_protocol(environ: Mapping[str, str]) -> str:
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = environ.get(variable, "").strip().lower()
+        if value:
+            if value not in OTLP_MODULES:
+                raise TracingConfigError(f"{variable}: unsupported protocol {value!r} "
+                                         f"(use {' or '.join(OTLP_MODULES)})")
+            return value
+    return DEFAULT_OTLP_PROTOCOL
+
+
+def _installed(module_name: str) -> bool:
+    try:
+        importlib.import_module(module_name)
+    except ImportError:
+        return False
+    return True
+
+
+def _resource() -> Resource:
+    resource = Resource.create()
+    # Resource.create falls back to "unknown_service:<executable>"; name ourselves instead, but
+    # never over OTEL_SERVICE_NAME or a service.name in OTEL_RESOURCE_ATTRIBUTES.
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    return resource
+
+
+class Tracing:
+    """The App's tracing: a tracer, or None when tracing is off. A provider the App was given is the
+    caller's to shut down; one built from the environment is shut down (flushed) by `shutdown`."""
+
+    def __init__(self, provider: TracerProvider | None, *, owned: bool) -> None:
+        self.provider = provider
+        self.tracer: Tracer | None = provider.get_tracer(TRACER_NAME) if provider is not None else None
+        self._owned = owned
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Tracing:
+        return cls(tracer_provider_from_env(environ), owned=True)
+
+    def shutdown(self) -> None:
+        if self._owned and self.provider is not None:
+            self.provider.shutdown()
+            self._owned = False
+
+
+# ----------------------------------------------------------------------------- traceparent
+
+
+def format_traceparent(context: SpanContext) -> str:
+    """W3C ``traceparent`` of a span context ('' when it is not valid)."""
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def parse_traceparent(value: str) -> SpanContext | None:
+    """The span context a W3C ``traceparent`` names, or None when it is empty or malformed."""
+    if not value:
+        return None
+    context = trace.get_current_span(_PROPAGATOR.extract({"traceparent": value})).get_span_context()
+    return context if context.is_valid else None
+
+
+def extract_context(metadata: Any) -> Context:
+    """The trace context of a call's ``traceparent``/``tracestate`` metadata (empty when absent)."""
+    carrier = {key: value for key, value in (metadata or ()) if key in ("traceparent", "tracestate")}
+    return _PROPAGATOR.extract(carrier)
+
+
+def enqueue_traceparent(metadata: Any) -> str:
+    """The traceparent to store with an enqueued job: the current (Enqueue server) span's, or with
+    tracing off the caller's own, so the job still names the trace it came from."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format_traceparent(context)
+    return format_traceparent(trace.get_current_span(extract_context(metadata)).get_span_context())
+
+
+def _links(trace_parent: str) -> list[Link] | None:
+    parent = parse_traceparent(trace_parent)
+    return [Link(parent)] if parent is not None else None
+
+
+def _job_attributes(job: Job) -> dict[str, str | int]:
+    return {ATTR_JOB_ID: job.id, ATTR_QUEUE: job.queue, ATTR_KIND: job.kind, ATTR_ATTEMPT: job.attempt}
+
+
+# ----------------------------------------------------------------------------- job and phase spans
+
+
+def start_job_span(tracer: Tracer, job: Job) -> Span:
+    """The span of one attempt: a new trace (whatever context the runner was started from),
+    linked to the Enqueue span."""
+    return tracer.start_span(f"job {job.kind}", context=Context(), kind=SpanKind.CONSUMER,
+                             attributes=_job_attributes(job), links=_links(job.trace_parent))
+
+
+def end_job_span(span: Span, job: Job) -> None:
+    """Record how the attempt left the job: ERROR when it failed (RETRYING or FAILED)."""
+    span.set_attribute(ATTR_JOB_STATE, job.state.name.lower())
+    if job.state in _FAILED_STATES:
+        if job.error is not None:
+            span.set_attribute(ATTR_ERROR_TYPE, job.error.type)
+        span.set_status(Status(StatusCode.ERROR, job.error.message if job.error is not None else None))
+
+
+def start_phase_span(tracer: Tracer, job: Job, phase: str) -> Span:
+    """A phase's span, a child of the current (job) span."""
+    attributes = _job_attributes(job)
+    attributes[ATTR_PHASE] = phase
+    return tracer.start_span(f"phase {phase}", attributes=attributes)
+
+
+def end_phase_span(span: Span, outcome: str, *, error_type: str = "", message: str = "") -> None:
+    """`outcome` is succeeded, failed, cancelled or interrupted; a failure sets status ERROR."""
+    span.set_attribute(ATTR_PHASE_OUTCOME, outcome)
+    if outcome == "failed":
+        span.set_attribute(ATTR_ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}" if message else error_type))
+
+
+# ----------------------------------------------------------------------------- webhook spans
+
+
+class WebhookSpan:
+    """What a webhook sender reports on its attempt's span."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def set_status_code(self, code: int) -> None:
+        """The HTTP response status; 4xx and 5xx mark the span ERROR (the delivery failed)."""
+        self.span.set_attribute(ATTR_HTTP_STATUS, code)
+        if code >= 400:
+            self.span.set_attribute(ATTR_ERROR_TYPE, str(code))
+            self.span.set_status(Status(StatusCode.ERROR, f"HTTP {code}"))
+
+    def fail(self, message: str, error_type: str = "") -> None:
+        """Mark the attempt failed without an exception (refused, bad redirect…)."""
+        self.span.set_attribute(ATTR_ERROR_TYPE, error_type or "failed")
+        self.span.set_status(Status(StatusCode.ERROR, message))
+
+
+@contextmanager
+def webhook_span(tracer: Tracer | None, event_type: str, url: str, *, job_id: str, queue: str = "",
+                 kind: str = "", attempt: int = 1, trace_parent: str = "") -> Iterator[WebhookSpan]:
+    """The span of one webhook delivery attempt, named ``webhook <event_type>``.
+
+    A CLIENT span, current inside the block, in a new trace linked to the job's Enqueue span
+    (`trace_parent`, the job's stored traceparent). Attributes: ``url.full`` without query,
+    fragment or credentials, ``http.request.method`` POST, ``jobwire.job.id``, ``jobwire.queue``,
+    ``jobwire.kind``, ``jobwire.attempt`` (the delivery attempt, from 1) and
+    ``jobwire.webhook.event``. The caller reports the response with `WebhookSpan.set_status_code`
+    (sets ``http.response.status_code``; ≥ 400 is an error) or `WebhookSpan.fail`. An exception
+    leaving the block is recorded on the span, which gets status ERROR, and is re-raised. With
+    `tracer` None (tracing off) the handle does nothing.
+    """
+    if tracer is None:
+        yield WebhookSpan(trace.INVALID_SPAN)
+        return
+    attributes: dict[str, str | int] = {
+        ATTR_URL_FULL: redact_url(url), "http.request.method": "POST", ATTR_JOB_ID: job_id,
+        ATTR_ATTEMPT: attempt, ATTR_WEBHOOK_EVENT: event_type}
+    if queue:
+        attributes[ATTR_QUEUE] = queue
+    if kind:
+        attributes[ATTR_KIND] = kind
+    with tracer.start_as_current_span(f"webhook {event_type}", context=Context(), kind=SpanKind.CLIENT,
+                                      attributes=attributes, links=_links(trace_parent)) as span:
+        yield WebhookSpan(span)
+
+
+def redact_url(url: str) -> str:
+    """`url` without query string, fragment and user:password (they may carry secrets)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port is left out rather than echoed
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -1,0 +1,196 @@
+"""Tracing set-up from OTEL_* settings, traceparent helpers, and the webhook span helper."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from jobwire_server.telemetry import (
+    OTLP_MODULES,
+    TracingConfigError,
+    format_traceparent,
+    parse_traceparent,
+    redact_url,
+    tracer_provider_from_env,
+    webhook_span,
+)
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _otlp_installed() -> bool:
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+OTLP_INSTALLED = _otlp_installed()
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.shutdown()
+
+
+@pytest.fixture
+def tracer(exporter: InMemorySpanExporter) -> Iterator[Tracer]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider.get_tracer("test")
+    provider.shutdown()
+
+
+def only(exporter: InMemorySpanExporter) -> ReadableSpan:
+    (span,) = exporter.get_finished_spans()
+    return span
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+@pytest.mark.parametrize("environ", [{"OTEL_TRACES_EXPORTER": "none"}, {"OTEL_TRACES_EXPORTER": " None "},
+                                     {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"},
+                                     {"OTEL_TRACES_EXPORTER": ""}])
+def test_tracing_off(environ: dict[str, str]) -> None:
+    assert tracer_provider_from_env(environ) is None
+
+
+def test_console_exporter() -> None:
+    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert provider is not None
+    try:
+        processors = provider._active_span_processor._span_processors
+        assert [type(p.span_exporter) for p in processors] == [ConsoleSpanExporter]  # type: ignore[attr-defined]
+        assert provider.resource.attributes["service.name"] == "jobwire"
+    finally:
+        provider.shutdown()
+
+
+def test_service_name_from_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "jobs-eu")
+    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "jobs-eu"
+    finally:
+        provider.shutdown()
+
+
+def test_unknown_exporter_is_a_one_line_error() -> None:
+    with pytest.raises(TracingConfigError, match=r"unknown exporter 'zipkin' \(use otlp, console or none\)"):
+        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+def test_unsupported_otlp_protocol_is_an_error() -> None:
+    with pytest.raises(TracingConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol 'http/json'"):
+        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+@pytest.mark.skipif(OTLP_INSTALLED, reason="the OTLP exporter is installed here")
+def test_otlp_without_the_extra_is_a_clear_error() -> None:
+    with pytest.raises(TracingConfigError) as caught:
+        tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "otlp"})
+    assert "pip install 'jobwire[otlp]'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(OTLP_INSTALLED, reason="the OTLP exporter is installed here")
+def test_unset_exporter_without_the_extra_means_off() -> None:
+    assert tracer_provider_from_env({}) is None
+
+
+def test_otlp_protocols_name_real_modules() -> None:
+    assert set(OTLP_MODULES) == {"grpc", "http/protobuf"}
+    assert all(name.startswith("opentelemetry.exporter.otlp.proto.") for name in OTLP_MODULES.values())
+
+
+# ----------------------------------------------------------------------------- traceparent
+
+
+def test_traceparent_round_trip() -> None:
+    context = parse_traceparent(TRACEPARENT)
+    assert context is not None
+    assert (context.trace_id, context.span_id) == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
+    assert format_traceparent(context) == TRACEPARENT
+
+
+@pytest.mark.parametrize("value", ["", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"])
+def test_bad_traceparent_is_none(value: str) -> None:
+    assert parse_traceparent(value) is None
+
+
+def test_invalid_context_formats_empty() -> None:
+    assert format_traceparent(trace.INVALID_SPAN_CONTEXT) == ""
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://hooks.example.com/jobs?token=secret#frag", "https://hooks.example.com/jobs"),
+    ("https://user:pw@hooks.example.com:8443/a/b?x=1", "https://hooks.example.com:8443/a/b"),
+    ("http://[::1]:9000/hook", "http://[::1]:9000/hook"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+# ----------------------------------------------------------------------------- webhook spans
+
+
+def test_webhook_span_delivered(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with webhook_span(tracer, "succeeded", "https://hooks.example.com/jobs?sig=abc", job_id="j1", queue="media",
+                      kind="resize", attempt=2, trace_parent=TRACEPARENT) as attempt:
+        attempt.set_status_code(204)
+    span = only(exporter)
+    assert span.name == "webhook succeeded" and span.kind is SpanKind.CLIENT and span.parent is None
+    assert dict(span.attributes or {}) == {
+        "url.full": "https://hooks.example.com/jobs", "http.request.method": "POST", "jobwire.job.id": "j1",
+        "jobwire.queue": "media", "jobwire.kind": "resize", "jobwire.attempt": 2,
+        "jobwire.webhook.event": "succeeded", "http.response.status_code": 204}
+    assert span.status.status_code is StatusCode.UNSET
+    assert [link.context.span_id for link in span.links] == [0x00F067AA0BA902B7]
+
+
+def test_webhook_span_error_status(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with webhook_span(tracer, "failed", "https://hooks.example.com/", job_id="j1") as attempt:
+        attempt.set_status_code(503)
+    span = only(exporter)
+    assert span.status.status_code is StatusCode.ERROR and span.status.description == "HTTP 503"
+    assert (span.attributes or {})["error.type"] == "503"
+    assert span.links == ()  # no stored traceparent: no link
+
+
+def test_webhook_span_records_an_exception(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with pytest.raises(ConnectionRefusedError), webhook_span(tracer, "succeeded", "http://127.0.0.1:9/", job_id="j1"):
+        raise ConnectionRefusedError("connection refused")
+    span = only(exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    assert [e.name for e in span.events] == ["exception"]
+    assert "http.response.status_code" not in (span.attributes or {})
+
+
+def test_webhook_span_fail_without_exception(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with webhook_span(tracer, "succeeded", "http://10.0.0.1/", job_id="j1") as attempt:
+        attempt.fail("private address refused", "refused")
+    span = only(exporter)
+    assert span.status.status_code is StatusCode.ERROR and span.status.description == "private address refused"
+    assert (span.attributes or {})["error.type"] == "refused"
+
+
+def test_webhook_span_is_current_inside(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with webhook_span(tracer, "succeeded", "http://h/", job_id="j1") as attempt:
+        assert trace.get_current_span() is attempt.span
+    assert only(exporter).name == "webhook succeeded"
+
+
+def test_webhook_span_with_tracing_off_does_nothing() -> None:
+    with webhook_span(None, "succeeded", "http://h/", job_id="j1") as attempt:
+        attempt.set_status_code(500)
+        attempt.fail("nothing records this")
+    assert not attempt.span.is_recording()
