@@ -158,15 +158,19 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
     assert store.context is not None
     assert json.loads(stored.result) == {"span_id": store.context.span_id}
 
-    # The webhook attempt: its own span, linked to the Enqueue span, with the URL's query left out.
+    assert_webhook_span(spans, enqueue, job_id, receiver.url("/hook"))
+
+
+def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, job_id: str, url: str) -> None:
+    """The webhook attempt: its own span, linked to the Enqueue span, with the URL's query left out."""
     (hook,) = named(spans, "webhook SUCCEEDED")
-    assert hook.kind is SpanKind.CLIENT and hook.parent is None
+    assert hook.kind is SpanKind.CLIENT and hook.parent is None and enqueue.context is not None
     assert [link.context.span_id for link in hook.links] == [enqueue.context.span_id]
-    hook_attributes = dict(hook.attributes or {})
-    assert hook_attributes["url.full"] == receiver.url("/hook")
-    assert hook_attributes["http.response.status_code"] == 200
-    assert (hook_attributes["jobwire.job.id"], hook_attributes["jobwire.attempt"]) == (job_id, 1)
-    assert (hook_attributes["jobwire.queue"], hook_attributes["jobwire.kind"]) == ("default", "t.flaky")
+    attributes = dict(hook.attributes or {})
+    assert attributes["url.full"] == url
+    assert attributes["http.response.status_code"] == 200
+    assert (attributes["jobwire.job.id"], attributes["jobwire.attempt"]) == (job_id, 1)
+    assert (attributes["jobwire.queue"], attributes["jobwire.kind"]) == ("default", "t.flaky")
     assert hook.status.status_code is StatusCode.UNSET
 
 
