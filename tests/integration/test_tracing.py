@@ -94,16 +94,7 @@ def children(spans: tuple[ReadableSpan, ...], parent: ReadableSpan) -> list[Read
 
 async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
         traced: App, stub: jobwire_pb2_grpc.JobServiceStub, exporter: InMemorySpanExporter) -> None:
-    delivered = traced.hub.subscribe_all(EventFilter(types=frozenset({EventType.WEBHOOK_DELIVERED})))
-    async with Receiver() as receiver:
-        webhook = jobwire_pb2.WebhookConfig(url=receiver.url("/hook?token=s3cret"))
-        reply = await stub.Enqueue(jobwire_pb2.EnqueueRequest(kind="t.flaky", webhook=webhook),
-                                   metadata=(("traceparent", CALLER_TRACEPARENT),))
-        job_id = reply.job.id
-        assert (await finished(stub, job_id)).job.state == jobwire_pb2.JOB_STATE_SUCCEEDED
-        async with asyncio.timeout(20):
-            assert (await delivered.next()) is not None  # the webhook span ends before this is written
-    delivered.close()
+    job_id, hook_url = await run_with_webhook(traced, stub)
     await traced.executor.wait_idle()  # the last attempt's span ends after its final commit
     spans = exporter.get_finished_spans()
 
@@ -158,7 +149,22 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
     assert store.context is not None
     assert json.loads(stored.result) == {"span_id": store.context.span_id}
 
-    assert_webhook_span(spans, enqueue, job_id, receiver.url("/hook"))
+    assert_webhook_span(spans, enqueue, job_id, hook_url)
+
+
+async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> tuple[str, str]:
+    """Run a t.flaky job with a webhook to a real receiver, called with a traceparent; the job's id
+    and the webhook URL without its query, once the delivery is recorded."""
+    delivered = app.hub.subscribe_all(EventFilter(types=frozenset({EventType.WEBHOOK_DELIVERED})))
+    async with Receiver() as receiver:
+        webhook = jobwire_pb2.WebhookConfig(url=receiver.url("/hook?token=s3cret"))
+        reply = await stub.Enqueue(jobwire_pb2.EnqueueRequest(kind="t.flaky", webhook=webhook),
+                                   metadata=(("traceparent", CALLER_TRACEPARENT),))
+        assert (await finished(stub, reply.job.id)).job.state == jobwire_pb2.JOB_STATE_SUCCEEDED
+        async with asyncio.timeout(20):
+            assert (await delivered.next()) is not None  # the webhook span ends before this is written
+    delivered.close()
+    return reply.job.id, receiver.url("/hook")
 
 
 def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, job_id: str, url: str) -> None:
