@@ -107,6 +107,8 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
     assert enqueue.attributes["rpc.grpc.status_code"] == 0 and enqueue.attributes["jobwire.job.id"] == job_id
     stored = await traced.service.get(job_id)
     assert stored.trace_parent == f"00-{CALLER_TRACE:032x}-{enqueue.context.span_id:016x}-01"
+    got = await stub.GetJob(jobwire_pb2.GetJobRequest(id=job_id))
+    assert got.trace_parent == stored.trace_parent, "GetJob returns the stored traceparent"
 
     # One span per attempt: a new trace each, linked to the Enqueue span.
     attempts = sorted(named(spans, "job t.flaky"), key=lambda s: (s.attributes or {})["jobwire.attempt"])

@@ -198,6 +198,8 @@ def _fill_job(target: jobwire_pb2.Job, job: Job) -> None:
     target.cancel_requested = job.cancel_requested
     if job.cancel_reason:
         target.cancel_reason = job.cancel_reason
+    if job.trace_parent:
+        target.trace_parent = job.trace_parent
     _set_timestamp(target.create_time, job.create_time)
     _set_timestamp(target.update_time, job.update_time)
     _set_timestamp(target.run_at, job.run_at)
