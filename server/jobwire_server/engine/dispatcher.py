@@ -69,6 +69,9 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
+        # A cycle committing now may still claim; wait for it, so the drain that follows sees
+        # every job this process started (none can start after it).
+        await self._writer.cycle_finished()
 
     # ------------------------------------------------------------------ Claimer
 

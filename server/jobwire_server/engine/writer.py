@@ -43,6 +43,8 @@ class ChangeWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._between_cycles = asyncio.Event()
+        self._between_cycles.set()
 
     def start(self) -> None:
         if self._task is None:
@@ -71,7 +73,11 @@ class ChangeWriter:
             if self._pending:
                 self._wake.set()
             if batch or not self._stopping:
-                await self._cycle(batch)
+                self._between_cycles.clear()
+                try:
+                    await self._cycle(batch)
+                finally:
+                    self._between_cycles.set()
             if self._stopping and not self._pending:
                 return
 
@@ -110,6 +116,10 @@ class ChangeWriter:
                 future.set_result(result)
         if params is not None and self.claimer is not None:
             self.claimer.after_cycle(params, cycle)
+
+    async def cycle_finished(self) -> None:
+        """Return once no cycle is being committed: a claim decided before now has been handed out."""
+        await self._between_cycles.wait()
 
     async def stop(self) -> None:
         """Write everything already submitted (claiming nothing more), then stop."""
