@@ -133,6 +133,9 @@ async def test_slow_watcher_is_ended_with_the_sequence_to_resume_from(
     # be lost with the stream, so a client resumes from the last sequence it actually received.
     assert int(info.metadata["last_sequence"]) >= received[-1].sequence
     await slow.close()
+    # Resume once the job is done: a resumed stream racing the rest of the 150 large events live
+    # could overflow the tiny buffer too, however fast it reads.
+    await app.executor.wait_idle()
     resumed = [e async for e in stub.WatchJob(
         pb.WatchJobRequest(id=job.id, after_sequence=received[-1].sequence), timeout=20)]
     assert resumed[-1].type == pb.EVENT_TYPE_SUCCEEDED
