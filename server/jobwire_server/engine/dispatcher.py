@@ -101,5 +101,8 @@ class Dispatcher:
         self.rounds += 1
         self.claimed.set()
         self.claimed = asyncio.Event()
-        if cycle.promoted or (params.limit > 0 and len(cycle.claimed) == params.limit):
+        # More may be ready: ask again, but only when a job could start now. With every slot busy,
+        # the next finishing change claims in its own commit anyway, and a due job's timer still fires.
+        more = cycle.promoted or (params.limit > 0 and len(cycle.claimed) == params.limit)
+        if more and self._executor.free_slots() > 0:
             self.wake()
