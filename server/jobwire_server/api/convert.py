@@ -189,17 +189,14 @@ def _fill_job(target: jobwire_pb2.Job, job: Job) -> None:
         add_error = target.error_history.add
         for error in job.error_history:
             _fill_error(add_error(), error)
-    if job.dedupe_key:
-        target.dedupe_key = job.dedupe_key
+    target.dedupe_key = job.dedupe_key  # proto3 strings have no presence: "" is "not set"
     if job.labels:
         target.labels.update(job.labels)
     if job.webhook is not None:
         _fill_webhook(target.webhook, job.webhook)
     target.cancel_requested = job.cancel_requested
-    if job.cancel_reason:
-        target.cancel_reason = job.cancel_reason
-    if job.trace_parent:
-        target.trace_parent = job.trace_parent
+    target.cancel_reason = job.cancel_reason
+    target.trace_parent = job.trace_parent
     _set_timestamp(target.create_time, job.create_time)
     _set_timestamp(target.update_time, job.update_time)
     _set_timestamp(target.run_at, job.run_at)
