@@ -22,7 +22,6 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -32,6 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from jobwire_server.domain.deliveries import strip_query as redact_url
 from jobwire_server.domain.models import Job
 from jobwire_server.domain.states import JobState
 
@@ -291,16 +291,3 @@ def webhook_span(tracer: Tracer | None, event_type: str, url: str, *, job_id: st
                                       attributes=attributes, links=_links(trace_parent)) as span:
         yield WebhookSpan(span)
 
-
-def redact_url(url: str) -> str:
-    """`url` without query string, fragment and user:password (they may carry secrets)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port is left out rather than echoed
-        port = None
-    netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

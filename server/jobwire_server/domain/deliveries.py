@@ -154,7 +154,14 @@ def _rfc3339(seconds: float) -> str:
 
 
 def strip_query(url: str) -> str:
-    """The URL without query, fragment or user info (they may carry secrets): for logs, spans, events."""
+    """`url` without query string, fragment and user:password (they may carry secrets)."""
     parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]  # and without credentials
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port is left out rather than echoed
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
