@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from jobwire_server.domain.clock import Clock
@@ -97,39 +97,41 @@ class Retention:
         p = self.policy
         return await self._store.retention_preview(p.finished_before(now), p.stale_before(now), p.log_before(now))
 
-    async def _make_stale(self, cutoffs: Mapping[JobState, float]) -> int:
+    async def _batches(self, step: Callable[[int], Awaitable[int]]) -> int:
+        """Run `step(batch)` (one transaction, returns how many rows it handled) until a batch comes
+        back short or retention is stopping; the total handled."""
         total = 0
-        if not cutoffs:
-            return 0
         while not self._stop.is_set():
-            committed = await self._store.mark_stale(cutoffs, self._clock.now(), self.policy.batch)
+            done = await step(self.policy.batch)
+            total += done
+            if done < self.policy.batch:
+                break
+        return total
+
+    async def _make_stale(self, cutoffs: Mapping[JobState, float]) -> int:
+        async def step(limit: int) -> int:
+            committed = await self._store.mark_stale(cutoffs, self._clock.now(), limit)
             for item in committed:
                 self._hub.publish(item.events)
-            total += len(committed)
-            if len(committed) < self.policy.batch:
-                break
-        return total
+            return len(committed)
+
+        return await self._batches(step) if cutoffs else 0
 
     async def _delete(self, before: float | None) -> int:
-        total = 0
         if before is None:
             return 0
-        while not self._stop.is_set():
-            events = await self._store.delete_stale(before, self._clock.now(), self.policy.batch)
+        cutoff = before
+
+        async def step(limit: int) -> int:
+            events = await self._store.delete_stale(cutoff, self._clock.now(), limit)
             self._hub.publish(events)
-            total += len(events)
-            if len(events) < self.policy.batch:
-                break
-        return total
+            return len(events)
+
+        return await self._batches(step)
 
     async def _prune(self, before: float | None) -> int:
-        total = 0
-        while before is not None and not self._stop.is_set():
-            pruned = await self._store.prune_delivery_log(before, self.policy.batch)
-            total += pruned
-            if pruned < self.policy.batch:
-                break
-        while not self._stop.is_set():
-            if await self._store.prune_requests(self._clock.now(), self.policy.batch) < self.policy.batch:
-                break
-        return total
+        pruned = 0
+        if before is not None:
+            pruned = await self._batches(lambda limit: self._store.prune_delivery_log(before, limit))
+        await self._batches(lambda limit: self._store.prune_requests(self._clock.now(), limit))
+        return pruned
