@@ -34,10 +34,9 @@ from jobwire_server.engine.webhooks.guard import AddressGuard
 from jobwire_server.engine.webhooks.http import WebhookClient
 from jobwire_server.engine.webhooks.sender import SenderSettings, WebhookSender, webhook_wanted
 from jobwire_server.engine.webhooks.signing import Signer
-from jobwire_server.engine.writer import ChangeWriter
+from jobwire_server.engine.writer import Writer
 from jobwire_server.handlers.registry import Registry, build_registry
 from jobwire_server.metrics import Metrics, MetricsServer
-from jobwire_server.store.base import Committed
 from jobwire_server.store.sqlite import SqliteJobStore
 from jobwire_server.telemetry import Tracing, TracingConfigError
 
@@ -84,19 +83,19 @@ class App:
             metrics.bind(watch_streams=lambda: self.hub.subscriber_count,
                          queue_stats=lambda: self.store.queue_stats("", self.clock.now()))
         self.metrics_server: MetricsServer | None = None
-        self.writer = ChangeWriter(self.store, self.hub, self._after_commit)
+        self.writer = Writer(self.store, self.hub)
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
                                  on_slot_free=self._slot_freed, tracer=self.tracing.tracer)
-        self.dispatcher = Dispatcher(self.writer, self.executor, self.hub, self.clock, owner=self.owner,
+        self.dispatcher = Dispatcher(self.writer, self.executor, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl)
-        self.leases = LeaseKeeper(self.store, self.hub, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
+        self.leases = LeaseKeeper(self.store, self.writer, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
                                   running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake)
-        self.service = JobService(self.store, self.hub, self.dispatcher, self.executor, self.clock,
+        self.service = JobService(self.store, self.hub, self.writer, self.executor, self.clock,
                                   request_ttl=config.request_id_ttl)
         self.webhook_guard = AddressGuard(config.webhook_allow)
         self.webhooks = WebhookSender(
-            self.store, self.hub,
+            self.store, self.writer,
             WebhookClient(self.webhook_guard, timeout=config.webhook_timeout, read_cap=WEBHOOK_READ_CAP,
                           connections=config.webhook_concurrency),
             Signer(config.webhook_secret), self.clock,
@@ -104,7 +103,7 @@ class App:
                            concurrency=config.webhook_concurrency),
             tracer=self.tracing.tracer, metrics=self.metrics)
         self.hub.add_listener(self._published)
-        self.retention = Retention(self.store, self.hub, self.clock, RetentionPolicy(
+        self.retention = Retention(self.store, self.writer, self.clock, RetentionPolicy(
             stale_after=config.stale_after, delete_after=config.delete_after,
             stale_after_state={JobState(k): v for k, v in config.stale_after_state.items()},
             delivery_log_keep=config.delivery_log_keep, interval=config.retention_interval,
@@ -237,9 +236,10 @@ class App:
                 await self.server.stop(SERVER_STOP_GRACE)
             await self.leases.stop()
             await self.retention.stop()
-            await self.writer.stop()
-            # Every outbox row is committed by now; what is not sent in time stays in the outbox.
+            # Every outbox row is committed by now (the drained runners waited for their commits);
+            # what is not sent in time stays in the outbox. The writer records the attempts that end.
             await self.webhooks.stop(WEBHOOK_STOP_GRACE)
+            await self.writer.stop()
         finally:
             await self._stop_metrics()
             await self.store.close()
@@ -258,10 +258,3 @@ class App:
     def _published(self, events: Sequence[Event]) -> None:
         if webhook_wanted(events):
             self.webhooks.kick()
-
-    def _after_commit(self, committed: list[Committed]) -> None:
-        for item in committed:
-            if item.job.state is JobState.RETRYING:
-                self.dispatcher.note_wakeup(item.job.run_at)
-            elif item.job.state is JobState.QUEUED and self.service.accepting:
-                self.dispatcher.wake()

@@ -266,6 +266,9 @@ async def test_cancel_racing_phase_boundaries_ends_each_job_exactly_once(harness
     # Each job is cancelled when one of its events, chosen at random, is published (or right after
     # its enqueue), while the jobs run: the cancels land before, between and after phase boundaries.
     triggers = [E.STARTED, E.PHASE_STARTED, E.PHASE_SUCCEEDED, None]
+    # Planned up front, by enqueue order: a job's first events may be published before its
+    # enqueue returns (the enqueue's own commit can claim it), so the k-th ENQUEUED is job k.
+    plan_list = [(rng.choice(triggers), rng.randrange(1, 3)) for _ in range(count)]
     plans: dict[str, tuple[EventType | None, int]] = {}
     outcomes: dict[str, str] = {}
     tasks: list[asyncio.Task[None]] = []
@@ -283,6 +286,8 @@ async def test_cancel_racing_phase_boundaries_ends_each_job_exactly_once(harness
         while len(finished) < count:
             event = await rec.pump()
             seen_count[(event.job_id, event.type)] += 1
+            if event.type is E.ENQUEUED:
+                plans[event.job_id] = plan_list[len(plans)]
             trigger, nth = plans[event.job_id]
             if event.type is trigger and seen_count[(event.job_id, event.type)] == nth:
                 tasks.append(asyncio.create_task(cancel(event.job_id)))
@@ -291,12 +296,11 @@ async def test_cancel_racing_phase_boundaries_ends_each_job_exactly_once(harness
 
     watcher = asyncio.create_task(watch_and_cancel())
     jobs = []
-    for _ in range(count):
+    for index in range(count):
         work = [rng.choice([0, 0, 0.001, 0.003, 0.01]) for _ in range(2)]
         job = await enqueue(app, boundary, json.dumps({"work": work}).encode())
         jobs.append(job)
-        plans[job.id] = trigger = (rng.choice(triggers), rng.randrange(1, 3))
-        if trigger[0] is None:
+        if plan_list[index][0] is None:
             tasks.append(asyncio.create_task(cancel(job.id)))
     async with asyncio.timeout(20):
         await watcher

@@ -1,5 +1,6 @@
-"""The dispatcher: the claim policy. It decides when and how many jobs to claim; the change
-writer claims them in its next commit, together with the outcomes of finishing jobs.
+"""The dispatcher: the claim policy. It decides when and how many jobs to claim; the writer
+claims them in its next commit, together with whatever else that commit writes (the outcomes
+of finishing jobs, the enqueue that made a job ready).
 
 No polling interval: claiming happens when an enqueue, a retry or a freed slot wakes it, or when a
 timer set to the next run_at of a SCHEDULED or RETRYING job fires.
@@ -9,24 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.errors import JobwireError
+from jobwire_server.domain.models import Job
 from jobwire_server.domain.states import JobState
-from jobwire_server.domain.transitions import JobChange
 from jobwire_server.engine.executor import Executor
-from jobwire_server.engine.hub import WatchHub
-from jobwire_server.engine.writer import ChangeWriter
-from jobwire_server.store.base import ClaimParams, Cycle
+from jobwire_server.engine.writer import Writer
+from jobwire_server.store.base import ApplyChange, ClaimParams, ClaimResult, InsertJobs, UpdateJob, WriteOp
 
 MAX_CLAIM = 256
 
 
 class Dispatcher:
-    def __init__(self, writer: ChangeWriter, executor: Executor, hub: WatchHub, clock: Clock, *, owner: str,
-                 lease_ttl: float) -> None:
+    def __init__(self, writer: Writer, executor: Executor, clock: Clock, *, owner: str, lease_ttl: float) -> None:
         self._writer = writer
         self._executor = executor
-        self._hub = hub
         self._clock = clock
         self._owner = owner
         self._lease_ttl = lease_ttl
@@ -75,34 +76,77 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ Claimer
 
-    def claim_params(self, finishing: list[JobChange]) -> ClaimParams | None:
-        if not self._claiming or not (self._wanted or finishing):
+    def claim_params(self, ops: Sequence[WriteOp]) -> ClaimParams | None:
+        """Claim in this transaction when something may be ready and a slot is free: woken, a
+        job finishing (its slot is refilled by the same commit), or a write that can make a job
+        ready (an enqueue due now, a retry, a rescue)."""
+        if not self._claiming:
             return None
+        finishing = [op.change for op in ops if isinstance(op, ApplyChange) and op.change.job.state not in _BUSY]
+        readying = any(_may_ready(op) for op in ops)
+        if not (self._wanted or finishing or readying):
+            return None
+        limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM)
+        if limit == 0 and not self._wanted:
+            return None  # nothing could start; a freed slot or the timer claims (and promotes) later
         self._wanted = False
         now = self._clock.now()
         room = self._executor.queue_room()
         for change in finishing:
             if change.job.queue in room:
                 room[change.job.queue] += 1
-        limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM)
         return ClaimParams(now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
                            queue_room=room)
 
-    def after_cycle(self, params: ClaimParams, cycle: Cycle) -> None:
-        for item in cycle.results:
-            if item is not None and item.job.state is not JobState.RUNNING:
-                self._executor.release(item.job.id)
-        for item in (*cycle.promoted, *cycle.claimed):
-            self._hub.publish(item.events)
-        for item in cycle.claimed:
+    def after_cycle(self, ops: Sequence[WriteOp], results: Sequence[Any], claim: ClaimParams | None,
+                    claimed: ClaimResult | None) -> None:
+        readied = False
+        for op, result in zip(ops, results, strict=True):
+            for job in _jobs_written(op, result):
+                if job.state is JobState.RUNNING:
+                    continue
+                if isinstance(op, ApplyChange):
+                    self._executor.release(job.id)  # committed final: its slot may be refilled now
+                if job.state in _WAITING:
+                    self.note_wakeup(job.run_at)
+                elif job.state is JobState.QUEUED:
+                    readied = True
+        if claimed is None or claim is None:
+            if readied:
+                self.wake()  # a job became ready in a transaction that did not claim
+            return
+        for item in claimed.claimed:
             self._executor.start(item.job)
-        if cycle.next_due is not None:
-            self.note_wakeup(cycle.next_due)
+        if claimed.next_due is not None:
+            self.note_wakeup(claimed.next_due)
         self.rounds += 1
         self.claimed.set()
         self.claimed = asyncio.Event()
         # More may be ready: ask again, but only when a job could start now. With every slot busy,
         # the next finishing change claims in its own commit anyway, and a due job's timer still fires.
-        more = cycle.promoted or (params.limit > 0 and len(cycle.claimed) == params.limit)
+        more = claimed.promoted or (claim.limit > 0 and len(claimed.claimed) == claim.limit)
         if more and self._executor.free_slots() > 0:
             self.wake()
+
+
+_BUSY = frozenset({JobState.RUNNING})
+_WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
+
+
+def _may_ready(op: WriteOp) -> bool:
+    if isinstance(op, InsertJobs):
+        return any(job.run_at <= op.now for job in op.jobs)
+    return isinstance(op, UpdateJob)
+
+
+def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
+    """Jobs a write changed (or created), as committed."""
+    if result is None or isinstance(result, JobwireError):
+        return []
+    if isinstance(op, ApplyChange):
+        return [result.job]
+    if isinstance(op, InsertJobs):
+        return [r.job for r in result if r.created]
+    if isinstance(op, UpdateJob) and result[1] is not None:
+        return [result[0]]
+    return []

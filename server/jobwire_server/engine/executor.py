@@ -26,7 +26,7 @@ from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome, Succeeded
 from jobwire_server.domain.retry import RetryPolicy
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange, interrupt_by_shutdown, report_progress
-from jobwire_server.engine.writer import ChangeWriter
+from jobwire_server.engine.writer import Writer
 from jobwire_server.handlers.kind import JobContext, Kind, PhaseFunction
 from jobwire_server.handlers.registry import Registry
 from jobwire_server.telemetry import end_job_span, end_phase_span, start_job_span, start_phase_span
@@ -65,7 +65,7 @@ class Running:
 
 
 class Executor:
-    def __init__(self, registry: Registry, writer: ChangeWriter, clock: Clock, *, concurrency: int,
+    def __init__(self, registry: Registry, writer: Writer, clock: Clock, *, concurrency: int,
                  queue_limits: dict[str, int], cancel_grace: float, on_slot_free: Callable[[], None],
                  tracer: Tracer | None = None) -> None:
         self._registry = registry

@@ -11,8 +11,8 @@ from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.models import Job, JobError
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange, rescue_expired
-from jobwire_server.engine.hub import WatchHub
-from jobwire_server.store.base import JobStore
+from jobwire_server.engine.writer import Writer
+from jobwire_server.store.base import JobStore, RenewLeases, UpdateJob
 
 log = logging.getLogger("jobwire.leases")
 
@@ -20,10 +20,10 @@ RESCUE_BATCH = 100
 
 
 class LeaseKeeper:
-    def __init__(self, store: JobStore, hub: WatchHub, clock: Clock, *, owner: str, lease_ttl: float,
+    def __init__(self, store: JobStore, writer: Writer, clock: Clock, *, owner: str, lease_ttl: float,
                  running_ids: Callable[[], list[str]], on_rescued: Callable[[], None]) -> None:
         self._store = store
-        self._hub = hub
+        self._writer = writer
         self._clock = clock
         self._owner = owner
         self._ttl = lease_ttl
@@ -56,17 +56,16 @@ class LeaseKeeper:
     async def renew(self) -> None:
         ids = self._running_ids()
         if ids:
-            await self._store.renew_leases(self._owner, ids, self._clock.now() + self._ttl)
+            await self._writer.write(RenewLeases(self._owner, ids, self._clock.now() + self._ttl))
 
     async def rescue(self) -> int:
         """Requeue every RUNNING job whose lease has expired; returns how many."""
         now = self._clock.now()
         rescued = 0
         for job in await self._store.expired_leases(now, RESCUE_BATCH):
-            _, committed = await self._store.update_job(job.id, _rescuer(job, now))
+            _, committed = await self._writer.write(UpdateJob(job.id, _rescuer(job, now)))
             if committed is not None:
                 rescued += 1
-                self._hub.publish(committed.events)
                 log.warning("job %s: lease expired during attempt %d (phase %s); requeued",
                             job.id, job.attempt, _running_phase(job))
         self.passes += 1

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.states import JobState
-from jobwire_server.engine.hub import WatchHub
-from jobwire_server.store.base import JobStore, RetentionCounts
+from jobwire_server.engine.writer import Writer
+from jobwire_server.store.base import DeleteStale, JobStore, MarkStale, PruneDeliveryLog, PruneRequests, RetentionCounts
 
 log = logging.getLogger("jobwire.retention")
 
@@ -51,9 +51,9 @@ class RetentionPolicy:
 
 
 class Retention:
-    def __init__(self, store: JobStore, hub: WatchHub, clock: Clock, policy: RetentionPolicy) -> None:
+    def __init__(self, store: JobStore, writer: Writer, clock: Clock, policy: RetentionPolicy) -> None:
         self._store = store
-        self._hub = hub
+        self._writer = writer
         self._clock = clock
         self.policy = policy
         self._stop = asyncio.Event()
@@ -110,9 +110,7 @@ class Retention:
 
     async def _make_stale(self, cutoffs: Mapping[JobState, float]) -> int:
         async def step(limit: int) -> int:
-            committed = await self._store.mark_stale(cutoffs, self._clock.now(), limit)
-            for item in committed:
-                self._hub.publish(item.events)
+            committed = await self._writer.write(MarkStale(cutoffs, self._clock.now(), limit))
             return len(committed)
 
         return await self._batches(step) if cutoffs else 0
@@ -123,8 +121,7 @@ class Retention:
         cutoff = before
 
         async def step(limit: int) -> int:
-            events = await self._store.delete_stale(cutoff, self._clock.now(), limit)
-            self._hub.publish(events)
+            events = await self._writer.write(DeleteStale(cutoff, self._clock.now(), limit))
             return len(events)
 
         return await self._batches(step)
@@ -132,6 +129,6 @@ class Retention:
     async def _prune(self, before: float | None) -> int:
         pruned = 0
         if before is not None:
-            pruned = await self._batches(lambda limit: self._store.prune_delivery_log(before, limit))
-        await self._batches(lambda limit: self._store.prune_requests(self._clock.now(), limit))
+            pruned = await self._batches(lambda limit: self._writer.write(PruneDeliveryLog(before, limit)))
+        await self._batches(lambda limit: self._writer.write(PruneRequests(self._clock.now(), limit)))
         return pruned

@@ -1,4 +1,6 @@
-"""The job service: the operations the API offers, on top of the store and the engine."""
+"""The job service: the operations the API offers, on top of the store and the engine. Writes go
+through the writer (group commit; it publishes their events and claims what they made ready),
+reads go to the store's reader."""
 
 from __future__ import annotations
 
@@ -10,18 +12,18 @@ from jobwire_server.domain.errors import ShuttingDown
 from jobwire_server.domain.models import Event, Job, NewJob, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
-from jobwire_server.engine.dispatcher import Dispatcher
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
-from jobwire_server.store.base import InsertResult, JobStore
+from jobwire_server.engine.writer import Writer
+from jobwire_server.store.base import InsertJobs, InsertResult, JobStore, UpdateJob
 
 
 class JobService:
-    def __init__(self, store: JobStore, hub: WatchHub, dispatcher: Dispatcher, executor: Executor, clock: Clock,
+    def __init__(self, store: JobStore, hub: WatchHub, writer: Writer, executor: Executor, clock: Clock,
                  *, request_ttl: float) -> None:
         self.store = store
         self.hub = hub
-        self._dispatcher = dispatcher
+        self._writer = writer
         self._executor = executor
         self._clock = clock
         self._request_ttl = request_ttl
@@ -32,17 +34,9 @@ class JobService:
             raise ShuttingDown
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
-        """Insert (durably) and wake the dispatcher; the reply is sent after the commit."""
+        """Insert durably (the reply is sent after the commit, which may already have claimed them)."""
         self.check_open()
-        results = await self.store.insert_jobs(jobs, self._clock.now(), self._request_ttl)
-        wake = False
-        for result in results:
-            self.hub.publish(result.events)
-            if result.created and result.job.state is JobState.SCHEDULED:
-                self._dispatcher.note_wakeup(result.job.run_at)
-            wake = wake or result.created
-        if wake:
-            self._dispatcher.wake()
+        results: list[InsertResult] = await self._writer.write(InsertJobs(jobs, self._clock.now(), self._request_ttl))
         return results
 
     async def get(self, job_id: str) -> Job:
@@ -54,21 +48,16 @@ class JobService:
     async def cancel(self, job_id: str, reason: str) -> Job:
         self.check_open()
         now = self._clock.now()
-        job, committed = await self.store.update_job(job_id, lambda j: plan_cancel(j, reason, now))
-        if committed is not None:
-            self.hub.publish(committed.events)
-            if job.state is JobState.RUNNING:
-                self._executor.request_cancel(job.id, reason)
-        return job
+        job, committed = await self._writer.write(UpdateJob(job_id, lambda j: plan_cancel(j, reason, now)))
+        if committed is not None and job.state is JobState.RUNNING:
+            self._executor.request_cancel(job.id, reason)
+        return job  # type: ignore[no-any-return]
 
     async def retry(self, job_id: str, from_start: bool) -> Job:
         self.check_open()
         now = self._clock.now()
-        job, committed = await self.store.update_job(job_id, lambda j: plan_retry(j, from_start, now))
-        if committed is not None:
-            self.hub.publish(committed.events)
-            self._dispatcher.wake()
-        return job
+        job, _ = await self._writer.write(UpdateJob(job_id, lambda j: plan_retry(j, from_start, now)))
+        return job  # type: ignore[no-any-return]
 
     async def events_after(self, job_id: str, sequence: int, limit: int = 10_000) -> list[Event]:
         return await self.store.events_after(job_id, sequence, limit)

@@ -1,15 +1,22 @@
 """The storage contract: intention-named operations every backend implements.
 
-Each write is one transaction. State changes are `JobChange`s from the domain state machine,
-written as guarded updates (`… WHERE state IN guard AND attempt = fence`) together with their
-phase and event rows; a change whose guard no longer holds writes nothing and comes back None.
+Writes are operations (`InsertJobs`, `ApplyChange`, `ClaimJobs`…, the `WriteOp` union) that
+`JobStore.write` commits together in one transaction: the group commit the engine's writer builds
+on. An operation refused for its own reason (a `JobwireError`: not found, invalid transition,
+reused request id) writes nothing and comes back as that error, without failing the others in
+its batch. The single-operation methods (`insert_jobs`, `apply_changes`…) are `write` with one
+operation, for callers outside the engine and for the conformance suite.
+
+State changes are `JobChange`s from the domain state machine, written as guarded updates
+(`… WHERE state IN guard AND attempt = fence`) together with their phase and event rows; a change
+whose guard no longer holds writes nothing and comes back None.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
@@ -68,12 +75,130 @@ class RetentionCounts:
 ChangeBuilder = Callable[[Job], JobChange | None]
 
 
+# ---------------------------------------------------------------------- write operations
+# Each names its result type in its docstring. Builders run inside the transaction: keep them pure.
+
+
+@dataclass(frozen=True, slots=True)
+class InsertJobs:
+    """→ list[InsertResult]. Create jobs (all or none), honouring request_id and dedupe_key."""
+
+    jobs: Sequence[NewJob]
+    now: float
+    request_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateJob:
+    """→ (Job, Committed | None). Read the job, build a change from it, write it guarded."""
+
+    job_id: str
+    build: ChangeBuilder
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyChange:
+    """→ Committed | None. A guarded change computed outside (the executor's outcomes, progress)."""
+
+    change: JobChange
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimJobs:
+    """→ ClaimResult. Promote due jobs, then claim up to `params.limit` ready ones."""
+
+    params: ClaimParams
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLeases:
+    """→ int (leases renewed)."""
+
+    owner: str
+    job_ids: Sequence[str]
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class TakeDeliveries:
+    """→ list[Delivery]. Lease up to `limit` due webhook deliveries so they are sent once."""
+
+    now: float
+    limit: int
+    lease_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDeliveryAttempt:
+    """→ Event | None. Log an attempt; with `event`, append it to the job (numbered)."""
+
+    outcome: AttemptOutcome
+    now: float
+    event: PendingEvent | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseDeliveryLeases:
+    """→ int. At start: deliveries a previous process had taken are due again."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkStale:
+    """→ list[Committed]. Up to `limit` terminal jobs finished before their cutoff become STALE."""
+
+    finished_before: Mapping[JobState, float]
+    now: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteStale:
+    """→ list[Event] (DELETED, id only). Delete up to `limit` jobs STALE since before `stale_before`."""
+
+    stale_before: float
+    now: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneDeliveryLog:
+    """→ int."""
+
+    before: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRequests:
+    """→ int."""
+
+    now: float
+    limit: int
+
+
+WriteOp = (InsertJobs | UpdateJob | ApplyChange | ClaimJobs | RenewLeases | TakeDeliveries | RecordDeliveryAttempt
+           | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    promoted: list[Committed]
+    claimed: list[Committed]
+    #: Earliest run_at of a SCHEDULED or RETRYING job after the claim.
+    next_due: float | None
+
+
 class JobStore(Protocol):
     async def open(self) -> None:
         """Connect and migrate; raises a clear error when the schema is newer than the code."""
         ...
 
     async def close(self) -> None: ...
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Run every operation, in order, in one transaction; one result per operation (the
+        `JobwireError` it was refused with, for one that was). Any other error fails them all."""
+        ...
 
     async def insert_jobs(self, jobs: Sequence[NewJob], now: float, request_ttl: float) -> list[InsertResult]:
         """Create jobs (all or none), honouring request_id and dedupe_key."""

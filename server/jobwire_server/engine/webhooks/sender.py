@@ -20,11 +20,11 @@ from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Delivery, Verdict, strip_query
 from jobwire_server.domain.models import Event, PendingEvent
 from jobwire_server.domain.states import EventType
-from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.webhooks.http import HttpResult, WebhookClient
 from jobwire_server.engine.webhooks.signing import Signer
+from jobwire_server.engine.writer import Writer
 from jobwire_server.metrics import Metrics
-from jobwire_server.store.base import JobStore
+from jobwire_server.store.base import JobStore, RecordDeliveryAttempt, ReleaseDeliveryLeases, TakeDeliveries
 from jobwire_server.telemetry import webhook_span
 
 log = logging.getLogger("jobwire.webhooks")
@@ -52,10 +52,10 @@ _METRIC_OUTCOME = {Verdict.DELIVERED: "delivered", Verdict.RETRY: "retry", Verdi
 
 
 class WebhookSender:
-    def __init__(self, store: JobStore, hub: WatchHub, client: WebhookClient, signer: Signer, clock: Clock,
+    def __init__(self, store: JobStore, writer: Writer, client: WebhookClient, signer: Signer, clock: Clock,
                  settings: SenderSettings, *, tracer: Tracer | None = None, metrics: Metrics | None = None) -> None:
         self._store = store
-        self._hub = hub
+        self._writer = writer
         self._client = client
         self._signer = signer
         self._clock = clock
@@ -68,7 +68,7 @@ class WebhookSender:
         self._stopping = False
 
     async def start(self) -> None:
-        released = await self._store.release_delivery_leases()
+        released = await self._writer.write(ReleaseDeliveryLeases())
         if released:
             log.info("%d webhook deliveries taken before a restart are due again", released)
         await self._client.start()
@@ -111,7 +111,7 @@ class WebhookSender:
             return
         now = self._clock.now()
         lease_until = now + self._settings.timeout + LEASE_MARGIN
-        for delivery in await self._store.take_deliveries(now, room, lease_until):
+        for delivery in await self._writer.write(TakeDeliveries(now, room, lease_until)):
             task = asyncio.create_task(self._attempt(delivery), name=f"jobwire-webhook-{delivery.id}")
             self._inflight.add(task)
             task.add_done_callback(self._done)
@@ -142,13 +142,12 @@ class WebhookSender:
             name = "refused" if result.refused else _METRIC_OUTCOME[outcome.verdict]
             self._metrics.webhook_attempt(name, result.latency)
         try:
-            event = await self._store.record_delivery_attempt(outcome, self._clock.now(), _event_for(outcome))
+            # The WEBHOOK_* event it may append is published by the writer with its commit.
+            await self._writer.write(RecordDeliveryAttempt(outcome, self._clock.now(), _event_for(outcome)))
         except Exception:
             log.exception("recording webhook attempt %s of %s failed; it will be sent again", outcome.record.number,
                           delivery.id)
             return
-        if event is not None:
-            self._hub.publish((event,))
         _log_outcome(outcome)
 
 

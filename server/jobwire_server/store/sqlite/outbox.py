@@ -1,12 +1,12 @@
-"""SQL of the webhook outbox and its delivery log (SQLite). Called inside the store's transactions."""
+"""SQL of the webhook outbox and its delivery log (SQLite): plain functions on a connection, the
+writes called inside the store's transactions on the writer thread, the reads on the reader's."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable
 from typing import Any
-
-import aiosqlite
 
 from jobwire_server.domain.deliveries import (
     AttemptOutcome,
@@ -19,7 +19,7 @@ from jobwire_server.domain.deliveries import (
 )
 from jobwire_server.domain.models import Event
 
-Conn = aiosqlite.Connection
+Conn = sqlite3.Connection
 
 # A job whose receiver answered 410 Gone for this URL gets no new deliveries to it: they are
 # written STOPPED, so the log still shows them.
@@ -41,7 +41,7 @@ _FINAL_STATE = {
 _DELIVERY_COLUMNS = "id, job_id, event_seq, event_type, url, body, attempts, create_time"
 
 
-async def add_deliveries(conn: Conn, events: Iterable[Event]) -> int:
+def add_deliveries(conn: Conn, events: Iterable[Event]) -> int:
     """Write an outbox row for each event whose job's webhook wants it; returns how many."""
     rows: list[tuple[Any, ...]] = []
     for event in events:
@@ -50,69 +50,69 @@ async def add_deliveries(conn: Conn, events: Iterable[Event]) -> int:
             rows.append((new.id, new.job_id, new.event_seq, new.event_type, new.url, new.body,
                          new.time, new.time, new.time))
     if rows:
-        await conn.executemany(_INSERT, rows)
+        conn.executemany(_INSERT, rows)
     return len(rows)
 
 
-async def take_due(conn: Conn, now: float, limit: int, lease_until: float) -> list[Delivery]:
+def take_due(conn: Conn, now: float, limit: int, lease_until: float) -> list[Delivery]:
     """Lease up to `limit` due deliveries, oldest first, so no other taker sends them meanwhile."""
-    found = await conn.execute_fetchall(
+    found = conn.execute(
         f"UPDATE deliveries SET lease_until = ? WHERE id IN ("
         "  SELECT id FROM deliveries WHERE state = 'PENDING' AND next_at <= ?"
         "  AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_at LIMIT ?)"
-        f" RETURNING {_DELIVERY_COLUMNS}", (lease_until, now, now, limit))
+        f" RETURNING {_DELIVERY_COLUMNS}", (lease_until, now, now, limit)).fetchall()
     if not found:
         return []
     key = json.dumps(sorted({row[1] for row in found}))
-    jobs = {row[0]: row[1:] for row in await conn.execute_fetchall(
+    jobs = {row[0]: row[1:] for row in conn.execute(
         "SELECT id, queue, kind, trace_parent FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (key,))}
     deliveries = [Delivery(*row, *jobs.get(row[1], ("", "", ""))) for row in found]
     deliveries.sort(key=lambda d: (d.create_time, d.id))
     return deliveries
 
 
-async def next_due(conn: Conn) -> float | None:
+def next_due(conn: Conn) -> float | None:
     """When the earliest waiting (not leased) delivery is due."""
-    found = await conn.execute_fetchall(
-        "SELECT min(next_at) FROM deliveries WHERE state = 'PENDING' AND lease_until IS NULL")
+    found = conn.execute(
+        "SELECT min(next_at) FROM deliveries WHERE state = 'PENDING' AND lease_until IS NULL").fetchall()
     row = next(iter(found), None)
     return None if row is None or row[0] is None else float(row[0])
 
 
-async def release_leases(conn: Conn) -> int:
-    cursor = await conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+def release_leases(conn: Conn) -> int:
+    cursor = conn.execute("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
     return cursor.rowcount
 
 
-async def record_attempt(conn: Conn, outcome: AttemptOutcome, now: float) -> bool:
+def record_attempt(conn: Conn, outcome: AttemptOutcome, now: float) -> bool:
     """Log the attempt and move the delivery on. False when the delivery is gone (its job was
     deleted by retention) or no longer pending: then nothing is written."""
     d, r = outcome.delivery, outcome.record
     state = _FINAL_STATE[outcome.verdict]
-    found = await conn.execute_fetchall(
+    found = conn.execute(
         "UPDATE deliveries SET attempts = ?, state = ?, next_at = ?, lease_until = NULL, update_time = ?, "
         "last_error = ?, gone = ? WHERE id = ? AND state = 'PENDING' RETURNING id",
         (r.number, state.value, outcome.next_at or now, now, r.error, int(outcome.verdict is Verdict.GONE), d.id))
-    if not found:
+    if found.fetchone() is None:
         return False
-    await conn.execute(
+    conn.execute(
         "INSERT OR REPLACE INTO delivery_attempts (delivery_id, number, job_id, time, url, status_code, latency, "
         "response, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (d.id, r.number, d.job_id, r.time, r.url, r.status_code, r.latency, r.response, r.error))
     if outcome.verdict is Verdict.GONE:
-        await conn.execute(
+        conn.execute(
             "UPDATE deliveries SET state = 'STOPPED', lease_until = NULL, update_time = ? "
             "WHERE job_id = ? AND url = ? AND state = 'PENDING'", (now, d.job_id, d.url))
     return True
 
 
-async def job_deliveries(conn: Conn, job_id: str) -> list[DeliveryInfo]:
-    found = await conn.execute_fetchall(
+def job_deliveries(conn: Conn, job_id: str) -> list[DeliveryInfo]:
+    found = conn.execute(
         "SELECT id, job_id, event_seq, event_type, url, state, attempts, next_at, create_time, last_error "
-        "FROM deliveries WHERE job_id = ? ORDER BY event_seq, id", (job_id,))
-    log_rows = await conn.execute_fetchall(
+        "FROM deliveries WHERE job_id = ? ORDER BY event_seq, id", (job_id,)).fetchall()
+    log_rows = conn.execute(
         "SELECT delivery_id, number, time, url, status_code, latency, response, error FROM delivery_attempts "
-        "WHERE job_id = ? ORDER BY delivery_id, number", (job_id,))
+        "WHERE job_id = ? ORDER BY delivery_id, number", (job_id,)).fetchall()
     logs: dict[str, list[AttemptRecord]] = {}
     for row in log_rows:
         logs.setdefault(row[0], []).append(AttemptRecord(*row[1:]))
@@ -121,21 +121,21 @@ async def job_deliveries(conn: Conn, job_id: str) -> list[DeliveryInfo]:
                          last_error=row[9], log=tuple(logs.get(row[0], ()))) for row in found]
 
 
-async def delete_for_jobs(conn: Conn, ids_json: str) -> None:
+def delete_for_jobs(conn: Conn, ids_json: str) -> None:
     """Drop the deliveries and log of deleted jobs (`ids_json`: their ids as a JSON array)."""
     key = ids_json
-    await conn.execute("DELETE FROM deliveries WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
-    await conn.execute("DELETE FROM delivery_attempts WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
+    conn.execute("DELETE FROM deliveries WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
+    conn.execute("DELETE FROM delivery_attempts WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
 
 
-async def prune_log(conn: Conn, before: float, limit: int) -> int:
+def prune_log(conn: Conn, before: float, limit: int) -> int:
     """Delete up to `limit` log rows older than `before`, and finished deliveries last touched then."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM delivery_attempts WHERE (delivery_id, number) IN "
         "(SELECT delivery_id, number FROM delivery_attempts WHERE time < ? LIMIT ?)",
         (before, limit))
     pruned = cursor.rowcount
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state != 'PENDING' "
         "AND update_time < ? LIMIT ?)", (before, limit))
     return pruned + cursor.rowcount

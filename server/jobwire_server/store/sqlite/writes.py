@@ -1,0 +1,377 @@
+"""SQL of every write (SQLite). Plain functions on a `sqlite3.Connection`, called on the writer
+connection's thread inside the transaction `SqliteJobStore.write` opens: a whole batch of
+operations is one hop from the event loop and one commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused
+from jobwire_server.domain.ids import new_job_id
+from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
+from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
+from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
+from jobwire_server.store.base import ChangeBuilder, ClaimParams, ClaimResult, Committed, InsertResult
+from jobwire_server.store.sqlite import outbox, rows
+
+Conn = sqlite3.Connection
+
+PROMOTE_BATCH = 1000
+_ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
+
+_INSERT_JOB = f"INSERT INTO jobs ({rows.JOB_SELECT}) VALUES ({', '.join('?' * len(rows.JOB_COLUMNS))})"
+_INSERT_PHASE = f"INSERT INTO phases ({rows.PHASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_EVENT = "INSERT INTO events (job_id, seq, type, time, phase, detail) VALUES (?, ?, ?, ?, ?, ?)"
+_UPDATE_PHASE = """UPDATE phases SET state = ?, progress_pct = ?, progress_msg = ?, result = ?, error = ?,
+    start_time = ?, finish_time = ? WHERE job_id = ? AND idx = ?"""
+
+# A guarded change: the row is written only if it is still in the state and attempt the change
+# was computed from (`state = ? AND attempt = ?` below; the caller checked the guard set).
+_APPLY_CHANGE = """
+UPDATE jobs SET state = ?, attempt = ?, uncounted_attempts = ?, progress_pct = ?, progress_msg = ?, error = ?,
+    error_history = ?, run_at = ?, start_time = ?, finish_time = ?, update_time = ?, seq = ?,
+    cancel_requested = CASE WHEN ? THEN ? ELSE cancel_requested END,
+    cancel_reason = CASE WHEN ? THEN ? ELSE cancel_reason END,
+    lease_owner = CASE WHEN ? = 'RUNNING' THEN lease_owner END,
+    lease_expires = CASE WHEN ? = 'RUNNING' THEN lease_expires END
+WHERE id = ? AND state = ? AND attempt = ?
+"""
+
+_WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
+_NEXT_DUE = "SELECT min(run_at) FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING')"
+
+
+def scalar(found: Iterable[Any]) -> float | None:
+    first = next(iter(found), None)
+    return None if first is None or first[0] is None else float(first[0])
+
+
+def load_jobs(conn: Conn, ids: Sequence[str]) -> dict[str, Job]:
+    """The jobs with these ids, with their phases (missing ids are left out)."""
+    if not ids:
+        return {}
+    if len(ids) == 1:  # the common single-job read: plain equality uses the primary key directly
+        job_rows = conn.execute(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (ids[0],)).fetchall()
+        phase_rows = conn.execute(
+            f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id = ? ORDER BY idx", (ids[0],)).fetchall()
+    else:
+        key = json.dumps(list(ids))
+        job_rows = conn.execute(
+            f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (key,)).fetchall()
+        phase_rows = conn.execute(
+            f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id IN (SELECT value FROM json_each(?)) "
+            "ORDER BY job_id, idx", (key,)).fetchall()
+    phases: dict[str, list[Phase]] = {}
+    for row in phase_rows:
+        phases.setdefault(row[0], []).append(rows.phase_from_row(row))
+    return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
+
+
+def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list[Committed]:
+    """Phase rows and numbered event rows of changes whose job row was written. Each change
+    comes with the job as committed: its `last_sequence` numbers the change's events
+    (last_sequence-n+1 … last_sequence), and every event carries it."""
+    phase_params: list[tuple[Any, ...]] = []
+    event_params: list[tuple[Any, ...]] = []
+    committed: list[Committed] = []
+    for change, job in written:
+        phase_params.extend(rows.phase_params(job.id, i, job.phases[i]) for i in change.changed_phases)
+        first = job.last_sequence - len(change.events) + 1
+        events = tuple(
+            Event(job.id, first + n, e.type, job.update_time, job.queue, job.kind, e.phase, e.detail, job)
+            for n, e in enumerate(change.events))
+        event_params.extend((job.id, e.sequence, e.type.value, e.time, e.phase, e.detail) for e in events)
+        committed.append(Committed(job, events))
+    if phase_params:
+        conn.executemany(_UPDATE_PHASE, phase_params)
+    if event_params:
+        conn.executemany(INSERT_EVENT, event_params)
+        outbox.add_deliveries(conn, (e for c in committed for e in c.events))
+    return committed
+
+
+# ---------------------------------------------------------------------- enqueue
+
+
+def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: float) -> list[InsertResult]:
+    known_requests = _known_requests(conn, new_jobs, now)
+    active = _active_dedupe_keys(conn, new_jobs)
+    created: list[Job] = []
+    outcome: list[tuple[str, bool, bool]] = []  # (job id, deduplicated, created)
+    request_rows: list[tuple[str, str, str, float]] = []
+    for new in new_jobs:
+        if new.request_id in known_requests:
+            fingerprint, job_id = known_requests[new.request_id]
+            if fingerprint != new.fingerprint:
+                raise RequestIdReused(new.request_id)
+            outcome.append((job_id, False, False))
+            continue
+        if new.dedupe_key and (new.queue, new.dedupe_key) in active:
+            job_id = active[(new.queue, new.dedupe_key)]
+            outcome.append((job_id, True, False))
+        else:
+            job = _job_from_new(new, now)
+            created.append(job)
+            job_id = job.id
+            outcome.append((job_id, False, True))
+            if new.dedupe_key:
+                active[(new.queue, new.dedupe_key)] = job_id
+        if new.request_id:
+            known_requests[new.request_id] = (new.fingerprint, job_id)
+            request_rows.append((new.request_id, new.fingerprint, job_id, now + ttl))
+    _insert_rows(conn, created, request_rows)
+    existing = load_jobs(conn, [job_id for job_id, _, made in outcome if not made])
+    fresh = {job.id: job for job in created}
+    results = []
+    for job_id, deduplicated, made in outcome:
+        if made:
+            job = fresh[job_id]
+            event = Event(job.id, 1, EventType.ENQUEUED, now, job.queue, job.kind, job=job)
+            results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
+        else:
+            results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
+    if any(job.webhook is not None for job in created):
+        outbox.add_deliveries(conn, (e for r in results for e in r.events))
+    return results
+
+
+def _known_requests(conn: Conn, new_jobs: Sequence[NewJob], now: float) -> dict[str, tuple[str, str]]:
+    request_ids = [j.request_id for j in new_jobs if j.request_id]
+    if not request_ids:
+        return {}
+    found = conn.execute(
+        "SELECT request_id, fingerprint, job_id FROM requests "
+        "WHERE request_id IN (SELECT value FROM json_each(?)) AND expires > ?", (json.dumps(request_ids), now))
+    return {row[0]: (row[1], row[2]) for row in found}
+
+
+def _active_dedupe_keys(conn: Conn, new_jobs: Sequence[NewJob]) -> dict[tuple[str, str], str]:
+    keys = [[j.queue, j.dedupe_key] for j in new_jobs if j.dedupe_key]
+    if not keys:
+        return {}
+    found = conn.execute(
+        f"SELECT queue, dedupe_key, id FROM jobs WHERE dedupe_key IS NOT NULL AND state IN ({_ACTIVE_SQL}) "
+        "AND (queue, dedupe_key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))", (json.dumps(keys),))
+    return {(row[0], row[1]): row[2] for row in found}
+
+
+def _insert_rows(conn: Conn, jobs: Sequence[Job], request_rows: Sequence[tuple[str, str, str, float]]) -> None:
+    if jobs:
+        conn.executemany(_INSERT_JOB, [_job_params(job) for job in jobs])
+        conn.executemany(_INSERT_PHASE, [
+            (job.id, i, p.name, p.state.value, 0.0, "", b"", None, None, None)
+            for job in jobs for i, p in enumerate(job.phases)])
+        conn.executemany(INSERT_EVENT, [
+            (job.id, 1, EventType.ENQUEUED.value, job.create_time, "", "") for job in jobs])
+    if request_rows:
+        conn.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", request_rows)
+
+
+def _job_from_new(new: NewJob, now: float) -> Job:
+    return Job(
+        id=new_job_id(now), queue=new.queue, kind=new.kind, payload=new.payload, priority=new.priority,
+        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED, max_attempts=new.max_attempts,
+        phases=tuple(Phase(name) for name in new.phase_names), create_time=now, update_time=now,
+        run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
+        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1,
+    )
+
+
+def _job_params(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id, job.queue, job.kind, job.payload, job.priority, job.state.value, job.attempt,
+        job.uncounted_attempts, job.max_attempts, job.timeout, job.progress.percent, job.progress.message,
+        rows.error_to_json(job.error), rows.history_to_json(job.error_history), job.dedupe_key or None,
+        json.dumps(dict(job.labels)), rows.webhook_to_json(job.webhook), int(job.cancel_requested),
+        job.cancel_reason, job.trace_parent, job.last_sequence, job.create_time, job.update_time, job.run_at,
+        job.start_time, job.finish_time,
+    )
+
+
+# ---------------------------------------------------------------------- guarded changes
+
+
+def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | None]:
+    """Check each change's guard against the row as it is now (the transaction holds the write
+    lock, so it cannot move), then write the passing ones with `WHERE state = ? AND attempt = ?`.
+    Changes to one job apply in order, each seeing the one before."""
+    if not changes:
+        return []
+    ids = list({c.job.id for c in changes})
+    found = conn.execute(
+        "SELECT id, state, attempt, seq, cancel_requested, cancel_reason FROM jobs "
+        "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))
+    current: dict[str, list[Any]] = {row[0]: list(row[1:]) for row in found}
+    results: list[Committed | None] = [None] * len(changes)
+    params: list[tuple[Any, ...]] = []
+    written: list[tuple[int, JobChange, int]] = []
+    for index, change in enumerate(changes):
+        row = current.get(change.job.id)
+        if row is None or not _passes(change, row[0], row[1]):
+            continue
+        state, attempt, seq = row[0], row[1], row[2] + len(change.events)
+        params.append(_change_params(change, seq, state, attempt))
+        row[0], row[1], row[2] = change.job.state.value, change.job.attempt, seq
+        if change.reason.value in _WRITES_CANCEL_FLAGS:
+            row[3], row[4] = int(change.job.cancel_requested), change.job.cancel_reason
+        written.append((index, change, seq))
+    if params:
+        conn.executemany(_APPLY_CHANGE, params)
+    finals = []
+    for _, change, seq in written:
+        requested, reason = bool(current[change.job.id][3]), current[change.job.id][4]
+        job = change.job
+        if job.cancel_requested != requested or job.cancel_reason != reason or job.last_sequence != seq:
+            job = evolve(job, cancel_requested=requested, cancel_reason=reason, last_sequence=seq)
+        finals.append((change, job))
+    committed = _write_details(conn, finals)
+    for (index, _, _), item in zip(written, committed, strict=True):
+        results[index] = item
+    return results
+
+
+def update_job(conn: Conn, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
+    found = load_jobs(conn, [job_id])
+    if job_id not in found:
+        raise JobNotFound(job_id)
+    change = build(found[job_id])
+    if change is None:
+        return found[job_id], None
+    try:
+        (committed,) = apply_changes(conn, [change])
+    except sqlite3.IntegrityError as exc:
+        if "jobs.queue, jobs.dedupe_key" not in str(exc):
+            raise
+        raise InvalidTransition(job_id, found[job_id].state.value,
+                                "requeue (another active job holds its dedupe_key)") from None
+    if committed is None:  # cannot happen: the transaction holds the write lock since the read
+        raise RuntimeError(f"guarded write of job {job_id} did not apply")
+    return committed.job, committed
+
+
+def _passes(change: JobChange, state: str, attempt: int) -> bool:
+    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
+
+
+def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tuple[Any, ...]:
+    job = change.job
+    writes_cancel = change.reason.value in _WRITES_CANCEL_FLAGS
+    return (
+        job.state.value, job.attempt, job.uncounted_attempts, float(job.progress.percent), job.progress.message,
+        rows.error_to_json(job.error), rows.history_to_json(job.error_history), float(job.run_at), job.start_time,
+        job.finish_time, float(job.update_time), seq, writes_cancel, int(job.cancel_requested), writes_cancel,
+        job.cancel_reason, job.state.value, job.state.value, job.id, state, attempt,
+    )
+
+
+# ---------------------------------------------------------------------- claims and leases
+
+
+def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
+    promoted = _promote_due(conn, params.now)
+    claimed = _claim_ready(conn, params) if params.limit > 0 else []
+    return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)))
+
+
+def _promote_due(conn: Conn, now: float) -> list[Committed]:
+    found = conn.execute(
+        "UPDATE jobs SET state = 'QUEUED', seq = seq + 1, update_time = ? WHERE id IN ("
+        "  SELECT id FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING') AND run_at <= ? ORDER BY run_at LIMIT ?)"
+        " RETURNING id, seq", (now, now, PROMOTE_BATCH)).fetchall()
+    if not found:
+        return []
+    jobs = load_jobs(conn, [row[0] for row in found])
+    changes = [become_due(jobs[job_id], now) for job_id, _ in found]
+    return _write_details(conn, [(c, c.job) for c in changes])  # loaded after the update
+
+
+def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
+    candidates, args = _candidate_sql(p)
+    found = conn.execute(
+        "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
+        "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? "
+        f"WHERE id IN ({candidates}) RETURNING id, seq",
+        (p.now, p.now, p.owner, p.lease_expires, *args)).fetchall()
+    if not found:
+        return []
+    jobs = load_jobs(conn, [row[0] for row in found])
+    changes = []
+    for job_id, _ in found:
+        after = jobs[job_id]  # loaded after the claim UPDATE: its attempt and sequence are current
+        change = claim(evolve(after, state=JobState.QUEUED, attempt=after.attempt - 1), p.now, p.lease_expires)
+        changes.append((change, change.job))
+    return _write_details(conn, changes)
+
+
+_ORDER = "ORDER BY priority DESC, run_at, id"
+
+
+def _candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
+    """The ids to claim: the best `limit` QUEUED jobs, taking at most `room` from each limited queue."""
+    limited = sorted(p.queue_room)
+    parts = ["SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED'"
+             + (" AND queue NOT IN (SELECT value FROM json_each(?))" if limited else "")
+             + f" {_ORDER} LIMIT ?)"]
+    args: list[Any] = [json.dumps(limited)] if limited else []
+    args.append(p.limit)
+    for queue in limited:
+        room = min(p.queue_room[queue], p.limit)
+        if room > 0:
+            parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
+                         f"AND queue = ? {_ORDER} LIMIT ?)")
+            args.extend((queue, room))
+    union = " UNION ALL ".join(parts)
+    return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, p.limit]
+
+
+def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> int:
+    cursor = conn.execute(
+        "UPDATE jobs SET lease_expires = ? WHERE state = 'RUNNING' AND lease_owner = ? "
+        "AND id IN (SELECT value FROM json_each(?))", (expires, owner, json.dumps(list(job_ids))))
+    return cursor.rowcount
+
+
+# ---------------------------------------------------------------------- retention
+
+
+def mark_stale(conn: Conn, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
+    ids = _stale_candidates(conn, finished_before, limit)
+    jobs = load_jobs(conn, ids)
+    results = apply_changes(conn, [make_stale(jobs[i], now) for i in ids if i in jobs])
+    return [c for c in results if c is not None]
+
+
+def _stale_candidates(conn: Conn, finished_before: Mapping[JobState, float], limit: int) -> list[str]:
+    ids: list[str] = []
+    for state, cutoff in sorted(finished_before.items()):
+        if len(ids) >= limit:
+            break
+        found = conn.execute(
+            "SELECT id FROM jobs WHERE state = ? AND finish_time < ? ORDER BY finish_time LIMIT ?",
+            (state.value, cutoff, limit - len(ids)))
+        ids.extend(row[0] for row in found)
+    return ids
+
+
+def delete_stale(conn: Conn, stale_before: float, now: float, limit: int) -> list[Event]:
+    found = conn.execute(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'STALE' AND update_time < ? "
+        "ORDER BY update_time LIMIT ?) RETURNING id, queue, kind, seq", (stale_before, limit)).fetchall()
+    if not found:
+        return []
+    key = json.dumps([row[0] for row in found])
+    conn.execute("DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
+    conn.execute("DELETE FROM requests WHERE job_id IN (SELECT value FROM json_each(?))", (key,))
+    outbox.delete_for_jobs(conn, key)
+    return [Event(row[0], row[3] + 1, EventType.DELETED, now, row[1], row[2]) for row in found]
+
+
+def prune_requests(conn: Conn, now: float, limit: int) -> int:
+    cursor = conn.execute(
+        "DELETE FROM requests WHERE request_id IN (SELECT request_id FROM requests WHERE expires <= ? LIMIT ?)",
+        (now, limit))
+    return cursor.rowcount
