@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -70,8 +71,10 @@ class Writer:
         self._stopping = False
         self._between_cycles = asyncio.Event()
         self._between_cycles.set()
-        #: Transactions committed (tests and benchmarks read it).
+        #: Transactions committed, and `time.perf_counter()` when the last one did (tests and
+        #: benchmarks read them: pickup latency is measured from a commit).
         self.commits = 0
+        self.last_commit_at = 0.0
 
     def start(self) -> None:
         if self._task is None:
@@ -148,6 +151,7 @@ class Writer:
             self._wake.set()
             return
         self.commits += 1
+        self.last_commit_at = time.perf_counter()
         claimed: ClaimResult | None = results.pop() if claim is not None else None
         events = _events_of(ops, results, claimed)
         if events:
