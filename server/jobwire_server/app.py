@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -49,6 +50,18 @@ SERVER_STOP_GRACE = 1.0
 WEBHOOK_STOP_GRACE = 2.0
 #: Bytes of a webhook receiver's answer read before the rest is discarded.
 WEBHOOK_READ_CAP = 64 * 1024
+
+
+#: Allocations between young-generation collections. The hot path allocates many short-lived
+#: records and few cycles; the default (700) collected so often it cost 12-15 % of the loop.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Collect the young generation less often (process-wide: `jobwire serve` also freezes what
+    start-up built, out of the collector's way)."""
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(GC_YOUNG_THRESHOLD, young), middle, old)
 
 
 class StartupError(Exception):
@@ -123,6 +136,7 @@ class App:
         # Synchronous handlers run in threads: give every job slot one, not the default min(32, CPUs+4).
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="jobwire-handler"))
+        _tune_gc()
         await self.store.open()
         try:
             await self._start_metrics()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -108,6 +109,7 @@ async def _serve_until_signalled(config: ServerConfig) -> int:
     except (StartupError, StoreError, SchemaTooNew, HandlerImportError) as exc:
         print(f"jobwire: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    gc.freeze()  # what start-up built (modules, handlers, settings) lives as long as the process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -96,9 +96,9 @@ class Writer:
         return future
 
     async def write(self, op: WriteOp) -> Any:
-        """Commit `op` and return its result; shielded, so a caller that is cancelled (a client
-        hanging up) never withdraws an operation that is already on its way."""
-        return await asyncio.shield(self.write_nowait(op))
+        """Commit `op` and return its result. A caller that is cancelled (a client hanging up)
+        stops waiting, but never withdraws an operation that is already on its way."""
+        return await self.write_nowait(op)
 
     async def submit(self, change: JobChange) -> Committed | None:
         """Write a guarded change; None when its guard no longer held."""

@@ -22,6 +22,7 @@ JOB_RETURNING = ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
 PHASE_COLUMNS = "job_id, idx, name, state, progress_pct, progress_msg, result, error, start_time, finish_time"
 
 _STATES = {s.value: s for s in JobState}
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
 _PHASE_STATES = {s.value: s for s in PhaseState}
 _EVENT_TYPES = {t.value: t for t in EventType}
 
@@ -39,6 +40,8 @@ def error_from_json(text: str | None) -> JobError | None:
 
 
 def history_to_json(history: Sequence[JobError]) -> str:
+    if not history:
+        return "[]"  # most jobs never fail: skip the encoder on the hot path
     return json.dumps([asdict(e) for e in history], separators=(",", ":"))
 
 
@@ -75,8 +78,8 @@ def job_from_row(row: Sequence[Any], phases: Iterable[Phase]) -> Job:
         id=id_, queue=queue, kind=kind, payload=payload, priority=priority, state=_STATES[state],
         attempt=attempt, uncounted_attempts=uncounted, max_attempts=max_attempts, timeout=timeout,
         progress=Progress(pct, msg), error=error_from_json(error),
-        error_history=tuple(_error_from_dict(e) for e in json.loads(history)),
-        dedupe_key=dedupe_key or "", labels=MappingProxyType(json.loads(labels)),
+        error_history=() if history == "[]" else tuple(_error_from_dict(e) for e in json.loads(history)),
+        dedupe_key=dedupe_key or "", labels=_NO_LABELS if labels == "{}" else MappingProxyType(json.loads(labels)),
         webhook=_webhook_from_json(webhook), cancel_requested=bool(cancel_requested),
         cancel_reason=cancel_reason, trace_parent=trace_parent, last_sequence=seq, create_time=create_time,
         update_time=update_time, run_at=run_at, start_time=start_time, finish_time=finish_time,

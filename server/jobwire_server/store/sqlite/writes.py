@@ -56,19 +56,25 @@ def load_jobs(conn: Conn, ids: Sequence[str]) -> dict[str, Job]:
         return {}
     if len(ids) == 1:  # the common single-job read: plain equality uses the primary key directly
         job_rows = conn.execute(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ?", (ids[0],)).fetchall()
-        phase_rows = conn.execute(
-            f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id = ? ORDER BY idx", (ids[0],)).fetchall()
     else:
-        key = json.dumps(list(ids))
-        job_rows = conn.execute(
-            f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (key,)).fetchall()
+        job_rows = conn.execute(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                                (json.dumps(list(ids)),)).fetchall()
+    phases = load_phases(conn, ids)
+    return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
+
+
+def load_phases(conn: Conn, ids: Sequence[str]) -> dict[str, list[Phase]]:
+    if len(ids) == 1:
+        phase_rows = conn.execute(
+            f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id = ? ORDER BY idx", (ids[0],))
+    else:
         phase_rows = conn.execute(
             f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id IN (SELECT value FROM json_each(?)) "
-            "ORDER BY job_id, idx", (key,)).fetchall()
+            "ORDER BY job_id, idx", (json.dumps(list(ids)),))
     phases: dict[str, list[Phase]] = {}
     for row in phase_rows:
         phases.setdefault(row[0], []).append(rows.phase_from_row(row))
-    return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
+    return phases
 
 
 def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list[Committed]:
@@ -289,20 +295,26 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
     return _write_details(conn, [(c, c.job) for c in changes])  # loaded after the update
 
 
+_STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
+
+
 def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
     candidates, args = _candidate_sql(p)
     found = conn.execute(
         "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
         "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? "
-        f"WHERE id IN ({candidates}) RETURNING id, seq",
+        f"WHERE id IN ({candidates}) RETURNING {rows.JOB_SELECT}",
         (p.now, p.now, p.owner, p.lease_expires, *args)).fetchall()
     if not found:
         return []
-    jobs = load_jobs(conn, [row[0] for row in found])
+    phases = load_phases(conn, [row[0] for row in found])
     changes = []
-    for job_id, _ in found:
-        after = jobs[job_id]  # loaded after the claim UPDATE: its attempt and sequence are current
-        change = claim(evolve(after, state=JobState.QUEUED, attempt=after.attempt - 1), p.now, p.lease_expires)
+    for row in found:
+        # The row as updated (sequence and times current), taken as the QUEUED job it was, so the
+        # state machine's `claim` makes the change the UPDATE already wrote.
+        before = list(row)
+        before[_STATE], before[_ATTEMPT] = JobState.QUEUED.value, row[_ATTEMPT] - 1
+        change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
         changes.append((change, change.job))
     return _write_details(conn, changes)
 
