@@ -213,12 +213,10 @@ def _webhook(config: jobwire_pb2.WebhookConfig, field: str, out: _Violations) ->
 
 def _fingerprint(req: jobwire_pb2.EnqueueRequest) -> str:
     """sha256 hex of the request (without its request_id), serialized deterministically."""
-    if req.request_id:
-        clone = jobwire_pb2.EnqueueRequest()
-        clone.CopyFrom(req)
-        clone.ClearField("request_id")
-        return hashlib.sha256(clone.SerializeToString(deterministic=True)).hexdigest()
-    return hashlib.sha256(req.SerializeToString(deterministic=True)).hexdigest()
+    clone = jobwire_pb2.EnqueueRequest()
+    clone.CopyFrom(req)
+    clone.ClearField("request_id")
+    return hashlib.sha256(clone.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _known_kinds(registry: Registry, limit: int = 20) -> str:
@@ -324,7 +322,7 @@ def enqueue_to_new_job(req: jobwire_pb2.EnqueueRequest, registry: Registry, now:
         phase_names=tuple(kind.phases_for(req.payload)),
         dedupe_key=req.dedupe_key,
         request_id=req.request_id,
-        fingerprint=_fingerprint(req),
+        fingerprint=_fingerprint(req) if req.request_id else "",  # only a request_id is ever compared
         labels=MappingProxyType(labels),
         webhook=webhook,
         trace_parent=trace_parent,
