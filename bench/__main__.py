@@ -1,8 +1,12 @@
-"""`make bench`: enqueue/s, drain jobs/s, pickup latency and watch fan-out latency.
+"""`make bench`: every figure of the performance targets, each beside its floor measured in the
+same run, and the ratio.
 
-Each benchmark runs the real service (the App with its gRPC server, SQLite in a temporary
-directory, synchronous=FULL unless told otherwise). Results are printed and written to
-bench/results/latest.json.
+The server is the real App (gRPC, SQLite in a scratch directory, synchronous=FULL and concurrency
+100 unless told otherwise) hosted in this process; load comes from `bench.load`, a grpc.aio client
+in its own process, so client and server each get a core. Floors: a trivial grpc.aio echo server
+hosted here the same way (bench/echo.py), and plain-sqlite3 loops writing the same rows
+(bench/floors.py). The table goes to stdout, everything to bench/results/latest.json.
+See docs/performance.md for what each figure means and what bounds it.
 """
 
 from __future__ import annotations
@@ -10,198 +14,171 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import platform
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from grpc import aio
-from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
-from jobwire_server.app import App
-from jobwire_server.config import build_config
-from jobwire_server.domain.models import NewJob
-from jobwire_server.handlers.builtin import noop, sleep
-from jobwire_server.handlers.kind import JobContext, Kind
-from jobwire_server.handlers.registry import Registry
-from jobwire_server.store.sqlite import SqliteJobStore
+from jobwire_server.config import SYNCHRONOUS_MODES
+
+from bench import drain, enqueue, fanout, idle, pickup
+from bench.common import ROOT, Figure, Run, ServerLog, Settings
 
 RESULTS = Path(__file__).parent / "results"
-TARGETS = {"drain_jobs_per_s": 5000.0, "pickup_p50_ms": 2.0, "pickup_p99_ms": 10.0}
+#: Longest one measure may run before it is abandoned (its servers and clients are ended).
+MEASURE_LIMIT = 300.0
+
+MEASURES: dict[str, Callable[[Run], Awaitable[None]]] = {
+    "enqueue": enqueue.measure,
+    "batch": enqueue.measure_batch,
+    "produce": drain.measure_produce,
+    "drain": drain.measure_drain,
+    "pickup": pickup.measure,
+    "fanout": fanout.measure,
+    "idle": idle.measure,
+}
+
+QUICK = Settings(seconds=1.5, warmup=0.3, produce_seconds=2.0, drain_jobs=10_000, rounds=1, drain_rounds=1,
+                 pickup_samples=200,
+                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0)
 
 
-def _app(directory: str, **settings: Any) -> App:
-    config = build_config({"db": f"{directory}/bench.db", "listen": "127.0.0.1:0", **settings})
-    return App(config, registry=Registry([noop, sleep, _probe]))
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path]:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes and one round each: about a minute instead of two or three")
+    parser.add_argument("--only", metavar="NAME[,NAME]",
+                        help=f"run only these measures: {', '.join(MEASURES)}")
+    parser.add_argument("--concurrency", type=int, help="server job slots (default 100, the server's default)")
+    parser.add_argument("--synchronous", choices=SYNCHRONOUS_MODES, type=str.upper,
+                        help="SQLite synchronous mode of the server and the sqlite3 floors (default FULL)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per enqueue/echo rate (default 3)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each rate (default 0.5)")
+    parser.add_argument("--produce-seconds", type=float, help="seconds the producer enqueues while draining (4)")
+    parser.add_argument("--jobs", type=int, dest="drain_jobs", help="prefilled jobs per drain (default 20000)")
+    parser.add_argument("--rounds", type=int, help="rounds of (echo, enqueue) per in-flight count; median (default 3)")
+    parser.add_argument("--drain-rounds", type=int,
+                        help="rounds of (sqlite3 floor, untraced, traced) prefilled drains; median (default 5)")
+    parser.add_argument("--claim-batch", type=int, help="jobs per transaction of the sqlite3 drain floor (100)")
+    parser.add_argument("--samples", type=int, dest="pickup_samples", help="pickup latency samples (default 500)")
+    parser.add_argument("--batch-size", type=int, help="requests per EnqueueBatch call (default 1000)")
+    parser.add_argument("--batch-calls", type=int, help="EnqueueBatch calls measured (default 20)")
+    parser.add_argument("--fanout", help="watch stream counts, comma-separated (default 1000,10000)")
+    parser.add_argument("--streams-per-channel", type=int, help="watch streams per client connection (1000)")
+    parser.add_argument("--idle-seconds", type=float, help="seconds the idle server is watched (default 5)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="results file")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else Settings()
+    given = {key: value for key, value in vars(args).items()
+             if value is not None and key in Settings.__dataclass_fields__ and key != "fanout"}
+    if args.fanout:
+        given["fanout"] = tuple(int(n) for n in args.fanout.split(",") if n.strip())
+    settings = replace(settings, **given)
+    only = [name.strip() for name in args.only.split(",")] if args.only else list(MEASURES)
+    unknown = [name for name in only if name not in MEASURES]
+    if unknown:
+        parser.error(f"unknown measure {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    return settings, only, args.output
 
 
-_probe = Kind("bench.probe")
-_started: dict[str, float] = {}
-_started_signal: asyncio.Event | None = None
+def _tree() -> dict[str, Any]:
+    """The commit measured, and whether the server's sources differ from it."""
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "server_modified": bool(git("status", "--porcelain", "server"))}
 
 
-@_probe.phase("run")
-async def _probe_run(ctx: JobContext) -> None:
-    _started[ctx.job_id] = time.perf_counter()
-    if _started_signal is not None:
-        _started_signal.set()
+async def run_all(settings: Settings, only: list[str]) -> dict[str, Any]:
+    log = ServerLog()
+    logging.getLogger("jobwire").addHandler(log)
+    failures: dict[str, str] = {}
+    server_log: dict[str, list[str]] = {}
+    timings: dict[str, float] = {}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="jobwire-bench-") as workdir:
+        run = Run(settings, workdir)
+        for name in only:
+            print(f"… {name}", file=sys.stderr, flush=True)
+            began = time.perf_counter()
+            try:
+                await asyncio.wait_for(MEASURES[name](run), MEASURE_LIMIT)
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc(file=sys.stderr)
+            timings[name] = round(time.perf_counter() - began, 1)
+            if records := log.take():
+                server_log[name] = records[:50]
+    return {
+        "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "python": platform.python_version(),
+                 "machine": platform.machine(), "cpus": os.cpu_count(), **_tree(), "load_before": load_before,
+                 "load_after": os.getloadavg(), "runtime_s": round(time.perf_counter() - started, 1),
+                 "measure_s": timings, "settings": asdict(settings)},
+        "figures": [figure.as_json() for figure in run.figures],
+        "failures": failures,
+        "server_log": server_log,
+    }
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit in ("ms", "KiB", "% core"):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,.0f}"
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], limit: float) -> None:
-    """Harness-side check every 20 ms (the service under test is event-driven)."""
-    deadline = time.monotonic() + limit
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark did not finish in time")
-        await asyncio.sleep(0.02)
+def report(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    settings = meta["settings"]
+    lines = [f"jobwire bench: {meta['cpus']} CPUs, Python {meta['python']}, synchronous={settings['synchronous']}, "
+             f"concurrency={settings['concurrency']}, load average {meta['load_before'][0]:.2f} → "
+             f"{meta['load_after'][0]:.2f}, {meta['runtime_s']:.0f} s, commit {meta['commit']}"
+             + (" + uncommitted server changes" if meta["server_modified"] else ""),
+             "",
+             f"{'figure':<50} {'value':>10} {'unit':<7} {'floor':>10}  {'floor is':<34} {'ratio':>6}  "
+             f"{'target':<24} result"]
+    for data in results["figures"]:
+        figure = Figure(**{k: v for k, v in data.items() if k in Figure.__dataclass_fields__ and k != "targets"})
+        ratio = "—" if data["ratio"] is None else f"{data['ratio']:.2f}"
+        target = ", ".join(data["targets"])
+        line = (f"{figure.label:<50} {_number(figure.value, figure.unit):>10} {figure.unit:<7} "
+                f"{_number(figure.floor, figure.unit):>10}  {figure.floor_label:<34} {ratio:>6}  {target:<24} "
+                f"{data['verdict']}")
+        if figure.note:
+            line += f"  ({figure.note})"
+        lines.append(line.rstrip())
+    for name, failure in results["failures"].items():
+        lines.append(f"FAILED {name}: {failure}")
+    for name, records in results["server_log"].items():
+        lines.append(f"server log during {name}: {len(records)} warning(s), first: {records[0]}")
+    return "\n".join(lines)
 
 
-async def bench_drain(jobs: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as directory:
-        store = SqliteJobStore(f"{directory}/bench.db")
-        await store.open()
-        now = time.time()
-        batch = [NewJob("default", "noop", b"x", 5, now, 3, 0.0, ("run",)) for _ in range(1000)]
-        for _ in range(jobs // 1000):
-            await store.insert_jobs(batch, now, 0)
-        await store.close()
-        app = _app(directory)
-        started = time.perf_counter()
-        await app.start()
-
-        async def done() -> bool:
-            (stats,) = await app.service.queue_stats("default")
-            return stats.counts.get(_succeeded(), 0) == jobs
-
-        await _until(done, limit=300)
-        elapsed = time.perf_counter() - started
-        await app.stop()
-    return {"drain_jobs": jobs, "drain_seconds": round(elapsed, 3), "drain_jobs_per_s": round(jobs / elapsed, 1)}
-
-
-def _succeeded() -> Any:
-    from jobwire_server.domain.states import JobState  # noqa: PLC0415
-
-    return JobState.SUCCEEDED
-
-
-async def bench_pickup(samples: int) -> dict[str, float]:
-    global _started_signal
-    latencies: list[float] = []
-    with tempfile.TemporaryDirectory() as directory:
-        app = _app(directory)
-        await app.start()
-        now = time.time()
-        for _ in range(samples):
-            _started_signal = asyncio.Event()
-            (result,) = await app.service.enqueue([NewJob("default", "bench.probe", b"", 5, now, 1, 0.0, ("run",))])
-            committed = time.perf_counter()
-            await asyncio.wait_for(_started_signal.wait(), 5)
-            latencies.append((_started[result.job.id] - committed) * 1000)
-            await app.executor.wait_idle()
-        await app.stop()
-    return {"pickup_samples": samples, "pickup_p50_ms": round(_percentile(latencies, 0.5), 3),
-            "pickup_p99_ms": round(_percentile(latencies, 0.99), 3),
-            "pickup_mean_ms": round(statistics.fmean(latencies), 3)}
-
-
-async def bench_enqueue(total: int, clients: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as directory:
-        app = _app(directory, concurrency=1, queue_concurrency={"held": 1})
-        await app.start()
-        await app.dispatcher.stop_claiming()  # measure enqueue alone
-        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = jobwire_pb2_grpc.JobServiceStub(channel)
-
-            async def worker(count: int) -> None:
-                for _ in range(count):
-                    await stub.Enqueue(jobwire_pb2.EnqueueRequest(kind="noop", payload=b"x"))
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker(total // clients) for _ in range(clients)))
-            single = (total // clients * clients) / (time.perf_counter() - started)
-
-            batch = jobwire_pb2.EnqueueBatchRequest(
-                requests=[jobwire_pb2.EnqueueRequest(kind="noop", payload=b"x") for _ in range(1000)])
-            started = time.perf_counter()
-            for _ in range(10):
-                await stub.EnqueueBatch(batch)
-            batched = 10_000 / (time.perf_counter() - started)
-        await app.stop()
-    return {"enqueue_single_per_s": round(single, 1), "enqueue_clients": clients,
-            "enqueue_batch_per_s": round(batched, 1)}
-
-
-async def bench_fanout(watchers: int, events: int) -> dict[str, float]:
-    latencies: list[float] = []
-    with tempfile.TemporaryDirectory() as directory:
-        app = _app(directory)
-        await app.start()
-        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = jobwire_pb2_grpc.JobServiceStub(channel)
-            received: list[asyncio.Queue[float]] = [asyncio.Queue() for _ in range(watchers)]
-            request = jobwire_pb2.WatchEventsRequest(types=[jobwire_pb2.EVENT_TYPE_ENQUEUED])
-
-            async def watch(inbox: asyncio.Queue[float]) -> None:
-                async for _ in stub.WatchEvents(request):
-                    inbox.put_nowait(time.perf_counter())
-
-            tasks = [asyncio.create_task(watch(q)) for q in received]
-            while app.hub.subscriber_count < watchers:
-                await app.hub.changed.wait()
-            now = time.time()
-            for _ in range(events):
-                await app.service.enqueue([NewJob("default", "sleep", b'{"seconds": 0}', 5, now + 3600, 1, 0.0,
-                                                  ("step-1",))])
-                committed = time.perf_counter()
-                arrivals = [await q.get() for q in received]
-                latencies.append((max(arrivals) - committed) * 1000)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await app.stop()
-    return {"fanout_watchers": watchers, "fanout_p50_ms": round(_percentile(latencies, 0.5), 3),
-            "fanout_p99_ms": round(_percentile(latencies, 0.99), 3)}
-
-
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    results |= await bench_enqueue(args.enqueue, args.clients)
-    results |= await bench_drain(args.jobs)
-    results |= await bench_pickup(args.samples)
-    results |= await bench_fanout(args.watchers, args.fanout_events)
-    return results
-
-
-def _report(results: dict[str, Any]) -> None:
-    print(f"{'metric':<24}{'value':>14}  target")
-    for key, value in results.items():
-        if isinstance(value, int | float):
-            target = TARGETS.get(key)
-            verdict = ""
-            if target is not None:
-                ok = value >= target if key.endswith("per_s") else value <= target
-                verdict = f"{'≥' if key.endswith('per_s') else '≤'} {target:g}  {'PASS' if ok else 'MISS'}"
-            print(f"{key:<24}{value:>14}  {verdict}")
+def main(argv: list[str] | None = None) -> int:
+    settings, only, output = parse_args(argv)
+    results = asyncio.run(run_all(settings, only))
+    print(report(results))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {output}")
+    return 1 if results["failures"] else 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=20_000, help="noop jobs to drain (default 20000)")
-    parser.add_argument("--samples", type=int, default=500, help="pickup latency samples (default 500)")
-    parser.add_argument("--enqueue", type=int, default=4000, help="single Enqueue calls (default 4000)")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent Enqueue callers (default 16)")
-    parser.add_argument("--watchers", type=int, default=100, help="WatchEvents streams for fan-out (default 100)")
-    parser.add_argument("--fanout-events", type=int, default=200, help="events for fan-out (default 200)")
-    outcome = asyncio.run(main(parser.parse_args()))
-    _report(outcome)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    raise SystemExit(main())
