@@ -23,6 +23,7 @@ from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
 from jobwire_server.config import ServerConfig
 from jobwire_server.domain.clock import Clock, SystemClock
+from jobwire_server.domain.errors import StorageCorrupt, StorageError
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.dispatcher import Dispatcher
@@ -87,7 +88,7 @@ class App:
                             else Tracing.from_env(os.environ))
         except TracingConfigError as exc:
             raise StartupError(str(exc)) from None
-        self.store = SqliteJobStore(config.db, synchronous=config.synchronous)
+        self.store = SqliteJobStore(config.db, synchronous=config.synchronous, integrity_check=config.integrity_check)
         if metrics is None and config.metrics_listen:
             metrics = Metrics()
         self.metrics = metrics
@@ -96,7 +97,9 @@ class App:
             metrics.bind(watch_streams=lambda: self.hub.subscriber_count,
                          queue_stats=lambda: self.store.queue_stats("", self.clock.now()))
         self.metrics_server: MetricsServer | None = None
-        self.writer = Writer(self.store, self.hub)
+        self.writer = Writer(self.store, self.hub, on_storage=self._storage_changed)
+        self.store.on_corrupt = self._storage_changed
+        self._health_task: asyncio.Task[None] | None = None
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
                                  on_slot_free=self._slot_freed, tracer=self.tracing.tracer)
@@ -125,6 +128,7 @@ class App:
         self.server: aio.Server | None = None
         self.port = 0
         self._state = "new"
+        self._corrupt = False
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ start
@@ -241,6 +245,7 @@ class App:
         try:
             await self.health.enter_graceful_shutdown()
             self.service.accepting = False
+            self.writer.begin_shutdown()
             await self.dispatcher.stop_claiming()
             cfg = self.config
             drain = max(0.0, cfg.shutdown_grace - min(cfg.cancel_grace, cfg.shutdown_grace / 2))
@@ -264,6 +269,28 @@ class App:
             log.info("jobwire stopped")
 
     # ------------------------------------------------------------------ engine callbacks
+
+    def _storage_changed(self, fault: StorageError | None) -> None:
+        """Storage stopped (or started again) taking writes: Kubernetes should stop (or resume)
+        routing here. A corrupt file stays NOT_SERVING until it is restored and the server restarted."""
+        if self._state != "serving":
+            return
+        if fault is None and self._corrupt:
+            return
+        self._corrupt = self._corrupt or isinstance(fault, StorageCorrupt)
+        status = health_pb2.HealthCheckResponse.SERVING if fault is None else health_pb2.HealthCheckResponse.NOT_SERVING
+        previous = self._health_task
+        self._health_task = asyncio.get_running_loop().create_task(self._set_health(status, previous))
+        if fault is None:
+            self.dispatcher.wake()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType,
+                          previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await previous  # in order: the last change wins
+        if self._state == "serving":
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
 
     def _slot_freed(self) -> None:
         if self.service.accepting:

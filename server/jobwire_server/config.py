@@ -44,6 +44,7 @@ class ServerConfig:
     cancel_grace: float = 5.0
     lease_ttl: float = 30.0
     synchronous: str = "FULL"
+    integrity_check: bool = True
     handlers: tuple[str, ...] = ()
     builtin_kinds: bool = True
     log_format: str = "text"
@@ -275,6 +276,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "cancel_grace": _seconds,
     "lease_ttl": _seconds,
     "synchronous": _choice(SYNCHRONOUS_MODES, upper=True),
+    "integrity_check": _bool,
     "handlers": _modules,
     "builtin_kinds": _bool,
     "log_format": _choice(LOG_FORMATS),
@@ -316,6 +318,8 @@ _HELP: dict[str, str] = {
     "cancel_grace": "seconds a cancelled handler gets before it is abandoned (default 5)",
     "lease_ttl": "seconds a claimed job's lease lasts; renewed while it runs (default 30)",
     "synchronous": "SQLite synchronous mode: FULL (default, durable on power loss), NORMAL, EXTRA",
+    "integrity_check": "check the database file (PRAGMA quick_check) before serving; turn off for very large "
+                       "files (default true)",
     "handlers": "Python module whose Kind objects are registered (repeatable)",
     "builtin_kinds": "register the built-in kinds noop and sleep (default true)",
     "log_format": "log format on stderr: text (default) or json",

@@ -24,6 +24,9 @@ from jobwire_server.domain.errors import (
     PayloadTooLarge,
     RequestIdReused,
     ShuttingDown,
+    StorageCorrupt,
+    StorageError,
+    StorageFull,
 )
 
 __all__ = ["DOMAIN", "INTERNAL_REASON", "abort", "abort_with", "status_with", "to_status"]
@@ -83,6 +86,10 @@ def to_status(exc: BaseException) -> grpc.Status:
                       (FieldViolation(exc.field, f"must be at most {exc.limit} bytes, got {exc.size}"),))
     if isinstance(exc, ShuttingDown):
         return _build(grpc.StatusCode.UNAVAILABLE, str(exc), exc.reason, None)
+    if isinstance(exc, StorageError):
+        code = (grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, StorageFull)
+                else grpc.StatusCode.DATA_LOSS if isinstance(exc, StorageCorrupt) else grpc.StatusCode.UNAVAILABLE)
+        return _build(code, str(exc), exc.reason, {"database": exc.path})
     _log.exception("unexpected error in a gRPC call", exc_info=exc)
     return _build(grpc.StatusCode.INTERNAL, "internal error", INTERNAL_REASON, None)
 

@@ -68,3 +68,31 @@ class ShuttingDown(JobwireError):
 
 class SchemaTooNew(JobwireError):
     reason = "SCHEMA_TOO_NEW"
+
+
+class StorageError(JobwireError):
+    """The database cannot serve the request now; `path` names the file, `cause` what failed."""
+
+    reason = "STORAGE_UNAVAILABLE"
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"database {path}: {cause}")
+        self.path, self.cause = path, cause
+
+
+class StorageFull(StorageError):
+    """The disk (or the database's size limit) is full: writes fail until space is freed."""
+
+    reason = "STORAGE_FULL"
+
+
+class StorageUnavailable(StorageError):
+    """Writes fail (an I/O error, a read-only file or file system)."""
+
+    reason = "STORAGE_UNAVAILABLE"
+
+
+class StorageCorrupt(StorageError):
+    """The database file is damaged: restore it from a backup (docs/operations.md)."""
+
+    reason = "STORAGE_CORRUPT"

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.errors import StorageError
 from jobwire_server.domain.models import Job, JobError, evolve
 from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome, Succeeded, decide, failure_from_exception
 from jobwire_server.domain.retry import RetryPolicy
@@ -159,6 +160,9 @@ class Executor:
                 await self._run_phases(entry)
             else:
                 await self._run_traced(entry, self._tracer)
+        except StorageError as exc:
+            log.warning("job %s: its outcome could not be written (%s); its lease will expire and it will be "
+                        "retried", entry.job.id, exc.reason)
         except Exception:
             log.exception("runner of job %s crashed; its lease will expire and it will be retried", entry.job.id)
         finally:

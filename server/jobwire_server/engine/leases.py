@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.errors import StorageError
 from jobwire_server.domain.models import Job, JobError
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange, rescue_expired
@@ -49,6 +50,8 @@ class LeaseKeeper:
             try:
                 await self.renew()
                 await self.rescue()
+            except StorageError:
+                pass  # the writer reports storage faults, once per change
             except Exception:
                 log.exception("lease upkeep failed")
             await asyncio.sleep(interval)

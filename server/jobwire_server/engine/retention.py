@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from jobwire_server.domain.clock import Clock
+from jobwire_server.domain.errors import StorageError
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import DeleteStale, JobStore, MarkStale, PruneDeliveryLog, PruneRequests, RetentionCounts
@@ -76,6 +77,8 @@ class Retention:
                 if counts.marked_stale or counts.deleted or counts.log_pruned:
                     log.info("retention: %d jobs made stale, %d deleted, %d delivery log rows pruned",
                              counts.marked_stale, counts.deleted, counts.log_pruned)
+            except StorageError:
+                pass  # the writer reports storage faults, once per change; try at the next interval
             except Exception:
                 log.exception("retention pass failed; trying again at the next interval")
             with contextlib.suppress(TimeoutError):

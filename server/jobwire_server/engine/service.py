@@ -36,7 +36,8 @@ class JobService:
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert durably (the reply is sent after the commit, which may already have claimed them)."""
         self.check_open()
-        results: list[InsertResult] = await self._writer.write(InsertJobs(jobs, self._clock.now(), self._request_ttl))
+        op = InsertJobs(jobs, self._clock.now(), self._request_ttl)
+        results: list[InsertResult] = await self._writer.write(op, fail_fast=True)
         return results
 
     async def get(self, job_id: str) -> Job:
@@ -48,7 +49,8 @@ class JobService:
     async def cancel(self, job_id: str, reason: str) -> Job:
         self.check_open()
         now = self._clock.now()
-        job, committed = await self._writer.write(UpdateJob(job_id, lambda j: plan_cancel(j, reason, now)))
+        job, committed = await self._writer.write(UpdateJob(job_id, lambda j: plan_cancel(j, reason, now)),
+                                                  fail_fast=True)
         if committed is not None and job.state is JobState.RUNNING:
             self._executor.request_cancel(job.id, reason)
         return job  # type: ignore[no-any-return]
@@ -56,7 +58,7 @@ class JobService:
     async def retry(self, job_id: str, from_start: bool) -> Job:
         self.check_open()
         now = self._clock.now()
-        job, _ = await self._writer.write(UpdateJob(job_id, lambda j: plan_retry(j, from_start, now)))
+        job, _ = await self._writer.write(UpdateJob(job_id, lambda j: plan_retry(j, from_start, now)), fail_fast=True)
         return job  # type: ignore[no-any-return]
 
     async def events_after(self, job_id: str, sequence: int, limit: int = 10_000) -> list[Event]:

@@ -10,17 +10,24 @@ is idle is claimed by its own enqueue's commit.
 
 Each caller's future resolves only after the commit; events are published to the hub first, once
 per batch. An operation refused for its own reason gets that error without failing the others.
+
+When the storage cannot take writes (disk full, I/O errors, a read-only or corrupt file: a
+`StorageError`), the writer reports it once (`on_storage`: health turns NOT_SERVING), answers the
+client's writes (`fail_fast`) with that error at once, and holds the engine's own writes, then
+probes the storage with a small write on a backoff; the first probe that commits reports it
+healthy again and the held writes are committed in order. Nothing spins, and nothing is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from jobwire_server.domain.errors import JobwireError
+from jobwire_server.domain.errors import JobwireError, StorageError
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.engine.hub import WatchHub
@@ -45,10 +52,12 @@ log = logging.getLogger("jobwire.writer")
 MAX_BATCH = 1000
 #: Loop turns without a new submit before a cycle commits what it has.
 GATHER_QUIET_TURNS = 1
-#: Seconds before trying again after a transaction failed as a whole.
+#: Seconds before trying again after a transaction failed as a whole (not a storage fault).
 ERROR_BACKOFF = 1.0
+#: Storage probes: the first after this many seconds, doubling up to the cap.
+PROBE_FIRST, PROBE_CAP = 0.25, 5.0
 
-_Pending = tuple[WriteOp, "asyncio.Future[Any]"]
+_Pending = tuple[WriteOp, "asyncio.Future[Any]", bool]  # (operation, its caller's future, fail fast)
 
 
 class Claimer(Protocol):
@@ -61,14 +70,26 @@ class Claimer(Protocol):
 
 
 class Writer:
-    def __init__(self, store: JobStore, hub: WatchHub) -> None:
+    def __init__(self, store: JobStore, hub: WatchHub,
+                 on_storage: Callable[[StorageError | None], None] | None = None) -> None:
         self._store = store
         self._hub = hub
+        #: Called with the fault when writes start failing, with None when they work again.
+        self._on_storage = on_storage
+        #: The storage fault writes fail with now (None while the storage is healthy), and an event
+        #: set (and replaced) at each change of it (tests wait on it).
+        self.storage_error: StorageError | None = None
+        self.storage_changed = asyncio.Event()
+        #: The fault last reported (health follows it), and the current wait between probes.
+        self._reported: StorageError | None = None
+        self._probe_delay = 0.0
         self.claimer: Claimer | None = None
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Set when the service starts shutting down: on broken storage nothing is held any more.
+        self._shutting_down = asyncio.Event()
         self._between_cycles = asyncio.Event()
         self._between_cycles.set()
         #: Transactions committed, and `time.perf_counter()` when the last one did (tests and
@@ -85,20 +106,23 @@ class Writer:
         """Run a cycle soon even with nothing pending (the dispatcher wants to claim)."""
         self._wake.set()
 
-    def write_nowait(self, op: WriteOp) -> asyncio.Future[Any]:
+    def write_nowait(self, op: WriteOp, *, fail_fast: bool = False) -> asyncio.Future[Any]:
         """Queue `op`; the future resolves with its result after the commit, or with the error it
-        was refused with. Cancelling the future does not withdraw the operation."""
+        was refused with. Cancelling the future does not withdraw the operation. With
+        `fail_fast` (a client's request), a storage fault answers at once instead of holding it."""
         if self._task is None or self._task.done():
             raise RuntimeError("the writer is not running")
+        if self.storage_error is not None and (fail_fast or self._shutting_down.is_set()):
+            raise self.storage_error
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
+        self._pending.append((op, future, fail_fast))
         self._wake.set()
         return future
 
-    async def write(self, op: WriteOp) -> Any:
+    async def write(self, op: WriteOp, *, fail_fast: bool = False) -> Any:
         """Commit `op` and return its result. A caller that is cancelled (a client hanging up)
         stops waiting, but never withdraws an operation that is already on its way."""
-        return await self.write_nowait(op)
+        return await self.write_nowait(op, fail_fast=fail_fast)
 
     async def submit(self, change: JobChange) -> Committed | None:
         """Write a guarded change; None when its guard no longer held."""
@@ -134,7 +158,7 @@ class Writer:
             seen = len(self._pending)
 
     async def _cycle(self, batch: list[_Pending]) -> None:
-        ops = [op for op, _ in batch]
+        ops = [op for op, _, _ in batch]
         claim = None
         if self.claimer is not None and not self._stopping:
             claim = self.claimer.claim_params(ops)
@@ -142,29 +166,116 @@ class Writer:
             return
         try:
             results = await self._store.write([*ops, ClaimJobs(claim)] if claim is not None else ops)
+        except StorageError as exc:
+            await self._storage_failed(batch, exc)
+            return
         except Exception as exc:
-            log.exception("committing %d writes failed", len(batch))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            await asyncio.sleep(ERROR_BACKOFF)
-            self._wake.set()
+            await self._failed(batch, exc)
             return
         self.commits += 1
         self.last_commit_at = time.perf_counter()
+        if self._reported is not None:
+            self._healthy()  # a real commit after a fault: the storage is back
         claimed: ClaimResult | None = results.pop() if claim is not None else None
         events = _events_of(ops, results, claimed)
         if events:
             self._hub.publish(events)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, JobwireError):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        _resolve(batch, results)
         if self.claimer is not None:
             self.claimer.after_cycle(ops, results, claim, claimed)
+
+    async def _failed(self, batch: list[_Pending], exc: Exception) -> None:
+        """A transaction failed as a whole for a reason that is not the storage's (a bug)."""
+        log.exception("committing %d writes failed", len(batch), exc_info=exc)
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_exception(exc)
+        await asyncio.sleep(ERROR_BACKOFF)
+        self._wake.set()
+
+    async def _storage_failed(self, batch: list[_Pending], fault: StorageError) -> None:
+        """Answer the clients' writes with `fault`, hold the engine's (first in line again), and
+        probe on a backoff until the storage takes a write."""
+        held: list[_Pending] = []
+        for op, future, fail_fast in batch:
+            if future.done():
+                continue
+            if fail_fast:
+                future.set_exception(fault)
+            else:
+                held.append((op, future, fail_fast))
+        self._pending[:0] = held
+        self._between_cycles.set()  # nothing was committed: a shutdown need not wait for the probes
+        self._report(fault)
+        while True:
+            # Doubles across failures and is reset only by a real commit, so a fault the probe does
+            # not see (a damaged table the probe does not touch) still backs off instead of spinning.
+            self._probe_delay = min(self._probe_delay * 2, PROBE_CAP) if self._probe_delay else PROBE_FIRST
+            if self._shutting_down.is_set():  # shutting down on broken storage: held writes are not written
+                self._fail_all(fault)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._shutting_down.wait(), self._probe_delay)
+                continue
+            try:
+                await self._store.probe()
+            except StorageError as still:
+                self._report(still)
+                self._fail_clients(still)
+                continue
+            break
+        if self._pending:
+            self.storage_error = None  # clients may write again; the held writes' commit confirms it
+        else:
+            self._healthy()  # nothing held: the probe is the evidence
+        self._wake.set()
+
+    def _healthy(self) -> None:
+        self._probe_delay = 0.0
+        self._report(None)
+
+    def _fail_all(self, fault: StorageError) -> None:
+        """At shutdown: the engine's held writes fail too (their jobs' leases expire, and the next
+        start rescues them); the storage never acknowledged them."""
+        pending, self._pending = self._pending, []
+        for _, future, _ in pending:
+            if not future.done():
+                future.set_exception(fault)
+
+    def _fail_clients(self, fault: StorageError) -> None:
+        """Clients queued while a probe was waiting get the fault now rather than after recovery."""
+        keep: list[_Pending] = []
+        for op, future, fail_fast in self._pending:
+            if fail_fast:
+                if not future.done():
+                    future.set_exception(fault)
+            else:
+                keep.append((op, future, fail_fast))
+        self._pending = keep
+
+    def _report(self, fault: StorageError | None) -> None:
+        """One log line and one callback per change of the storage's state, not per write."""
+        before, self._reported = self._reported, fault
+        self.storage_error = fault
+        if (before is None) == (fault is None) and (fault is None or type(before) is type(fault)):
+            return
+        if fault is None:
+            log.warning("storage takes writes again; held writes are being committed")
+        else:
+            log.error("storage cannot take writes (%s); writes are answered %s and retried on a backoff",
+                      fault, fault.reason)
+        if self._on_storage is not None:
+            self._on_storage(fault)
+        self.storage_changed.set()
+        self.storage_changed = asyncio.Event()
+
+    def begin_shutdown(self) -> None:
+        """The service is stopping: if the storage is failing, the engine's writes fail at once
+        instead of being held (their jobs' leases expire; the next start rescues them), so the
+        shutdown ends within its budget."""
+        self._shutting_down.set()
+        if self.storage_error is not None:
+            self._fail_all(self.storage_error)
 
     async def cycle_finished(self) -> None:
         """Return once no transaction is being committed: a claim decided before now has been
@@ -173,11 +284,22 @@ class Writer:
 
     async def stop(self) -> None:
         """Commit everything already queued (claiming nothing more), then stop."""
+        self.begin_shutdown()
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await self._task
             self._task = None
+
+
+def _resolve(batch: list[_Pending], results: Sequence[Any]) -> None:
+    for (_, future, _), result in zip(batch, results, strict=True):
+        if future.done():
+            continue
+        if isinstance(result, JobwireError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 def _events_of(ops: Sequence[WriteOp], results: Sequence[Any], claimed: ClaimResult | None) -> list[Event]:

@@ -195,6 +195,10 @@ class JobStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> None:
+        """A small real write; raises the `StorageError` that keeps writes failing, if any."""
+        ...
+
     async def write(self, ops: Sequence[WriteOp]) -> list[Any]:
         """Run every operation, in order, in one transaction; one result per operation (the
         `JobwireError` it was refused with, for one that was). Any other error fails them all."""

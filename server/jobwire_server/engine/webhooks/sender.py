@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Delivery, Verdict, strip_query
+from jobwire_server.domain.errors import StorageError
 from jobwire_server.domain.models import Event, PendingEvent
 from jobwire_server.domain.states import EventType
 from jobwire_server.engine.webhooks.http import HttpResult, WebhookClient
@@ -99,6 +100,8 @@ class WebhookSender:
             try:
                 await self._take()
                 wait = await self._until_next_due()
+            except StorageError:
+                wait = ERROR_BACKOFF  # the writer reports storage faults, once per change
             except Exception:
                 log.exception("webhook outbox unavailable; trying again")
                 wait = ERROR_BACKOFF

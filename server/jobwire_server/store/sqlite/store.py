@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
-from jobwire_server.domain.errors import JobwireError, SchemaTooNew
+from jobwire_server.domain.errors import (
+    JobwireError,
+    SchemaTooNew,
+    StorageCorrupt,
+    StorageFull,
+    StorageUnavailable,
+)
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
@@ -56,11 +62,14 @@ class StoreError(Exception):
 class SqliteJobStore:
     """`JobStore` on one SQLite file."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", integrity_check: bool = True) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.integrity_check = integrity_check
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
+        #: Called when a read or write finds the file corrupt (the app turns health NOT_SERVING).
+        self.on_corrupt: Callable[[StorageCorrupt], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -70,6 +79,8 @@ class SqliteJobStore:
         try:
             self._writer = ConnectionThread(self.path, "jobwire-db-writer")
             await self._writer.open(self._setup)
+            if self.integrity_check:
+                await self._writer.run(self._check_integrity)
             await self._writer.run(self._migrate)
             self._reader = ConnectionThread(self.path, "jobwire-db-reader")
             await self._reader.open(self._setup_reader)
@@ -88,6 +99,15 @@ class SqliteJobStore:
     def _setup_reader(self, conn: Conn) -> None:
         self._setup(conn)
         conn.execute("PRAGMA query_only = ON")
+
+    def _check_integrity(self, conn: Conn) -> None:
+        """`PRAGMA quick_check` (a full pass over the file, without cross-checking indexes against
+        tables): a damaged file is refused before it serves anything."""
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            found = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+            raise StoreError(f"database {self.path} is corrupt ({found[:300]}): restore it from a backup "
+                             "(see docs/operations.md), or move it aside to start empty")
 
     def _migrate(self, conn: Conn) -> None:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0] or 0)
@@ -121,6 +141,32 @@ class SqliteJobStore:
             return await self._writer.run(_transaction, list(ops))
         except ConnectionClosed:
             raise StoreError("store is closed") from None
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+
+    async def probe(self) -> None:
+        """A small real write (a page written and synced, then freed): succeeds once the database
+        takes writes again after a StorageError."""
+        if self._writer is None:
+            raise StoreError("store is closed")
+        try:
+            await self._writer.run(_probe)
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: sqlite3.Error) -> Exception:
+        """The storage fault behind `exc`, named for clients; other errors stay as they are (bugs)."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith("SQLITE_FULL"):
+            return StorageFull(self.path, f"{exc} (free disk space)")
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            corrupt = StorageCorrupt(self.path, f"{exc} (restore it from a backup)")
+            if self.on_corrupt is not None:
+                self.on_corrupt(corrupt)
+            return corrupt
+        if name.startswith(("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_BUSY", "SQLITE_PERM")):
+            return StorageUnavailable(self.path, str(exc))
+        return exc
 
     async def _one(self, op: WriteOp) -> Any:
         (result,) = await self.write([op])
@@ -135,6 +181,8 @@ class SqliteJobStore:
             return await self._reader.run(function, *args)
         except ConnectionClosed:
             raise StoreError("store is closed") from None
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
 
     # ------------------------------------------------------------------ single operations
 
@@ -258,6 +306,19 @@ def _transaction(conn: Conn, ops: list[WriteOp]) -> list[Any]:
             conn.execute("ROLLBACK")
         raise
     return results
+
+
+def _probe(conn: Conn) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT INTO requests VALUES ('jobwire.probe', '', '', 0)")
+        conn.execute("UPDATE requests SET fingerprint = printf('%4096s', '') WHERE request_id = 'jobwire.probe'")
+        conn.execute("DELETE FROM requests WHERE request_id = 'jobwire.probe'")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
