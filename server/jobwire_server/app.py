@@ -17,6 +17,7 @@ from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
+from jobwire_server.api.decoding import DecodeGuardInterceptor
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
@@ -164,10 +165,12 @@ class App:
 
     async def _start_server(self) -> None:
         cfg = self.config
-        # Tracing first: a call that auth refuses still gets its span.
+        # Tracing first: a call that auth refuses still gets its span. Then the decode guard, so
+        # undecodable bytes answer INVALID_ARGUMENT, but only to a caller that auth lets through.
         interceptors: list[aio.ServerInterceptor] = []
         if self.tracing.tracer is not None:
             interceptors.append(TracingInterceptor(self.tracing.tracer))
+        interceptors.append(DecodeGuardInterceptor())
         credentials: grpc.ServerCredentials | None = None
         try:
             if cfg.tokens_file:
