@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ def _read(path: str | Path | None) -> bytes | None:
     return Path(path).read_bytes() if path is not None else None
 
 
+#: The b64token alphabet of RFC 6750: what a server accepts after ``Bearer``.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How unary calls are retried when the server answers UNAVAILABLE (nothing else is retried).
@@ -115,7 +120,8 @@ class Client:
 
     Args:
         target: ``host:port`` of the server.
-        token: bearer token, sent as ``authorization: Bearer <token>`` on every call.
+        token: bearer token, sent as ``authorization: Bearer <token>`` on every call; letters, digits and
+            ``-._~+/`` then any ``=`` padding (RFC 6750), or :class:`ValueError`.
         tls: TLS settings; ``None`` means a plaintext channel.
         timeout: deadline in seconds for each unary call attempt (``None``: no deadline).
             Streams (watches) have no deadline.
@@ -133,6 +139,8 @@ class Client:
         retry: RetryPolicy | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        if token and _TOKEN.fullmatch(token) is None:
+            raise ValueError("a bearer token may hold only letters, digits and -._~+/ then '=' padding (RFC 6750)")
         self.target = target
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
