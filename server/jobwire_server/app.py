@@ -53,6 +53,12 @@ WEBHOOK_STOP_GRACE = 2.0
 WEBHOOK_READ_CAP = 64 * 1024
 
 
+def pending_call_limit(config: ServerConfig) -> int:
+    """Calls gRPC may hold before the server takes them: every watch stream allowed plus one
+    connection's worth of unary calls (at least gRPC's own hard limit of 3,000)."""
+    return max(3000, config.max_watch_streams + config.max_concurrent_streams)
+
+
 class StartupError(Exception):
     """The service cannot start (bad database, port in use…); the message is one line."""
 
@@ -179,7 +185,15 @@ class App:
                 credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         except AuthConfigError as exc:
             raise StartupError(str(exc)) from None
+        # gRPC keeps calls that arrived but that the server loop has not taken yet in a backlog; past
+        # 1,000 of them (its default) it cancels new ones at random with RST_STREAM, which a client
+        # sees as CANCELLED and does not retry. A burst of watch streams fills that backlog in an
+        # instant, so it is sized to every stream the server would take; calls the server cannot
+        # take then get a status a client retries (TOO_MANY_STREAMS, or UNAVAILABLE from HTTP/2).
+        backlog = pending_call_limit(cfg)
         server = aio.server(interceptors=interceptors, options=[
+            ("grpc.server.max_pending_requests", backlog),
+            ("grpc.server.max_pending_requests_hard_limit", backlog),
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),

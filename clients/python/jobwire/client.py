@@ -51,6 +51,7 @@ from jobwire.v1 import jobwire_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 WATCH_TOO_SLOW = "WATCH_TOO_SLOW"
+TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
@@ -350,8 +351,8 @@ class Client:
                     raise error from exc
             finally:
                 call.cancel()
-            # A slow reader is resumed at once; a lost server gets the unary backoff.
-            if isinstance(error, Unavailable):
+            # A slow reader is resumed at once; a lost or full server gets the unary backoff.
+            if isinstance(error, Unavailable) or error.reason == TOO_MANY_STREAMS:
                 await asyncio.sleep(self.retry_policy.backoff(failures))
             failures += 1
 
@@ -417,7 +418,7 @@ class Client:
 def _resumable(error: JobwireError) -> bool:
     if isinstance(error, Unavailable):
         return True
-    return isinstance(error, ResourceExhausted) and error.reason == WATCH_TOO_SLOW
+    return isinstance(error, ResourceExhausted) and error.reason in (WATCH_TOO_SLOW, TOO_MANY_STREAMS)
 
 
 class JobHandle:
@@ -457,7 +458,10 @@ class JobHandle:
         """The job's events: a SNAPSHOT first (or the stored events after ``after_sequence``), then live.
 
         A stream dropped by the server (UNAVAILABLE, or a slow-reader RESOURCE_EXHAUSTED) is resumed
-        from the last sequence received, without gaps or repeats. Iteration ends when the server ends
+        from the last sequence received, without gaps or repeats; a stream the server refused for now
+        (UNAVAILABLE, or RESOURCE_EXHAUSTED with reason TOO_MANY_STREAMS) is tried again after the
+        retry policy's backoff. The policy's ``max_attempts`` bounds the tries in a row that receive
+        nothing. Iteration ends when the server ends
         the stream, after the event that made the job terminal.
         """
         return self.client._watch_job(self.id, after_sequence)
