@@ -105,10 +105,10 @@ class App:
         self.webhooks = WebhookSender(
             self.store, self.hub,
             WebhookClient(self.webhook_guard, timeout=config.webhook_timeout, read_cap=WEBHOOK_READ_CAP,
-                          connections=config.webhook_concurrency),
+                          connections=config.webhook_concurrency, per_host=config.webhook_host_concurrency),
             Signer(config.webhook_secret), self.clock,
             SenderSettings(schedule=config.webhook_retry_schedule, timeout=config.webhook_timeout,
-                           concurrency=config.webhook_concurrency),
+                           concurrency=config.webhook_concurrency, per_destination=config.webhook_host_concurrency),
             tracer=self.tracing.tracer, metrics=self.metrics)
         self.hub.add_listener(self._published)
         self.retention = Retention(self.store, self.hub, self.clock, RetentionPolicy(
