@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,3 +83,9 @@ class Receiver:
         if answer.hold:
             await self._released.wait()
         return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
+
+    async def wait_until(self, done: Callable[[list[Received]], bool], within: float = 20.0) -> list[Received]:
+        """Wait until `done(requests so far)` holds."""
+        async with asyncio.timeout(within), self._arrived:
+            await self._arrived.wait_for(lambda: done(self.requests))
+        return list(self.requests)

@@ -18,6 +18,7 @@ from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
+from jobwire_server.api.decoding import DecodeGuardInterceptor
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
@@ -63,6 +64,12 @@ def _tune_gc() -> None:
     start-up built, out of the collector's way)."""
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(GC_YOUNG_THRESHOLD, young), middle, old)
+
+
+def pending_call_limit(config: ServerConfig) -> int:
+    """Calls gRPC may hold before the server takes them: every watch stream allowed plus one
+    connection's worth of unary calls (at least gRPC's own hard limit of 3,000)."""
+    return max(3000, config.max_watch_streams + config.max_concurrent_streams)
 
 
 class StartupError(Exception):
@@ -113,10 +120,10 @@ class App:
         self.webhooks = WebhookSender(
             self.store, self.writer,
             WebhookClient(self.webhook_guard, timeout=config.webhook_timeout, read_cap=WEBHOOK_READ_CAP,
-                          connections=config.webhook_concurrency),
+                          connections=config.webhook_concurrency, per_host=config.webhook_host_concurrency),
             Signer(config.webhook_secret), self.clock,
             SenderSettings(schedule=config.webhook_retry_schedule, timeout=config.webhook_timeout,
-                           concurrency=config.webhook_concurrency),
+                           concurrency=config.webhook_concurrency, per_destination=config.webhook_host_concurrency),
             tracer=self.tracing.tracer, metrics=self.metrics)
         self.hub.add_listener(self._published)
         self.retention = Retention(self.store, self.writer, self.clock, RetentionPolicy(
@@ -181,10 +188,12 @@ class App:
 
     async def _start_server(self) -> None:
         cfg = self.config
-        # Tracing first: a call that auth refuses still gets its span.
+        # Tracing first: a call that auth refuses still gets its span. Then the decode guard, so
+        # undecodable bytes answer INVALID_ARGUMENT, but only to a caller that auth lets through.
         interceptors: list[aio.ServerInterceptor] = []
         if self.tracing.tracer is not None:
             interceptors.append(TracingInterceptor(self.tracing.tracer))
+        interceptors.append(DecodeGuardInterceptor())
         credentials: grpc.ServerCredentials | None = None
         try:
             if cfg.tokens_file:
@@ -193,7 +202,15 @@ class App:
                 credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         except AuthConfigError as exc:
             raise StartupError(str(exc)) from None
+        # gRPC keeps calls that arrived but that the server loop has not taken yet in a backlog; past
+        # 1,000 of them (its default) it cancels new ones at random with RST_STREAM, which a client
+        # sees as CANCELLED and does not retry. A burst of watch streams fills that backlog in an
+        # instant, so it is sized to every stream the server would take; calls the server cannot
+        # take then get a status a client retries (TOO_MANY_STREAMS, or UNAVAILABLE from HTTP/2).
+        backlog = pending_call_limit(cfg)
         server = aio.server(interceptors=interceptors, options=[
+            ("grpc.server.max_pending_requests", backlog),
+            ("grpc.server.max_pending_requests_hard_limit", backlog),
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -86,12 +86,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _hash_token(args: argparse.Namespace) -> int:
-    from jobwire_server.api.auth import hash_token  # noqa: PLC0415 - keeps `jobwire --help` fast
+    from jobwire_server.api.auth import TOKEN_PATTERN, hash_token  # noqa: PLC0415 - keeps `jobwire --help` fast
 
     secret = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
     secret = secret.strip()
     if not secret:
         print("jobwire: error: no token given on standard input", file=sys.stderr)
+        return EXIT_USAGE
+    if TOKEN_PATTERN.fullmatch(secret) is None:
+        print("jobwire: error: a bearer token may hold only letters, digits and -._~+/ (then '=' padding), "
+              "as RFC 6750 allows; make one with secrets.token_urlsafe(32)", file=sys.stderr)
         return EXIT_USAGE
     print(hash_token(secret))
     return 0

@@ -67,6 +67,7 @@ class ServerConfig:
     webhook_timeout: float = 10.0
     webhook_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
     webhook_concurrency: int = 16
+    webhook_host_concurrency: int = 4
     stale_after: float = 7 * DAY
     delete_after: float = 30 * DAY
     stale_after_state: Mapping[str, float] = field(default_factory=dict)
@@ -299,6 +300,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "webhook_timeout": _duration,
     "webhook_retry_schedule": _durations,
     "webhook_concurrency": _positive_int,
+    "webhook_host_concurrency": _positive_int,
     "stale_after": _duration,
     "delete_after": _duration,
     "stale_after_state": _state_durations,
@@ -343,6 +345,7 @@ _HELP: dict[str, str] = {
     "webhook_retry_schedule": "delays between webhook attempts, comma-separated "
                               "(default 5s,5m,30m,2h,5h,10h,10h: 8 attempts over about a day)",
     "webhook_concurrency": "webhook attempts in flight at once (default 16)",
+    "webhook_host_concurrency": "webhook attempts in flight at once to one destination, host and port (default 4)",
     "stale_after": "a finished job becomes STALE this long after it finished; 0 keeps forever (default 7d)",
     "delete_after": "a STALE job is deleted this long after it became STALE; 0 keeps forever (default 30d)",
     "stale_after_state": "per-state stale_after, STATE=DURATION[,...], e.g. FAILED=30d",

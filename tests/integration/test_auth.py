@@ -32,6 +32,7 @@ from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from jobwire_server.api.auth import hash_token
 
 from tests.conftest import REPO, START_TIMEOUT, ServerProcess, StartServer, free_port
+from tests.testkit import running
 
 READER, WRITER, ADMIN = "reader-secret-1", "writer-secret-2", "admin-secret-3"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -151,9 +152,67 @@ def test_write_token_enqueues_but_cannot_read(stub: jobwire_pb2_grpc.JobServiceS
 
 def test_admin_token_reads_and_writes(stub: jobwire_pb2_grpc.JobServiceStub) -> None:
     job = _enqueue(stub, ADMIN).job
-    got = stub.GetJob(jobwire_pb2.GetJobRequest(id=job.id), timeout=TIMEOUT,
-                      metadata=(("authorization", f"bearer  {ADMIN} "),))  # scheme is case-insensitive
+    got = stub.GetJob(jobwire_pb2.GetJobRequest(id=job.id), timeout=TIMEOUT, metadata=_bearer(ADMIN))
     assert got.id == job.id
+
+
+@pytest.fixture(scope="module")
+def shared_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[jobwire_pb2_grpc.JobServiceStub]:
+    """One token server for the header-syntax cases (each case is one call)."""
+    directory = tmp_path_factory.mktemp("bearer")
+    tokens = directory / "tokens.toml"
+    tokens.write_text(TOKENS_TOML)
+    with running(directory, tokens_file=tokens) as server, grpc.insecure_channel(server.target) as channel:
+        yield jobwire_pb2_grpc.JobServiceStub(channel)
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_scheme_is_case_insensitive(shared_stub: jobwire_pb2_grpc.JobServiceStub, scheme: str) -> None:
+    stub = shared_stub
+    reply = stub.GetQueueStats(jobwire_pb2.GetQueueStatsRequest(), timeout=TIMEOUT,
+                               metadata=(("authorization", f"{scheme} {READER}"),))
+    assert reply is not None
+
+
+@pytest.mark.parametrize("header", [
+    f"Bearer  {READER}",  # two spaces
+    f"Bearer {READER} ",  # trailing space
+    f" Bearer {READER}",  # leading space
+    f"Bearer {READER} x",  # a second word
+    f"Bearer{READER}",  # no space
+    f"Bearer: {READER}",
+    f"Bearer {READER}=x",  # '=' only as trailing padding
+    f"Bearer {READER}?",  # outside the b64token alphabet
+    "Bearer =",
+])
+def test_credentials_outside_rfc_6750_are_refused(shared_stub: jobwire_pb2_grpc.JobServiceStub,
+                                                  header: str) -> None:
+    stub = shared_stub
+
+    def call() -> object:
+        return stub.GetQueueStats(jobwire_pb2.GetQueueStatsRequest(), timeout=TIMEOUT,
+                                  metadata=(("authorization", header),))
+
+    assert _refused(call, grpc.StatusCode.UNAUTHENTICATED) == "UNAUTHENTICATED"
+
+
+def test_two_authorization_entries_are_refused(shared_stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    stub = shared_stub
+
+    def call() -> object:
+        return stub.GetQueueStats(jobwire_pb2.GetQueueStatsRequest(), timeout=TIMEOUT,
+                                  metadata=(*_bearer(READER), *_bearer(READER)))
+
+    assert _refused(call, grpc.StatusCode.UNAUTHENTICATED) == "UNAUTHENTICATED"
+
+
+def test_undecodable_bytes_without_a_token_are_unauthenticated(token_server: ServerProcess) -> None:
+    with grpc.insecure_channel(token_server.target) as channel:
+        call = channel.unary_unary("/jobwire.v1.JobService/GetJob")
+        assert _refused(lambda: call(b"\x0a\x05ab", timeout=TIMEOUT),
+                        grpc.StatusCode.UNAUTHENTICATED) == "UNAUTHENTICATED"
+        assert _refused(lambda: call(b"\x0a\x05ab", timeout=TIMEOUT, metadata=_bearer(READER)),
+                        grpc.StatusCode.INVALID_ARGUMENT) == "MALFORMED_REQUEST"
 
 
 def test_prune_needs_admin_and_deliveries_need_read(stub: jobwire_pb2_grpc.JobServiceStub) -> None:

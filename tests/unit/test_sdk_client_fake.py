@@ -364,6 +364,31 @@ async def test_watch_resumes_after_unavailable_and_slow_reader(fake: FakeServer)
     assert afters == [0, 6, 7]
 
 
+async def test_watch_refused_for_too_many_streams_is_tried_again(fake: FakeServer) -> None:
+    _add_job(fake, "j1", pb.JOB_STATE_RUNNING)
+    refused = WatchScript(events=[], error=(grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS", {}))
+    fake.service.watch_scripts += [
+        refused, refused,
+        WatchScript(events=[_event("j1", 3, pb.EVENT_TYPE_SNAPSHOT, pb.JOB_STATE_RUNNING),
+                            _event("j1", 4, pb.EVENT_TYPE_SUCCEEDED, pb.JOB_STATE_SUCCEEDED)]),
+    ]
+    async with jobwire.Client(fake.target, retry=FAST) as client:
+        events = [e async for e in client.handle("j1").watch()]
+    assert [e.sequence for e in events] == [3, 4]
+    assert [c.request.after_sequence for c in fake.service.calls_of("WatchJob")] == [0, 0, 0]  # type: ignore[attr-defined]
+
+
+async def test_watch_refused_too_often_raises(fake: FakeServer) -> None:
+    _add_job(fake, "j1", pb.JOB_STATE_RUNNING)
+    refused = WatchScript(events=[], error=(grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS", {}))
+    fake.service.watch_scripts += [refused] * FAST.max_attempts
+    async with jobwire.Client(fake.target, retry=FAST) as client:
+        with pytest.raises(jobwire.ResourceExhausted) as caught:
+            _ = [e async for e in client.handle("j1").watch()]
+    assert caught.value.reason == "TOO_MANY_STREAMS"
+    assert len(fake.service.calls_of("WatchJob")) == FAST.max_attempts
+
+
 async def test_watch_does_not_resume_other_errors(fake: FakeServer) -> None:
     _add_job(fake, "j1", pb.JOB_STATE_RUNNING)
     fake.service.watch_scripts.append(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from jobwire.v1 import jobwire_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 WATCH_TOO_SLOW = "WATCH_TOO_SLOW"
+TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
@@ -79,6 +81,10 @@ class TLSConfig:
 
 def _read(path: str | Path | None) -> bytes | None:
     return Path(path).read_bytes() if path is not None else None
+
+
+#: The b64token alphabet of RFC 6750: what a server accepts after ``Bearer``.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,8 @@ class Client:
 
     Args:
         target: ``host:port`` of the server.
-        token: bearer token, sent as ``authorization: Bearer <token>`` on every call.
+        token: bearer token, sent as ``authorization: Bearer <token>`` on every call; letters, digits and
+            ``-._~+/`` then any ``=`` padding (RFC 6750), or :class:`ValueError`.
         tls: TLS settings; ``None`` means a plaintext channel.
         timeout: deadline in seconds for each unary call attempt (``None``: no deadline).
             Streams (watches) have no deadline.
@@ -133,6 +140,8 @@ class Client:
         retry: RetryPolicy | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        if token and _TOKEN.fullmatch(token) is None:
+            raise ValueError("a bearer token may hold only letters, digits and -._~+/ then '=' padding (RFC 6750)")
         self.target = target
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
@@ -342,8 +351,8 @@ class Client:
                     raise error from exc
             finally:
                 call.cancel()
-            # A slow reader is resumed at once; a lost server gets the unary backoff.
-            if isinstance(error, Unavailable):
+            # A slow reader is resumed at once; a lost or full server gets the unary backoff.
+            if isinstance(error, Unavailable) or error.reason == TOO_MANY_STREAMS:
                 await asyncio.sleep(self.retry_policy.backoff(failures))
             failures += 1
 
@@ -409,7 +418,7 @@ class Client:
 def _resumable(error: JobwireError) -> bool:
     if isinstance(error, Unavailable):
         return True
-    return isinstance(error, ResourceExhausted) and error.reason == WATCH_TOO_SLOW
+    return isinstance(error, ResourceExhausted) and error.reason in (WATCH_TOO_SLOW, TOO_MANY_STREAMS)
 
 
 class JobHandle:
@@ -449,7 +458,10 @@ class JobHandle:
         """The job's events: a SNAPSHOT first (or the stored events after ``after_sequence``), then live.
 
         A stream dropped by the server (UNAVAILABLE, or a slow-reader RESOURCE_EXHAUSTED) is resumed
-        from the last sequence received, without gaps or repeats. Iteration ends when the server ends
+        from the last sequence received, without gaps or repeats; a stream the server refused for now
+        (UNAVAILABLE, or RESOURCE_EXHAUSTED with reason TOO_MANY_STREAMS) is tried again after the
+        retry policy's backoff. The policy's ``max_attempts`` bounds the tries in a row that receive
+        nothing. Iteration ends when the server ends
         the stream, after the event that made the job terminal.
         """
         return self.client._watch_job(self.id, after_sequence)

@@ -12,11 +12,15 @@ Make a token and its digest with::
     TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
     printf '%s' "$TOKEN" | jobwire hash-token     # prints the sha256 line's value
 
-Clients send ``authorization: Bearer <token>``. Each call's token is hashed and compared with every
-stored digest using :func:`hmac.compare_digest`, without stopping at the first match, so the time
-taken does not reveal which (or whether a) token matched. Health checks and reflection stay open for
-probes and tools. A call without a valid token gets UNAUTHENTICATED; one whose token lacks the
-method's scope gets PERMISSION_DENIED; both carry an ErrorInfo with that reason.
+Clients send ``authorization: Bearer <token>`` as RFC 6750 (section 2.1) spells it: the scheme
+``Bearer`` in any letter case, exactly one space, and the token in the ``b64token`` alphabet
+(letters, digits, ``-._~+/``, then any ``=`` padding), with nothing before or after. Anything else,
+a second ``authorization`` entry included, is refused as a missing token. Each call's token is
+hashed and compared with every stored digest using :func:`hmac.compare_digest`, without stopping
+at the first match, so the time taken does not reveal which (or whether a) token matched. Health
+checks and reflection stay open for probes and tools. A call without a valid token gets
+UNAUTHENTICATED; one whose token lacks the method's scope gets PERMISSION_DENIED; both carry an
+ErrorInfo with that reason.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from jobwire_server.api.errors import status_with
 
 __all__ = [
     "ADMIN",
+    "BEARER_CREDENTIALS",
     "METHOD_SCOPES",
     "OPEN_PREFIXES",
     "READ",
     "SCOPES",
+    "TOKEN_PATTERN",
     "WRITE",
     "AuthConfigError",
     "Token",
@@ -67,6 +73,10 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
 OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+#: RFC 6750 §2.1 credentials: the scheme (case-insensitive, RFC 9110 §11.1), one space, a b64token.
+BEARER_CREDENTIALS: Final = re.compile(r"(?i:bearer) ([A-Za-z0-9._~+/-]+=*)")
+#: A token a client can send at all (the b64token alphabet of RFC 6750).
+TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _TOKEN_KEYS: Final = frozenset({"name", "sha256", "scopes"})
 
 _log = logging.getLogger("jobwire.auth")
@@ -218,11 +228,10 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
         values = [value for key, value in (metadata or ()) if key.lower() == "authorization"]
         if len(values) != 1 or not isinstance(values[0], str):
             return None
-        scheme, _, secret = values[0].strip().partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
+        match = BEARER_CREDENTIALS.fullmatch(values[0])
+        if match is None:
             return None
-        presented = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+        presented = hashlib.sha256(match.group(1).encode("ascii")).digest()
         found: Token | None = None
         for token in self._tokens:  # no early exit: every digest is compared
             if hmac.compare_digest(presented, token.digest):

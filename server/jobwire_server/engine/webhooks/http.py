@@ -1,8 +1,11 @@
 """One webhook attempt over HTTP: a POST that goes only to checked addresses, follows no
-redirect, stops at a timeout, and reads at most a capped amount of the answer."""
+redirect, and reads at most a capped amount of the answer. The whole attempt (address check,
+connecting, sending, the answer's headers and body) has one time limit, so a receiver that
+trickles its answer a byte at a time is cut off like one that never answers."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from dataclasses import dataclass
@@ -47,16 +50,18 @@ class HttpResult:
 
 
 class WebhookClient:
-    def __init__(self, guard: AddressGuard, *, timeout: float, read_cap: int, connections: int) -> None:
+    def __init__(self, guard: AddressGuard, *, timeout: float, read_cap: int, connections: int,
+                 per_host: int = 0) -> None:
         self._guard = guard
         self._timeout = timeout
         self._read_cap = read_cap
         self._connections = connections
+        self._per_host = per_host
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(resolver=CheckedResolver(self._guard), use_dns_cache=False,
-                                         limit=self._connections)
+                                         limit=self._connections, limit_per_host=self._per_host)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
 
     async def close(self) -> None:
@@ -69,8 +74,9 @@ class WebhookClient:
             raise RuntimeError("webhook client is not started")
         started = time.monotonic()
         try:
-            await self._guard.target(url)  # refuses before connecting; literal IPs skip the resolver
-            result = await self._post(self._session, url, body, headers)
+            async with asyncio.timeout(self._timeout):
+                await self._guard.target(url)  # refuses before connecting; literal IPs skip the resolver
+                result = await self._post(self._session, url, body, headers)
         except AddressRefused as exc:
             result = HttpResult(error=f"refused: {exc}", refused=True)
         except aiohttp.ClientConnectorError as exc:

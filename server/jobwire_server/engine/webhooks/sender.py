@@ -1,14 +1,17 @@
 """The outbox sender: takes due deliveries, makes one attempt each, and records the outcome.
 
 Woken by commits that wrote outbox rows, by finished attempts, and by a timer set to the next
-delivery due; no polling. A delivery is leased while it is in flight; a crash leaves the lease,
-and the next start releases it, so a delivery is delayed by a crash but never lost.
+delivery due; no polling. Taken deliveries wait in one lane per destination and start round-robin,
+with a cap per destination (see lanes.py), so slow receivers delay only their own webhooks.
+A delivery is leased from the moment it is taken; a crash leaves the lease, and the next start
+releases it, so a delivery is delayed by a crash but never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Sequence
@@ -22,6 +25,7 @@ from jobwire_server.domain.errors import StorageError
 from jobwire_server.domain.models import Event, PendingEvent
 from jobwire_server.domain.states import EventType
 from jobwire_server.engine.webhooks.http import HttpResult, WebhookClient
+from jobwire_server.engine.webhooks.lanes import Lanes
 from jobwire_server.engine.webhooks.signing import Signer
 from jobwire_server.engine.writer import Writer
 from jobwire_server.metrics import Metrics
@@ -45,6 +49,8 @@ class SenderSettings:
     schedule: Sequence[float] = DEFAULT_SCHEDULE
     timeout: float = 10.0
     concurrency: int = 16
+    #: Attempts in flight at once to one destination (host and port).
+    per_destination: int = 4
     read_cap: int = 64 * 1024
 
 
@@ -65,6 +71,7 @@ class WebhookSender:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._lanes = Lanes(settings.concurrency, min(settings.per_destination, settings.concurrency))
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -109,22 +116,25 @@ class WebhookSender:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def _take(self) -> None:
-        room = self._settings.concurrency - len(self._inflight)
-        if room <= 0:
-            return
-        now = self._clock.now()
-        lease_until = now + self._settings.timeout + LEASE_MARGIN
-        for delivery in await self._writer.write(TakeDeliveries(now, room, lease_until)):
-            task = asyncio.create_task(self._attempt(delivery), name=f"jobwire-webhook-{delivery.id}")
+        room = self._lanes.room()
+        if room > 0:
+            now = self._clock.now()
+            lease_until = now + self._settings.timeout + LEASE_MARGIN
+            # A delivery that waited in its lane past its lease comes back here; it is held already.
+            for delivery in await self._writer.write(TakeDeliveries(now, room, lease_until)):
+                self._lanes.hold(delivery)
+        while (ready := self._lanes.next_ready()) is not None:
+            task = asyncio.create_task(self._attempt(ready), name=f"jobwire-webhook-{ready.id}")
             self._inflight.add(task)
-            task.add_done_callback(self._done)
+            task.add_done_callback(functools.partial(self._done, ready))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, delivery: Delivery, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._lanes.finished(delivery)
         self._wake.set()
 
     async def _until_next_due(self) -> float | None:
-        if len(self._inflight) >= self._settings.concurrency:
+        if self._lanes.room() <= 0:
             return None  # a finishing attempt wakes us
         due = await self._store.next_delivery_due()
         return None if due is None else max(0.0, due - self._clock.now())
