@@ -4,26 +4,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-server
+# Every install pins the tested set; pyproject.toml holds the ranges users get.
+PIP_INSTALL = $(PY) -m pip install --quiet -c constraints.txt
 PROTO_SRC := proto/jobwire/v1/jobwire.proto
 GEN_DIR := clients/python
 PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
 	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: help run test test-py test-node lint proto proto-check bench demo clean
+.PHONY: help venv install run test test-py test-node lint proto proto-check bench demo clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install jobwire with its dev tools
+$(SERVE_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[server]'
+	@touch $@
 
-run: $(STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[dev]'
+	@touch $@ $(SERVE_STAMP)
+
+venv: $(SERVE_STAMP) ## create .venv with jobwire and its server extra (what `make run` needs)
+
+install: $(STAMP) ## create .venv with jobwire, its server extra and the dev tools (tests, linters)
+
+run: $(SERVE_STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
 	$(VENV)/bin/jobwire serve
 
 test: $(STAMP) proto-check lint test-py test-node ## proto drift check, lint, Python and Node tests
