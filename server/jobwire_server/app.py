@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,6 +56,32 @@ WEBHOOK_READ_CAP = 64 * 1024
 
 class StartupError(Exception):
     """The service cannot start (bad database, port in use…); the message is one line."""
+
+
+def port_in_use(host: str, port: int) -> str:
+    """The OS's reason when ``host:port`` is taken by another socket, else ''.
+
+    Checked before gRPC binds: gRPC core prints its own error line on stderr for a busy port, and
+    jobwire's one-line error should be the only one. Other failures are left to gRPC to report.
+    """
+    if port == 0:
+        return ""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return ""
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            # gRPC sets SO_REUSEADDR too, so a port left in TIME_WAIT is not "in use" for either.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return exc.strerror or "address already in use"
+    return ""
 
 
 class App:
@@ -197,6 +225,9 @@ class App:
             server)
         # gRPC reports a certificate that does not match its key like a busy port: name both causes.
         hint = "is the port in use, and do tls_cert and tls_key match?" if credentials else "is the port in use?"
+        busy = port_in_use(cfg.host, cfg.port)
+        if busy:
+            raise StartupError(f"cannot listen on {cfg.listen}: {busy} (is the port in use?)")
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(cfg.listen)
