@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
+from jobwire_server.api.reflection import enable_reflection
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
@@ -220,9 +220,7 @@ class App:
                                retention=self.retention)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server)
+        enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         # gRPC reports a certificate that does not match its key like a busy port: name both causes.
         hint = "is the port in use, and do tls_cert and tls_key match?" if credentials else "is the port in use?"
         busy = port_in_use(cfg.host, cfg.port)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -38,6 +39,29 @@ def test_reflection_lists_job_service(server: ServerProcess) -> None:
         names = {s.name for s in reply.list_services_response.service}
     assert "jobwire.v1.JobService" in names
     assert "grpc.health.v1.Health" in names
+
+
+def test_reflection_v1_lists_and_describes_services(server: ServerProcess) -> None:
+    """grpc.reflection.v1 (current grpcurl, Postman): the same messages as v1alpha under the v1 name."""
+    with grpc.insecure_channel(server.target) as channel:
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="jobwire.v1.JobService"),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="grpc.reflection.v1.ServerReflection")]
+        listed, job_file, v1_file = list(info(iter(requests), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"jobwire.v1.JobService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+             for raw in job_file.file_descriptor_response.file_descriptor_proto]
+    assert "jobwire/v1/jobwire.proto" in {f.name for f in files}
+    (v1,) = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+             for raw in v1_file.file_descriptor_response.file_descriptor_proto]
+    assert v1.package == "grpc.reflection.v1"
+    assert v1.service[0].method[0].input_type == ".grpc.reflection.v1.ServerReflectionRequest"
 
 
 def test_sigterm_goes_not_serving_first_then_exits_zero(start_server: StartServer) -> None:
