@@ -794,7 +794,6 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     for name, summary in (("serve", "run the service (needs jobwire[server])"),
                           ("hash-token", "hash a bearer token for the tokens file (needs jobwire[server])")):
         p = commands.add_parser(name, help=summary, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_needs_server, hint=_SERVER_HINT.format(command=name, missing=missing))
 
 
@@ -819,7 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``jobwire`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _needs_server:  # a stand-in takes any argument, to print its hint
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # `jobwire events | head`: the reader left, which is fine
