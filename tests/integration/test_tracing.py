@@ -94,7 +94,7 @@ def children(spans: tuple[ReadableSpan, ...], parent: ReadableSpan) -> list[Read
 
 async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
         traced: App, stub: jobwire_pb2_grpc.JobServiceStub, exporter: InMemorySpanExporter) -> None:
-    job_id, hook_url = await run_with_webhook(traced, stub)
+    job_id, hook_url, hook_headers = await run_with_webhook(traced, stub)
     await traced.executor.wait_idle()  # the last attempt's span ends after its final commit
     spans = exporter.get_finished_spans()
 
@@ -121,6 +121,10 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
         assert {key: attributes[key] for key in ("jobwire.job.id", "jobwire.queue", "jobwire.kind",
                                                  "jobwire.attempt")} == {
             "jobwire.job.id": job_id, "jobwire.queue": "default", "jobwire.kind": "t.flaky", "jobwire.attempt": number}
+        assert {key: attributes[key] for key in attributes if key.startswith("messaging.")} == {
+            "messaging.system": "jobwire", "messaging.operation.type": "process",
+            "messaging.operation.name": "process", "messaging.destination.name": "default",
+            "messaging.message.id": job_id}
     first, second = attempts
     assert first.status.status_code is StatusCode.ERROR and first.status.description == "converter busy"
     assert (first.attributes or {})["jobwire.job.state"] == "retrying"
@@ -151,12 +155,12 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
     assert store.context is not None
     assert json.loads(stored.result) == {"span_id": store.context.span_id}
 
-    assert_webhook_span(spans, enqueue, job_id, hook_url)
+    assert_webhook_span(spans, enqueue, job_id, hook_url, hook_headers)
 
 
-async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> tuple[str, str]:
-    """Run a t.flaky job with a webhook to a real receiver, called with a traceparent; the job's id
-    and the webhook URL without its query, once the delivery is recorded."""
+async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> tuple[str, str, dict[str, str]]:
+    """Run a t.flaky job with a webhook to a real receiver, called with a traceparent; the job's id,
+    the webhook URL without its query and the headers of the POST, once the delivery is recorded."""
     delivered = app.hub.subscribe_all(EventFilter(types=frozenset({EventType.WEBHOOK_DELIVERED})))
     async with Receiver() as receiver:
         webhook = jobwire_pb2.WebhookConfig(url=receiver.url("/hook?token=s3cret"))
@@ -166,11 +170,14 @@ async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> t
         async with asyncio.timeout(20):
             assert (await delivered.next()) is not None  # the webhook span ends before this is written
     delivered.close()
-    return reply.job.id, receiver.url("/hook")
+    (request,) = receiver.requests
+    return reply.job.id, receiver.url("/hook"), {k.lower(): v for k, v in request.headers.items()}
 
 
-def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, job_id: str, url: str) -> None:
-    """The webhook attempt: its own span, linked to the Enqueue span, with the URL's query left out."""
+def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, job_id: str, url: str,
+                        headers: dict[str, str]) -> None:
+    """The webhook attempt: its own span, linked to the Enqueue span, with the URL's query left out;
+    the POST carried the span's traceparent, so the receiver continues its trace."""
     (hook,) = named(spans, "webhook SUCCEEDED")
     assert hook.kind is SpanKind.CLIENT and hook.parent is None and enqueue.context is not None
     assert [link.context.span_id for link in hook.links] == [enqueue.context.span_id]
@@ -179,7 +186,12 @@ def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, 
     assert attributes["http.response.status_code"] == 200
     assert (attributes["jobwire.job.id"], attributes["jobwire.attempt"]) == (job_id, 1)
     assert (attributes["jobwire.queue"], attributes["jobwire.kind"]) == ("default", "t.flaky")
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", port)
     assert hook.status.status_code is StatusCode.UNSET
+    assert hook.context is not None
+    context = hook.context
+    assert headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 async def test_a_call_without_traceparent_starts_a_trace(traced: App, stub: jobwire_pb2_grpc.JobServiceStub,
