@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
 from jobwire_server.api.reflection import enable_reflection
+from jobwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
@@ -194,6 +195,8 @@ class App:
         cfg = self.config
         # Tracing first: a call that auth refuses still gets its span.
         interceptors: list[aio.ServerInterceptor] = []
+        if self.metrics is not None:
+            interceptors.append(RpcMetricsInterceptor(self.metrics))
         if self.tracing.tracer is not None:
             interceptors.append(TracingInterceptor(self.tracing.tracer))
         credentials: grpc.ServerCredentials | None = None
