@@ -435,7 +435,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(job)
         else:
-            print(f"retrying {job.id} [{job.state}] attempt {job.attempt} so far")
+            print(f"retrying {job.id} [{job.state}] with a fresh budget of {job.max_attempts} attempts "
+                  f"({job.attempt} made before)")
         return EXIT_OK
 
     return _run(args, body)
@@ -646,7 +647,7 @@ def format_job_table(jobs: Sequence[Job]) -> str:
             j.state,
             j.queue,
             j.kind,
-            f"{j.attempt}/{j.max_attempts}",
+            f"{j.counted_attempts}/{j.max_attempts}",
             f"{j.progress.percent:.0f}%",
             _when(j.create_time),
         )
@@ -662,7 +663,7 @@ def describe_job(job: Job) -> str:
         f"kind:       {job.kind}",
         f"queue:      {job.queue}",
         f"state:      {job.state}" + (" (cancel requested)" if job.cancel_requested else ""),
-        f"attempt:    {job.attempt} of {job.max_attempts}",
+        f"attempt:    {_attempts(job)}",
         f"priority:   {job.priority}",
         f"progress:   {job.progress.percent:.0f}% {job.progress.message}".rstrip(),
         f"created:    {_when(job.create_time)}",
@@ -688,6 +689,13 @@ def describe_job(job: Job) -> str:
         width = max(len(p.name) for p in job.phases)
         lines.extend("  " + _phase_line(p, width, ascii_only=True) for p in job.phases)
     return "\n".join(lines)
+
+
+def _attempts(job: Job) -> str:
+    """``1 of 3``: the attempts counted against the budget; ``(4 in all)`` when a retry or a
+    shutdown made more."""
+    text = f"{job.counted_attempts} of {job.max_attempts}"
+    return text + (f" ({job.attempt} in all)" if job.attempt != job.counted_attempts else "")
 
 
 def _bar(percent: float, width: int, ascii_only: bool) -> str:
@@ -743,7 +751,7 @@ class WatchView:
 
     def render(self, job: Job) -> list[str]:
         """The lines of the live view of ``job``: a header, then one bar per phase (or one overall)."""
-        header = f"job {job.id}  {job.kind}  {job.state}  attempt {job.attempt}/{job.max_attempts}"
+        header = f"job {job.id}  {job.kind}  {job.state}  attempt {_attempts(job)}"
         if job.cancel_requested and not job.is_terminal:
             header += "  (cancel requested)"
         if not job.phases:
