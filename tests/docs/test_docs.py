@@ -19,7 +19,9 @@ ones in this module, each for a reason:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from jobwire import models
 from jobwire.sync import Client
 
 from tests.conftest import REPO, ServerProcess, free_port
@@ -173,3 +176,13 @@ def test_docs_page_runs_against_a_live_server(path: Path, server: ServerProcess,
     path_var = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = clean_env(JOBWIRE_TARGET=server.target, PATH=path_var)
     run_page(path, page, tmp_path, env, substitutions, sys.executable)
+
+
+def test_json_shapes_in_the_cli_reference_match_the_sdk() -> None:
+    text = (REPO / "docs" / "cli.md").read_text()
+    entries = re.findall(r"^- \*\*`(\w+)`\*\*: (.*?)(?=^- \*\*|^\s*$)", text, flags=re.M | re.S)
+    assert len(entries) == 10, entries
+    for name, listed in entries:
+        documented = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", listed))
+        model = getattr(models, name)
+        assert documented == [f.name for f in dataclasses.fields(model)], name
