@@ -13,12 +13,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
+from jobwire.sync import Client
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from jobwire_server.app import App
 from jobwire_server.domain.states import EventType
@@ -30,7 +32,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, StartServer, free_port
 from tests.receiver import Receiver
 from tests.testkit import Harness, finished
 
@@ -252,3 +254,36 @@ def test_bad_otel_settings_stop_the_start_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == ("jobwire: error: OTEL_TRACES_EXPORTER: unknown exporter 'zipkin' "
                                      "(use otlp, console or none)")
+
+
+UNANSWERED_EXPORTER = '''
+import threading
+
+from opentelemetry.sdk.trace.export import SpanExporter
+
+
+class OTLPSpanExporter(SpanExporter):
+    """Stands in for the OTLP exporter of a collector that never answers: every export hangs."""
+
+    def export(self, spans):
+        threading.Event().wait()
+'''
+
+
+def test_shutdown_is_not_held_by_a_collector_that_does_not_answer(start_server: StartServer, tmp_path: Path) -> None:
+    module = tmp_path / "fake" / "opentelemetry" / "exporter" / "otlp" / "proto" / "grpc" / "trace_exporter.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(UNANSWERED_EXPORTER)
+    # The fake module is found where the `otlp` extra installs the real one; spans are exported at once.
+    env = {"PYTHONPATH": str(tmp_path / "fake"), "OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "10"}
+    server = start_server(env=env, shutdown_grace=2)
+    with Client(server.target) as client:
+        for _ in range(3):
+            client.enqueue("noop", b"{}").result(timeout=20)
+    started = time.monotonic()
+    assert server.stop(timeout=20) == 0
+    took = time.monotonic() - started
+    log = server.log()
+    assert "tracing on: spans go to OTLP/grpc http://localhost:4317" in log
+    assert "spans not exported within 3s at shutdown (is the collector reachable?)" in log
+    assert took < 2 + 3 + 3, f"shutdown took {took:.1f}s"
