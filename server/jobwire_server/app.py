@@ -166,7 +166,7 @@ class App:
 
     async def _start_server(self) -> None:
         cfg = self.config
-        # Tracing first: a call that auth refuses still gets its span.
+        # Metrics and tracing before auth: a call that auth refuses is still counted and traced.
         interceptors: list[aio.ServerInterceptor] = []
         if self.metrics is not None:
             interceptors.append(RpcMetricsInterceptor(self.metrics))
