@@ -4,26 +4,40 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-server
+# Every install pins the tested set; pyproject.toml holds the ranges users get.
+PIP_INSTALL = $(PY) -m pip install --quiet -c constraints.txt
 PROTO_SRC := proto/jobwire/v1/jobwire.proto
+TOOLS := .tools
+BUF_VERSION := 1.75.0
+BUF := $(TOOLS)/node_modules/.bin/buf
 GEN_DIR := clients/python
 PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
 	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: help run test test-py test-node lint proto proto-check bench demo clean
+.PHONY: help venv install run test test-py test-node lint proto proto-check buf bench demo clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install jobwire with its dev tools
+$(SERVE_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[server]'
+	@touch $@
 
-run: $(STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[dev]'
+	@touch $@ $(SERVE_STAMP)
+
+venv: $(SERVE_STAMP) ## create .venv with jobwire and its server extra (what `make run` needs)
+
+install: $(STAMP) ## create .venv with jobwire, its server extra and the dev tools (tests, linters)
+
+run: $(SERVE_STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
 	$(VENV)/bin/jobwire serve
 
 test: $(STAMP) proto-check lint test-py test-node ## proto drift check, lint, Python and Node tests
@@ -44,10 +58,21 @@ lint: $(STAMP) ## ruff and mypy --strict on our code
 proto: $(STAMP) ## regenerate the Python stubs from proto/
 	$(call PROTOC,$(GEN_DIR))
 
-proto-check: $(STAMP) ## fail if the committed stubs differ from proto/
+proto-check: $(STAMP) $(BUF) ## fail if the stubs differ from proto/, buf lint fails, or buf breaking finds a break
 	@tmp=$$(mktemp -d) && $(call PROTOC,$$tmp) && \
 	diff -r -x __pycache__ -x __init__.py $$tmp/jobwire/v1 $(GEN_DIR)/jobwire/v1 \
 		&& echo "proto-check: stubs match proto/" ; rc=$$?; rm -rf $$tmp; exit $$rc
+	$(BUF) lint && echo "proto-check: buf lint passed"
+	@tag=$$(git describe --tags --abbrev=0 --match 'v*' 2>/dev/null); \
+	if [ -z "$$tag" ]; then echo "proto-check: no release tag (v*) yet, so no buf breaking baseline"; exit 0; fi; \
+	tmp=$$(mktemp -d) && git archive "$$tag" proto buf.yaml | tar -x -C $$tmp && \
+	$(BUF) breaking --against $$tmp && echo "proto-check: no breaking change since $$tag"; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
+
+buf: $(BUF) ## install buf from the npm registry into .tools/
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
 bench: $(STAMP) ## benchmarks: enqueue/s, drain jobs/s, pickup latency, fan-out latency
 	$(PY) -m bench
@@ -56,4 +81,4 @@ demo: $(STAMP) ## start a server, run, watch, cancel and retry jobs with the CLI
 	bash bench/demo.sh
 
 clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -13,12 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
 from jobwire_server.api.decoding import DecodeGuardInterceptor
+from jobwire_server.api.ports import port_in_use
+from jobwire_server.api.reflection import enable_reflection
+from jobwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
@@ -188,9 +190,12 @@ class App:
 
     async def _start_server(self) -> None:
         cfg = self.config
-        # Tracing first: a call that auth refuses still gets its span. Then the decode guard, so
-        # undecodable bytes answer INVALID_ARGUMENT, but only to a caller that auth lets through.
+        # Metrics and tracing before auth: a call that auth refuses is still counted and traced. Then
+        # the decode guard, so undecodable bytes answer INVALID_ARGUMENT, but only to a caller that
+        # auth lets through.
         interceptors: list[aio.ServerInterceptor] = []
+        if self.metrics is not None:
+            interceptors.append(RpcMetricsInterceptor(self.metrics))
         if self.tracing.tracer is not None:
             interceptors.append(TracingInterceptor(self.tracing.tracer))
         interceptors.append(DecodeGuardInterceptor())
@@ -226,11 +231,12 @@ class App:
                                retention=self.retention)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server)
+        enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         # gRPC reports a certificate that does not match its key like a busy port: name both causes.
         hint = "is the port in use, and do tls_cert and tls_key match?" if credentials else "is the port in use?"
+        busy = port_in_use(cfg.host, cfg.port)
+        if busy:
+            raise StartupError(f"cannot listen on {cfg.listen}: {busy} (is the port in use?)")
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(cfg.listen)

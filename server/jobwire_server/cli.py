@@ -1,4 +1,7 @@
-"""The `jobwire` command: `jobwire serve` runs the service; the other commands are its client."""
+"""The server half of the `jobwire` command: `jobwire serve` and `jobwire hash-token`.
+
+The command itself is :func:`jobwire.cli.main`, which mounts these when the server extra is installed.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +24,13 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobwire",
-        description="jobwire: a job-control service. Enqueue, watch, cancel and retry jobs over gRPC.",
-        epilog="Run `jobwire COMMAND --help` for the options of a command.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` and ``hash-token`` to the ``jobwire`` command's parser (built by :mod:`jobwire.cli`)."""
     serve = commands.add_parser(
         "serve", help="run the service",
         description="Run the jobwire service. Settings come from flags, then JOBWIRE_* environment variables, "
-                    "then the TOML file given by --config, then defaults.",
+                    "then the TOML file given by --config, then defaults. Modules named by --handlers are "
+                    "imported from the current directory first, then from the environment.",
         epilog="Tracing is configured by the standard OpenTelemetry variables, not by flags: "
                "OTEL_TRACES_EXPORTER=otlp|console|none (unset: otlp when the exporter from the "
                "'jobwire[otlp]' extra is installed, otherwise off), OTEL_EXPORTER_OTLP_ENDPOINT, "
@@ -56,19 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hash_token.set_defaults(func=_hash_token)
-    try:
-        from jobwire.cli import add_client_commands  # noqa: PLC0415 - the client CLI is optional
-    except ImportError:
-        pass
-    else:
-        add_client_commands(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
+    """``python -m jobwire_server``: the same ``jobwire`` command as the installed script."""
+    from jobwire.cli import main as jobwire_main  # noqa: PLC0415 - the command is defined by the client package
+
+    return jobwire_main(argv)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -78,11 +71,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"jobwire: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.log_format, config.log_level)
+    _import_from_cwd()
     if not config.is_loopback() and not config.tokens_file and not config.allow_unauthenticated:
         print(f"jobwire: error: refusing to listen on {config.listen} without authentication: configure "
               "--tokens-file, or pass --allow-unauthenticated if the network is trusted", file=sys.stderr)
         return EXIT_USAGE
     return asyncio.run(_serve_until_signalled(config))
+
+
+def _import_from_cwd() -> None:
+    """Let ``--handlers myapp.jobs`` find ``./myapp``, as uvicorn and ``celery -A`` do."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _hash_token(args: argparse.Namespace) -> int:

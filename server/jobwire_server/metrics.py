@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import GC_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from jobwire_server.domain.models import Event, QueueStats
 from jobwire_server.domain.states import EventType, JobState
+from jobwire_server.telemetry import jobwire_version
 
 log = logging.getLogger("jobwire.metrics")
 
@@ -30,6 +35,9 @@ WEBHOOK_OUTCOMES = ("delivered", "retry", "failed", "refused")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                     600.0, 1800.0, 3600.0)
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: RPC handling times; streams stay open for as long as their job runs, so the top buckets are long.
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0)
+RPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 
 _FINAL_OUTCOMES = {EventType.SUCCEEDED: "succeeded", EventType.FAILED: "failed", EventType.CANCELLED: "cancelled"}
 _PHASE_OUTCOMES = {EventType.PHASE_SUCCEEDED: "succeeded", EventType.PHASE_FAILED: "failed"}
@@ -63,6 +71,22 @@ class Metrics:
         self._webhook_seconds = Histogram("jobwire_webhook_attempt_duration_seconds",
                                           "Seconds one webhook delivery attempt took.", ["outcome"],
                                           buckets=WEBHOOK_BUCKETS, registry=self.registry)
+        # Per-RPC metrics, named as go-grpc-prometheus and py-grpc-prometheus name them.
+        self._rpc_started = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS,
+                                    registry=self.registry)
+        self._rpc_handled = Counter("grpc_server_handled", "RPCs completed on the server, whatever their status.",
+                                    [*RPC_LABELS, "grpc_code"], registry=self.registry)
+        self._rpc_seconds = Histogram("grpc_server_handling_seconds", "Seconds from the start of an RPC to its "
+                                      "end (for streams, the whole stream).", RPC_LABELS, buckets=RPC_BUCKETS,
+                                      registry=self.registry)
+        # The process_*, python_* and python_gc_* series of the default registry, in ours.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        if GC_COLLECTOR is not None:
+            GCCollector(registry=self.registry)
+        build = Gauge("jobwire_build_info", "Always 1; the labels name the running jobwire and Python.",
+                      ["version", "python_version"], registry=self.registry)
+        build.labels(jobwire_version(), platform.python_version()).set(1)
         self._snapshot = _Snapshot()
         self.registry.register(self._snapshot)
         # labels() takes a lock and builds a key each call; children are cached per label set
@@ -113,6 +137,15 @@ class Metrics:
             raise ValueError(f"webhook outcome must be one of {', '.join(WEBHOOK_OUTCOMES)}, got {outcome!r}")
         self._count(self._webhooks, outcome)
         self._time(self._webhook_seconds, seconds, outcome)
+
+    def rpc_started(self, grpc_type: str, service: str, method: str) -> None:
+        """An RPC began (``grpc_type`` is unary, server_stream, client_stream or bidi_stream)."""
+        self._count(self._rpc_started, grpc_type, service, method)
+
+    def rpc_handled(self, grpc_type: str, service: str, method: str, code: str, seconds: float) -> None:
+        """An RPC ended with status `code` (a ``grpc.StatusCode`` name) after `seconds`."""
+        self._count(self._rpc_handled, grpc_type, service, method, code)
+        self._time(self._rpc_seconds, seconds, grpc_type, service, method)
 
     def _count(self, metric: Counter, *labels: str) -> None:
         key = (metric, *labels)

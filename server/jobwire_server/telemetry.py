@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import metadata
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
@@ -52,6 +55,16 @@ ATTR_WEBHOOK_EVENT = "jobwire.webhook.event"
 ATTR_ERROR_TYPE = "error.type"
 ATTR_URL_FULL = "url.full"
 ATTR_HTTP_STATUS = "http.response.status_code"
+ATTR_SERVER_ADDRESS = "server.address"
+ATTR_SERVER_PORT = "server.port"
+#: OpenTelemetry messaging conventions, on job and phase spans beside the jobwire.* attributes.
+MESSAGING_ATTRIBUTES = {"messaging.system": "jobwire", "messaging.operation.type": "process",
+                        "messaging.operation.name": "process"}
+ATTR_MESSAGING_DESTINATION = "messaging.destination.name"
+ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"
+#: Seconds `Tracing.shutdown` waits for the spans still batched to be exported; a collector that does
+#: not answer must not hold up a stopping server.
+FLUSH_TIMEOUT = 3.0
 
 #: ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` → module of the exporter (from the ``otlp`` extra).
 OTLP_MODULES = {
@@ -100,7 +113,20 @@ def tracer_provider_from_env(environ: Mapping[str, str]) -> TracerProvider | Non
     provider = TracerProvider(resource=_resource())
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
+    log.info("tracing on: spans go to %s", ", ".join(_destination(name, environ) for name in names if name != "none"))
     return provider
+
+
+def _destination(name: str, environ: Mapping[str, str]) -> str:
+    """Where an exporter sends spans, for the start-up log line (the SDK's defaults when unset)."""
+    if name == "console":
+        return "standard output (console exporter)"
+    protocol = _otlp_protocol(environ)
+    default = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318/v1/traces"
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint and protocol != "grpc" and not environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        endpoint = endpoint.rstrip("/") + "/v1/traces"
+    return f"OTLP/{protocol} {redact_url(endpoint or default)}"
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
@@ -143,7 +169,17 @@ def _resource() -> Resource:
     # never over OTEL_SERVICE_NAME or a service.name in OTEL_RESOURCE_ATTRIBUTES.
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    if SERVICE_VERSION not in resource.attributes:
+        resource = resource.merge(Resource({SERVICE_VERSION: jobwire_version()}))
     return resource
+
+
+def jobwire_version() -> str:
+    """The installed jobwire's version ("0+unknown" when run from a tree that was never installed)."""
+    try:
+        return metadata.version("jobwire")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class Tracing:
@@ -159,10 +195,25 @@ class Tracing:
     def from_env(cls, environ: Mapping[str, str]) -> Tracing:
         return cls(tracer_provider_from_env(environ), owned=True)
 
-    def shutdown(self) -> None:
-        if self._owned and self.provider is not None:
-            self.provider.shutdown()
-            self._owned = False
+    def shutdown(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Export what is still batched and stop, waiting at most `timeout` seconds: an exporter whose
+        collector does not answer is left behind (its thread is a daemon) and the rest is dropped."""
+        if not self._owned or self.provider is None:
+            return
+        self._owned = False
+        provider = self.provider
+        done = threading.Event()
+
+        def flush() -> None:
+            try:
+                provider.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=flush, name="jobwire-trace-flush", daemon=True).start()
+        if not done.wait(timeout):
+            log.warning("spans not exported within %gs at shutdown (is the collector reachable?); "
+                        "the rest are dropped", timeout)
 
 
 # ----------------------------------------------------------------------------- traceparent
@@ -213,8 +264,10 @@ def _job_attributes(job: Job) -> dict[str, str | int]:
 def start_job_span(tracer: Tracer, job: Job) -> Span:
     """The span of one attempt: a new trace (whatever context the runner was started from),
     linked to the Enqueue span."""
+    attributes = {**_job_attributes(job), **MESSAGING_ATTRIBUTES, ATTR_MESSAGING_DESTINATION: job.queue,
+                  ATTR_MESSAGING_MESSAGE_ID: job.id}
     return tracer.start_span(f"job {job.kind}", context=Context(), kind=SpanKind.CONSUMER,
-                             attributes=_job_attributes(job), links=_links(job.trace_parent))
+                             attributes=attributes, links=_links(job.trace_parent))
 
 
 def end_job_span(span: Span, job: Job) -> None:
@@ -257,10 +310,31 @@ class WebhookSpan:
             self.span.set_attribute(ATTR_ERROR_TYPE, str(code))
             self.span.set_status(Status(StatusCode.ERROR, f"HTTP {code}"))
 
+    def headers(self) -> dict[str, str]:
+        """``traceparent`` of this attempt's span, for the POST, so the receiver continues the trace
+        (none with tracing off)."""
+        value = format_traceparent(self.span.get_span_context())
+        return {"traceparent": value} if value else {}
+
     def fail(self, message: str, error_type: str = "") -> None:
         """Mark the attempt failed without an exception (refused, bad redirect…)."""
         self.span.set_attribute(ATTR_ERROR_TYPE, error_type or "failed")
         self.span.set_status(Status(StatusCode.ERROR, message))
+
+
+def _server_attributes(url: str) -> dict[str, str | int]:
+    """``server.address`` and ``server.port`` of a URL (the scheme's port when none is given)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return {}
+    found: dict[str, str | int] = {}
+    if parts.hostname:
+        found[ATTR_SERVER_ADDRESS] = parts.hostname
+    if port:
+        found[ATTR_SERVER_PORT] = port
+    return found
 
 
 @contextmanager
@@ -271,9 +345,10 @@ def webhook_span(tracer: Tracer | None, event_type: str, url: str, *, job_id: st
     A CLIENT span, current inside the block, in a new trace linked to the job's Enqueue span
     (`trace_parent`, the job's stored traceparent). Attributes: ``url.full`` without query,
     fragment or credentials, ``http.request.method`` POST, ``jobwire.job.id``, ``jobwire.queue``,
-    ``jobwire.kind``, ``jobwire.attempt`` (the delivery attempt, from 1) and
-    ``jobwire.webhook.event``. The caller reports the response with `WebhookSpan.set_status_code`
-    (sets ``http.response.status_code``; ≥ 400 is an error) or `WebhookSpan.fail`. An exception
+    ``jobwire.kind``, ``jobwire.attempt`` (the delivery attempt, from 1), ``jobwire.webhook.event``,
+    ``server.address`` and ``server.port``. `WebhookSpan.headers` gives the ``traceparent`` to send.
+    The caller reports the response with `WebhookSpan.set_status_code` (sets
+    ``http.response.status_code``; ≥ 400 is an error) or `WebhookSpan.fail`. An exception
     leaving the block is recorded on the span, which gets status ERROR, and is re-raised. With
     `tracer` None (tracing off) the handle does nothing.
     """
@@ -283,6 +358,7 @@ def webhook_span(tracer: Tracer | None, event_type: str, url: str, *, job_id: st
     attributes: dict[str, str | int] = {
         ATTR_URL_FULL: redact_url(url), "http.request.method": "POST", ATTR_JOB_ID: job_id,
         ATTR_ATTEMPT: attempt, ATTR_WEBHOOK_EVENT: event_type}
+    attributes.update(_server_attributes(url))
     if queue:
         attributes[ATTR_QUEUE] = queue
     if kind:

@@ -193,3 +193,20 @@ async def test_webhooks_and_prune_commands(start_server: StartServer) -> None:
     assert json.loads(run(server, "get", job_id, "--json").stdout)["state"] == "STALE"
     missing = run(server, "webhooks", "01a00000-0000-7000-8000-000000000000")
     assert missing.returncode != 0 and "not found" in missing.stderr.lower()
+
+
+def test_retry_gives_a_fresh_attempt_budget(server: ServerProcess) -> None:
+    failing = run(server, "enqueue", "sleep", "--payload", '{"phases": "many"}', "--watch")  # fails at once
+    assert failing.returncode == 1, failing.stderr
+    job_id = failing.stdout.split()[1]
+    for made in (1, 2):
+        retried = run(server, "retry", job_id)
+        assert retried.returncode == 0, retried.stderr
+        assert retried.stdout.strip() == (f"retrying {job_id} [QUEUED] with a fresh budget of 3 attempts "
+                                          f"({made} made before)")
+        assert run(server, "watch", job_id).returncode == 1
+    shown = run(server, "get", job_id)
+    assert "attempt:    1 of 3 (3 in all)" in shown.stdout.splitlines()
+    listed = run(server, "list", "--json")
+    (job,) = [json.loads(line) for line in listed.stdout.splitlines() if json.loads(line)["id"] == job_id]
+    assert (job["attempt"], job["counted_attempts"], job["max_attempts"]) == (3, 1, 3)

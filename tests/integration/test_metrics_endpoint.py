@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from importlib import metadata
 
 import pytest
 from grpc import aio
@@ -84,6 +85,32 @@ async def test_scrape_counts_jobs_queues_and_streams(metered: tuple[ServerProces
     assert got[key("jobwire_queue_jobs", queue="default", state="running")] == 0
     assert got[key("jobwire_queue_jobs", queue="default", state="failed")] == 1
     assert got[key("jobwire_queue_oldest_queued_age_seconds", queue="default")] == 0
+
+
+async def test_rpc_process_and_build_metrics(metered: tuple[ServerProcess, str]) -> None:
+    server, address = metered
+    service = "jobwire.v1.JobService"
+    async with aio.insecure_channel(server.target) as channel:
+        stub = jobwire_pb2_grpc.JobServiceStub(channel)
+        job = (await stub.Enqueue(jobwire_pb2.EnqueueRequest(kind="noop"))).job
+        with pytest.raises(aio.AioRpcError):
+            await stub.GetJob(jobwire_pb2.GetJobRequest(id="01a00000-0000-7000-8000-000000000000"))
+        await finished(stub, job.id)  # one WatchJob stream, to its end
+
+    got = await scrape(address)
+    unary = {"grpc_type": "unary", "grpc_service": service}
+    assert got[key("grpc_server_started_total", **unary, grpc_method="Enqueue")] == 1
+    assert got[key("grpc_server_handled_total", **unary, grpc_method="Enqueue", grpc_code="OK")] == 1
+    assert got[key("grpc_server_handled_total", **unary, grpc_method="GetJob", grpc_code="NOT_FOUND")] == 1
+    assert got[key("grpc_server_handling_seconds_count", **unary, grpc_method="GetJob")] == 1
+    stream = {"grpc_type": "server_stream", "grpc_service": service, "grpc_method": "WatchJob"}
+    assert got[key("grpc_server_handled_total", **stream, grpc_code="OK")] == 1
+    assert got[key("grpc_server_handling_seconds_count", **stream)] == 1
+    assert got[key("process_resident_memory_bytes")] > 0
+    assert key("process_cpu_seconds_total") in got and key("process_open_fds") in got
+    (build,) = [labels for name, labels in got if name == "jobwire_build_info"]
+    assert dict(build)["version"] == metadata.version("jobwire")
+    assert got[("jobwire_build_info", build)] == 1
 
 
 def test_other_paths_and_methods(metered: tuple[ServerProcess, str]) -> None:

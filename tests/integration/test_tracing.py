@@ -13,12 +13,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
+from jobwire.sync import Client
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from jobwire_server.app import App
 from jobwire_server.domain.states import EventType
@@ -30,7 +32,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, StartServer, free_port
 from tests.receiver import Receiver
 from tests.testkit import Harness, finished
 
@@ -94,7 +96,7 @@ def children(spans: tuple[ReadableSpan, ...], parent: ReadableSpan) -> list[Read
 
 async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
         traced: App, stub: jobwire_pb2_grpc.JobServiceStub, exporter: InMemorySpanExporter) -> None:
-    job_id, hook_url = await run_with_webhook(traced, stub)
+    job_id, hook_url, hook_headers = await run_with_webhook(traced, stub)
     await traced.executor.wait_idle()  # the last attempt's span ends after its final commit
     spans = exporter.get_finished_spans()
 
@@ -121,6 +123,10 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
         assert {key: attributes[key] for key in ("jobwire.job.id", "jobwire.queue", "jobwire.kind",
                                                  "jobwire.attempt")} == {
             "jobwire.job.id": job_id, "jobwire.queue": "default", "jobwire.kind": "t.flaky", "jobwire.attempt": number}
+        assert {key: attributes[key] for key in attributes if key.startswith("messaging.")} == {
+            "messaging.system": "jobwire", "messaging.operation.type": "process",
+            "messaging.operation.name": "process", "messaging.destination.name": "default",
+            "messaging.message.id": job_id}
     first, second = attempts
     assert first.status.status_code is StatusCode.ERROR and first.status.description == "converter busy"
     assert (first.attributes or {})["jobwire.job.state"] == "retrying"
@@ -151,12 +157,12 @@ async def test_span_tree_of_a_job_with_a_retried_phase_and_a_webhook(
     assert store.context is not None
     assert json.loads(stored.result) == {"span_id": store.context.span_id}
 
-    assert_webhook_span(spans, enqueue, job_id, hook_url)
+    assert_webhook_span(spans, enqueue, job_id, hook_url, hook_headers)
 
 
-async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> tuple[str, str]:
-    """Run a t.flaky job with a webhook to a real receiver, called with a traceparent; the job's id
-    and the webhook URL without its query, once the delivery is recorded."""
+async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> tuple[str, str, dict[str, str]]:
+    """Run a t.flaky job with a webhook to a real receiver, called with a traceparent; the job's id,
+    the webhook URL without its query and the headers of the POST, once the delivery is recorded."""
     delivered = app.hub.subscribe_all(EventFilter(types=frozenset({EventType.WEBHOOK_DELIVERED})))
     async with Receiver() as receiver:
         webhook = jobwire_pb2.WebhookConfig(url=receiver.url("/hook?token=s3cret"))
@@ -166,11 +172,14 @@ async def run_with_webhook(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> t
         async with asyncio.timeout(20):
             assert (await delivered.next()) is not None  # the webhook span ends before this is written
     delivered.close()
-    return reply.job.id, receiver.url("/hook")
+    (request,) = receiver.requests
+    return reply.job.id, receiver.url("/hook"), {k.lower(): v for k, v in request.headers.items()}
 
 
-def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, job_id: str, url: str) -> None:
-    """The webhook attempt: its own span, linked to the Enqueue span, with the URL's query left out."""
+def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, job_id: str, url: str,
+                        headers: dict[str, str]) -> None:
+    """The webhook attempt: its own span, linked to the Enqueue span, with the URL's query left out;
+    the POST carried the span's traceparent, so the receiver continues its trace."""
     (hook,) = named(spans, "webhook SUCCEEDED")
     assert hook.kind is SpanKind.CLIENT and hook.parent is None and enqueue.context is not None
     assert [link.context.span_id for link in hook.links] == [enqueue.context.span_id]
@@ -179,7 +188,12 @@ def assert_webhook_span(spans: tuple[ReadableSpan, ...], enqueue: ReadableSpan, 
     assert attributes["http.response.status_code"] == 200
     assert (attributes["jobwire.job.id"], attributes["jobwire.attempt"]) == (job_id, 1)
     assert (attributes["jobwire.queue"], attributes["jobwire.kind"]) == ("default", "t.flaky")
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", port)
     assert hook.status.status_code is StatusCode.UNSET
+    assert hook.context is not None
+    context = hook.context
+    assert headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 async def test_a_call_without_traceparent_starts_a_trace(traced: App, stub: jobwire_pb2_grpc.JobServiceStub,
@@ -240,3 +254,36 @@ def test_bad_otel_settings_stop_the_start_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == ("jobwire: error: OTEL_TRACES_EXPORTER: unknown exporter 'zipkin' "
                                      "(use otlp, console or none)")
+
+
+UNANSWERED_EXPORTER = '''
+import threading
+
+from opentelemetry.sdk.trace.export import SpanExporter
+
+
+class OTLPSpanExporter(SpanExporter):
+    """Stands in for the OTLP exporter of a collector that never answers: every export hangs."""
+
+    def export(self, spans):
+        threading.Event().wait()
+'''
+
+
+def test_shutdown_is_not_held_by_a_collector_that_does_not_answer(start_server: StartServer, tmp_path: Path) -> None:
+    module = tmp_path / "fake" / "opentelemetry" / "exporter" / "otlp" / "proto" / "grpc" / "trace_exporter.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(UNANSWERED_EXPORTER)
+    # The fake module is found where the `otlp` extra installs the real one; spans are exported at once.
+    env = {"PYTHONPATH": str(tmp_path / "fake"), "OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "10"}
+    server = start_server(env=env, shutdown_grace=2)
+    with Client(server.target) as client:
+        for _ in range(3):
+            client.enqueue("noop", b"{}").result(timeout=20)
+    started = time.monotonic()
+    assert server.stop(timeout=20) == 0
+    took = time.monotonic() - started
+    log = server.log()
+    assert "tracing on: spans go to OTLP/grpc http://localhost:4317" in log
+    assert "spans not exported within 3s at shutdown (is the collector reachable?)" in log
+    assert took < 2 + 3 + 3, f"shutdown took {took:.1f}s"

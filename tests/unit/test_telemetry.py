@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from importlib import metadata
 
 import pytest
 from jobwire_server.telemetry import (
     OTLP_MODULES,
+    Tracing,
     TracingConfigError,
     format_traceparent,
+    jobwire_version,
     parse_traceparent,
     redact_url,
     tracer_provider_from_env,
@@ -16,7 +22,13 @@ from jobwire_server.telemetry import (
 )
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
@@ -64,13 +76,16 @@ def test_tracing_off(environ: dict[str, str]) -> None:
     assert tracer_provider_from_env(environ) is None
 
 
-def test_console_exporter() -> None:
-    provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
+def test_console_exporter(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="jobwire.telemetry"):
+        provider = tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
     assert provider is not None
+    assert caplog.messages == ["tracing on: spans go to standard output (console exporter)"]
     try:
         processors = provider._active_span_processor._span_processors
         assert [type(p.span_exporter) for p in processors] == [ConsoleSpanExporter]  # type: ignore[attr-defined]
         assert provider.resource.attributes["service.name"] == "jobwire"
+        assert provider.resource.attributes["service.version"] == metadata.version("jobwire") == jobwire_version()
     finally:
         provider.shutdown()
 
@@ -152,7 +167,8 @@ def test_webhook_span_delivered(tracer: Tracer, exporter: InMemorySpanExporter) 
     assert dict(span.attributes or {}) == {
         "url.full": "https://hooks.example.com/jobs", "http.request.method": "POST", "jobwire.job.id": "j1",
         "jobwire.queue": "media", "jobwire.kind": "resize", "jobwire.attempt": 2,
-        "jobwire.webhook.event": "succeeded", "http.response.status_code": 204}
+        "jobwire.webhook.event": "succeeded", "http.response.status_code": 204,
+        "server.address": "hooks.example.com", "server.port": 443}
     assert span.status.status_code is StatusCode.UNSET
     assert [link.context.span_id for link in span.links] == [0x00F067AA0BA902B7]
 
@@ -194,3 +210,53 @@ def test_webhook_span_with_tracing_off_does_nothing() -> None:
         attempt.set_status_code(500)
         attempt.fail("nothing records this")
     assert not attempt.span.is_recording()
+
+
+# ----------------------------------------------------------------------------- shutdown
+
+
+class _Unanswered(SpanExporter):
+    """An exporter whose collector never answers: export blocks until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.entered.set()
+        self.release.wait(60)
+        return SpanExportResult.FAILURE
+
+
+def test_shutdown_does_not_wait_for_a_collector_that_does_not_answer(caplog: pytest.LogCaptureFixture) -> None:
+    exporter = _Unanswered()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    for n in range(3):
+        provider.get_tracer("test").start_span(f"job {n}").end()
+    tracing = Tracing(provider, owned=True)
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="jobwire.telemetry"):
+            tracing.shutdown(timeout=0.5)
+        took = time.monotonic() - started
+        assert exporter.entered.is_set()  # the flush did try to export
+        assert 0.5 <= took < 3.0
+        assert caplog.messages == ["spans not exported within 0.5s at shutdown (is the collector reachable?); "
+                                   "the rest are dropped"]
+        tracing.shutdown(timeout=0.5)  # a second call does nothing
+        assert time.monotonic() - started - took < 0.5
+    finally:
+        exporter.release.set()
+
+
+def test_webhook_span_headers_carry_its_traceparent(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with webhook_span(tracer, "succeeded", "http://127.0.0.1:8080/hook", job_id="j1") as attempt:
+        headers = attempt.headers()
+    span = only(exporter)
+    assert span.context is not None
+    assert headers == {"traceparent": format_traceparent(span.context)}
+    assert (span.attributes or {})["server.address"] == "127.0.0.1"
+    assert (span.attributes or {})["server.port"] == 8080
+    with webhook_span(None, "succeeded", "http://h/", job_id="j1") as untraced:
+        assert untraced.headers() == {}

@@ -1,13 +1,14 @@
 // @jobwire/client: a small Node.js client for jobwire.v1.JobService.
 //
-// The contract is loaded at runtime from the repository's proto/jobwire/v1/jobwire.proto with
-// @grpc/proto-loader, so this client always speaks exactly the committed contract.
+// The contract is loaded at runtime with @grpc/proto-loader from proto/jobwire/v1/jobwire.proto: the
+// copy packed into the package, or the repository's own, so the client speaks exactly that contract.
 //
 // Message objects use proto-loader's conventions: camelCase field names, enums as their names
 // (e.g. "JOB_STATE_QUEUED"), 64-bit integers as decimal strings (e.g. `sequence`, `lastSequence`),
 // bytes as Buffers, Timestamps/Durations as `{seconds: string, nanos: number}`, unset message
 // fields as null and unset scalars as their defaults.
 
+import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -15,8 +16,13 @@ import * as protoLoader from '@grpc/proto-loader';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-/** Directory holding `jobwire/v1/jobwire.proto` (the repository's proto/ folder). */
-export const DEFAULT_PROTO_DIR = path.resolve(HERE, '..', '..', '..', 'proto');
+/**
+ * Directory holding `jobwire/v1/jobwire.proto`: the copy inside the installed package (put there by
+ * `npm pack`), or, in the repository, the repository's proto/ folder.
+ */
+export const DEFAULT_PROTO_DIR = [path.resolve(HERE, '..', 'proto'), path.resolve(HERE, '..', '..', '..', 'proto')]
+  .find((dir) => fs.existsSync(path.join(dir, 'jobwire', 'v1', 'jobwire.proto')))
+  ?? path.resolve(HERE, '..', 'proto');
 const PROTO_FILE = 'jobwire/v1/jobwire.proto';
 
 const LOADER_OPTIONS = Object.freeze({
@@ -237,7 +243,7 @@ export function timestampToDate(ts) {
  *     `{rootCerts, privateKey, certChain}` (Buffers) for a custom CA and/or mutual TLS.
  *   - `timeoutMs`: optional deadline applied to every unary call.
  *   - `channelOptions`: extra grpc-js channel options.
- *   - `protoDir`: folder holding jobwire/v1/jobwire.proto (defaults to the repository's proto/).
+ *   - `protoDir`: folder holding jobwire/v1/jobwire.proto (defaults to DEFAULT_PROTO_DIR).
  */
 export class JobwireClient {
   constructor(target, { token, tls, timeoutMs, channelOptions, protoDir } = {}) {

@@ -5,6 +5,13 @@ facade with the same methods. Calls return typed, immutable models (:class:`Job`
 ...) and raise :class:`JobwireError` subclasses.
 """
 
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("jobwire")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
 from jobwire import sync
 from jobwire.client import Client, JobHandle, RetryPolicy, TLSConfig
 from jobwire.errors import (

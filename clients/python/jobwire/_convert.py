@@ -159,6 +159,7 @@ def job_from_proto(message: pb.Job) -> Job:
         state=job_state_from_proto(message.state),
         attempt=message.attempt,
         max_attempts=message.max_attempts,
+        counted_attempts=message.counted_attempts,
         phases=tuple(phase_from_proto(p) for p in message.phases),
         progress=progress_from_proto(message.progress),
         result=message.result,

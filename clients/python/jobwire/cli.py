@@ -1,8 +1,8 @@
 """Client-side commands of the ``jobwire`` command line.
 
-The ``jobwire`` entry point (owned by the server package) adds ``serve`` and then calls
-:func:`add_client_commands`; each command sets ``args.func``, which returns the exit code.
-``python -m jobwire.cli`` runs the client commands on their own.
+:func:`main` is the ``jobwire`` command. It adds ``serve`` and ``hash-token`` from the server package
+when the ``jobwire[server]`` extra is installed (otherwise stand-ins that say so), then the client
+commands; each command sets ``args.func``, which returns the exit code.
 
 Output is for people by default and one JSON object per line with ``--json``. Errors print one line
 ``error: <message> (<CODE>)`` on stderr.
@@ -23,8 +23,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
+
+from jobwire import __version__
 from jobwire.client import DEFAULT_TARGET, TLSConfig
 from jobwire.errors import JobwireError
+from jobwire.health import JOB_SERVICE, health_status
 from jobwire.models import EventType, Job, JobEvent, JobState, Phase, Progress, WebhookDelivery
 from jobwire.sync import Client
 
@@ -57,7 +61,7 @@ class UsageError(Exception):
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks and prune to a ``jobwire`` parser."""
+    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune and health to a parser."""
     common = _common_flags()
 
     def command(name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -153,6 +157,24 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--queue", default="", help="only this queue (default: every queue holding jobs)")
     p.set_defaults(func=cmd_stats)
     _add_webhook_and_retention_commands(command)
+    _add_health_command(command)
+
+
+def _add_health_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command(
+        "health",
+        "ask whether the server is serving",
+        "Ask the server's health service (grpc.health.v1) whether SERVICE is SERVING. With --wait, wait up "
+        "to SECONDS for it to start serving, e.g. right after starting the server.",
+        "example:\n  jobwire serve & jobwire health --wait 30 && jobwire enqueue noop --watch\n\n"
+        "exit status: 0 when SERVING, 1 otherwise (or when --wait runs out), 3 when the server cannot be "
+        "reached.\n",
+    )
+    p.add_argument("--service", default=JOB_SERVICE, help=f"service to ask about (default {JOB_SERVICE}; "
+                   "'' is the server as a whole)")
+    p.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for SERVING (default: ask once)")
+    p.set_defaults(func=cmd_health)
 
 
 def _add_webhook_and_retention_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -254,10 +276,13 @@ def _run(args: argparse.Namespace, body: Callable[[Client], int], error_exit: in
 def _client(args: argparse.Namespace) -> Client:
     target = args.target or os.environ.get("JOBWIRE_TARGET") or DEFAULT_TARGET
     token = args.token or os.environ.get("JOBWIRE_TOKEN") or None
-    tls = None
+    return Client(target, token=token, tls=_tls(args))
+
+
+def _tls(args: argparse.Namespace) -> TLSConfig | None:
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
-        tls = TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    return Client(target, token=token, tls=tls)
+        return TLSConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    return None
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -364,13 +389,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def _watch(client: Client, job_id: str, as_json: bool) -> int:
     view: WatchView | None = None if as_json else WatchView(sys.stdout)
     last: Job | None = None
-    for event in client.handle(job_id).watch():
-        if event.job is not None:
-            last = event.job
-        if view is not None:
-            view.update(event)
-        else:
-            _print_json(event)
+    try:
+        for event in client.handle(job_id).watch():
+            if event.job is not None:
+                last = event.job
+            if view is not None:
+                view.update(event)
+            else:
+                _print_json(event)
+    except KeyboardInterrupt:
+        # Stopping the watch does not stop the job: say so, and how to pick it up again.
+        state = f" [{last.state}]" if last is not None else ""
+        print(f"\nstopped watching job {job_id}{state}; the job keeps running on the server. "
+              f"Watch it again with: jobwire watch {job_id}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     if last is None or not last.is_terminal:
         last = client.get_job(job_id)
     outcome = last.outcome()
@@ -403,7 +435,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(job)
         else:
-            print(f"retrying {job.id} [{job.state}] attempt {job.attempt} so far")
+            print(f"retrying {job.id} [{job.state}] with a fresh budget of {job.max_attempts} attempts "
+                  f"({job.attempt} made before)")
         return EXIT_OK
 
     return _run(args, body)
@@ -507,6 +540,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """``jobwire health [--wait SECONDS]``."""
+    target = args.target or os.environ.get("JOBWIRE_TARGET") or DEFAULT_TARGET
+    try:
+        status = health_status(target, args.service, wait=args.wait, tls=_tls(args))
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            _error(f"{target} did not report {args.service or 'the server'} SERVING within {args.wait:g}s")
+            return EXIT_FAILED
+        _error(f"{exc.details() or 'health check failed'} ({code.name if code is not None else 'UNKNOWN'})")
+        return EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    if args.json:
+        _print_json({"service": args.service, "status": status})
+    else:
+        print(f"{args.service or 'server'}: {status}")
+    return EXIT_OK if status == "SERVING" else EXIT_FAILED
+
+
 def format_delivery(delivery: WebhookDelivery) -> str:
     head = (f"{delivery.id}  {delivery.event_type.value} #{delivery.event_sequence}  {delivery.state}  "
             f"{delivery.url}  attempts: {delivery.attempts}")
@@ -592,7 +647,7 @@ def format_job_table(jobs: Sequence[Job]) -> str:
             j.state,
             j.queue,
             j.kind,
-            f"{j.attempt}/{j.max_attempts}",
+            f"{j.counted_attempts}/{j.max_attempts}",
             f"{j.progress.percent:.0f}%",
             _when(j.create_time),
         )
@@ -608,7 +663,7 @@ def describe_job(job: Job) -> str:
         f"kind:       {job.kind}",
         f"queue:      {job.queue}",
         f"state:      {job.state}" + (" (cancel requested)" if job.cancel_requested else ""),
-        f"attempt:    {job.attempt} of {job.max_attempts}",
+        f"attempt:    {_attempts(job)}",
         f"priority:   {job.priority}",
         f"progress:   {job.progress.percent:.0f}% {job.progress.message}".rstrip(),
         f"created:    {_when(job.create_time)}",
@@ -634,6 +689,13 @@ def describe_job(job: Job) -> str:
         width = max(len(p.name) for p in job.phases)
         lines.extend("  " + _phase_line(p, width, ascii_only=True) for p in job.phases)
     return "\n".join(lines)
+
+
+def _attempts(job: Job) -> str:
+    """``1 of 3``: the attempts counted against the budget; ``(4 in all)`` when a retry or a
+    shutdown made more."""
+    text = f"{job.counted_attempts} of {job.max_attempts}"
+    return text + (f" ({job.attempt} in all)" if job.attempt != job.counted_attempts else "")
 
 
 def _bar(percent: float, width: int, ascii_only: bool) -> str:
@@ -689,7 +751,7 @@ class WatchView:
 
     def render(self, job: Job) -> list[str]:
         """The lines of the live view of ``job``: a header, then one bar per phase (or one overall)."""
-        header = f"job {job.id}  {job.kind}  {job.state}  attempt {job.attempt}/{job.max_attempts}"
+        header = f"job {job.id}  {job.kind}  {job.state}  attempt {_attempts(job)}"
         if job.cancel_requested and not job.is_terminal:
             header += "  (cancel requested)"
         if not job.phases:
@@ -720,19 +782,54 @@ class WatchView:
         self._drawn = len(lines)
 
 
-# --- standalone ------------------------------------------------------------------------------------
+# --- the jobwire command ---------------------------------------------------------------------------
+
+_SERVER_HINT = ("`jobwire {command}` is part of the server, which is not installed here: "
+                "pip install 'jobwire[server]'{missing}")
+
+
+def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``serve`` and ``hash-token`` from the server package, or stand-ins that say how to install it."""
+    try:
+        from jobwire_server.cli import add_server_commands  # noqa: PLC0415 - the server extra is optional
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] in ("jobwire", "jobwire_server") and exc.name != "jobwire_server":
+            raise  # a bug in our own package, not a missing extra
+        missing = f" (missing module {exc.name})" if exc.name and exc.name != "jobwire_server" else ""
+    else:
+        add_server_commands(commands)
+        return
+    for name, summary in (("serve", "run the service (needs jobwire[server])"),
+                          ("hash-token", "hash a bearer token for the tokens file (needs jobwire[server])")):
+        p = commands.add_parser(name, help=summary, add_help=False)
+        p.set_defaults(func=_needs_server, hint=_SERVER_HINT.format(command=name, missing=missing))
+
+
+def _needs_server(args: argparse.Namespace) -> int:
+    print(f"jobwire: error: {args.hint}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A parser holding only the client commands (the ``jobwire`` entry point adds ``serve`` too)."""
-    parser = argparse.ArgumentParser(prog="jobwire", description="Control jobs on a jobwire server.")
-    add_client_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    """The ``jobwire`` command: ``serve`` (with the server extra) and the client commands."""
+    parser = argparse.ArgumentParser(
+        prog="jobwire",
+        description="jobwire: a job-control service. Enqueue, watch, cancel and retry jobs over gRPC.",
+        epilog="Run `jobwire COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"jobwire {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_server_commands(commands)
+    add_client_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one client command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run one ``jobwire`` command; returns the exit code."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _needs_server:  # a stand-in takes any argument, to print its hint
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # `jobwire events | head`: the reader left, which is fine

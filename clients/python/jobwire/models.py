@@ -149,6 +149,14 @@ class Job:
     finish_time: datetime | None = None
     last_sequence: int = 0
     timeout: timedelta | None = None
+    #: Attempts counted against ``max_attempts`` (a RetryJob starts a fresh budget; attempts a
+    #: shutdown interrupted do not count); ``attempt`` counts every attempt ever made.
+    counted_attempts: int = 0
+
+    @property
+    def attempts_left(self) -> int:
+        """Attempts the job may still make before it fails for good."""
+        return max(0, self.max_attempts - self.counted_attempts)
 
     @property
     def is_terminal(self) -> bool:

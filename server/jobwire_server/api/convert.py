@@ -174,6 +174,7 @@ def _fill_job(target: jobwire_pb2.Job, job: Job) -> None:
     target.state = _JOB_STATE_TO_PROTO[job.state]
     target.attempt = job.attempt
     target.max_attempts = job.max_attempts
+    target.counted_attempts = job.attempt - job.uncounted_attempts
     add_phase = target.phases.add
     for phase in job.phases:
         _fill_phase(add_phase(), phase)

@@ -145,7 +145,7 @@ class WebhookSender:
         with webhook_span(self._tracer, delivery.event_type, delivery.url, job_id=delivery.job_id,
                           queue=delivery.queue, kind=delivery.kind, attempt=delivery.attempts + 1,
                           trace_parent=delivery.trace_parent) as span:
-            result = await self._client.post(delivery.url, delivery.body, headers)
+            result = await self._client.post(delivery.url, delivery.body, {**headers, **span.headers()})
             if result.status:
                 span.set_status_code(result.status)
             else:

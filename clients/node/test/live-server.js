@@ -1,0 +1,62 @@
+// Starts a real jobwire server for a test: `$JOBWIRE_PYTHON -m jobwire_server serve` on a free loopback
+// port with a fresh database; `ready()` resolves once its health check answers (no fixed sleeps).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { JobwireClient } from '../src/index.js';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+export function pythonExecutable() {
+  if (process.env.JOBWIRE_PYTHON) return process.env.JOBWIRE_PYTHON;
+  const venv = path.join(REPO_ROOT, '.venv', 'bin', 'python');
+  return fs.existsSync(venv) ? venv : 'python3';
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** `{target, stop()}` of a serving jobwire server; throws with its output when it does not start. */
+export async function startServer(readyMs = 20_000) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-server-'));
+  const target = `127.0.0.1:${await freePort()}`;
+  const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(dir, 'j.db')];
+  const server = spawn(pythonExecutable(), args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  server.stdout.on('data', (chunk) => { output += chunk; });
+  server.stderr.on('data', (chunk) => { output += chunk; });
+  const exited = new Promise((resolve) => server.on('exit', (code, signal) => resolve({ code, signal })));
+  const stop = async () => {
+    if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
+    await exited;
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  const probe = new JobwireClient(target, {
+    channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
+  });
+  try {
+    await Promise.race([
+      probe.waitForReady(readyMs),
+      exited.then(({ code }) => { throw new Error(`server exited with ${code} before serving:\n${output}`); }),
+    ]);
+  } catch (err) {
+    await stop();
+    throw err;
+  } finally {
+    probe.close();
+  }
+  return { target, stop, output: () => output };
+}
