@@ -104,7 +104,9 @@ def test_ctrl_c_during_watch_says_the_job_keeps_running(server: ServerProcess) -
                 assert line, "the watch ended early"
                 if line.startswith("enqueued "):
                     job_id = line.split()[1]
-                if "PHASE_STARTED" in line:
+                # Running: the enqueue's own commit may already have claimed it (then the watch
+                # starts from a RUNNING snapshot), or a PHASE_STARTED event shows it.
+                if "PHASE_STARTED" in line or "state=RUNNING" in line:
                     break
         watch.send_signal(signal.SIGINT)
         _, err = watch.communicate(timeout=TIMEOUT)

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from jobwire_server.domain.errors import JobwireError, StorageError
@@ -177,6 +178,8 @@ class Writer:
         if self._reported is not None:
             self._healthy()  # a real commit after a fault: the storage is back
         claimed: ClaimResult | None = results.pop() if claim is not None else None
+        if claimed is not None and claimed.claimed:
+            _show_claims(ops, results, claimed)
         events = _events_of(ops, results, claimed)
         if events:
             self._hub.publish(events)
@@ -290,6 +293,17 @@ class Writer:
         if self._task is not None:
             await self._task
             self._task = None
+
+
+def _show_claims(ops: Sequence[WriteOp], results: list[Any], claimed: ClaimResult) -> None:
+    """An enqueue whose job the same transaction claimed answers with the job as committed
+    (RUNNING), not as it was inserted."""
+    running = {item.job.id: item.job for item in claimed.claimed}
+    for index, op in enumerate(ops):
+        result = results[index]
+        if isinstance(op, InsertJobs) and not isinstance(result, JobwireError):
+            results[index] = [replace(r, job=running[r.job.id]) if r.created and r.job.id in running else r
+                              for r in result]
 
 
 def _resolve(batch: list[_Pending], results: Sequence[Any]) -> None:
