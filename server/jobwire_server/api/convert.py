@@ -8,6 +8,7 @@ by field instead of going through datetime.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Final, cast
 
@@ -20,6 +21,7 @@ from jobwire_server.domain.models import Event, Job, JobError, Phase, QueueStats
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 
 __all__ = [
+    "EncodedEvents",
     "duration_to_proto",
     "event_to_proto",
     "event_type_from_proto",
@@ -230,6 +232,27 @@ def event_to_proto(event: Event) -> jobwire_pb2.JobEvent:
     if event.job is not None:
         _fill_job(message.job, event.job)
     return message
+
+
+class EncodedEvents:
+    """Each published event serialized once, however many streams send it: the hub hands the same
+    `Event` object to every subscriber, so the bytes are kept by that object's identity (holding
+    the object, so the identity cannot be reused) for the most recent `capacity` events."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._cache: OrderedDict[int, tuple[Event, bytes]] = OrderedDict()
+
+    def __call__(self, event: Event) -> bytes:
+        key = id(event)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit[1]
+        data: bytes = event_to_proto(event).SerializeToString()
+        self._cache[key] = (event, data)
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return data
 
 
 def snapshot_event(job: Job) -> jobwire_pb2.JobEvent:

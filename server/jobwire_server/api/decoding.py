@@ -118,6 +118,8 @@ def _guard(handler: Handler, deserialize: Callable[[bytes], Any], method: str, f
         await context.abort_with_status(bad.status())
 
     serializer = handler.response_serializer
+    if handler.response_streaming and serializer is not None:
+        serializer = _bytes_pass(serializer)
     if handler.request_streaming:
         def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             return _checked_stream(requests, context, refuse)
@@ -136,6 +138,16 @@ def _guard(handler: Handler, deserialize: Callable[[bytes], Any], method: str, f
 
 
 Refuse = Callable[[Undecodable, Context], Awaitable[None]]
+
+
+def _bytes_pass(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A streaming method may send a message already serialized (a watch event encoded once for
+    every stream that sends it): bytes go out as they are."""
+
+    def serializer(message: Any) -> bytes:
+        return message if message.__class__ is bytes else serialize(message)
+
+    return serializer
 
 
 async def _checked_stream(requests: AsyncIterator[Any], context: Context, refuse: Refuse) -> AsyncIterator[Any]:

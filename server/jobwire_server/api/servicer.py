@@ -13,6 +13,7 @@ from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from opentelemetry import trace
 
 from jobwire_server.api.convert import (
+    EncodedEvents,
     delivery_to_proto,
     event_to_proto,
     job_to_proto,
@@ -74,6 +75,9 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
         self._max_watches = max_watch_streams
         self._secret = page_secret or secrets.token_bytes(32)
         self._watches = 0
+        #: Live events are sent as bytes serialized once for all their streams (the streaming
+        #: methods' serializer passes bytes through: see api/decoding.py).
+        self._encoded = EncodedEvents()
 
     # ------------------------------------------------------------------ writes
 
@@ -199,7 +203,7 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
             if done:
                 return
             async for event in self._live(sub, context, last):
-                yield event_to_proto(event)
+                yield self._encoded(event)  # type: ignore[misc]  # bytes: serialized once for every stream
                 if event.type in FINAL_EVENTS:
                     return
         finally:
@@ -237,7 +241,7 @@ class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
         sub = self._service.hub.subscribe_all(EventFilter(queues, kinds, types))
         try:
             async for event in self._live(sub, context, 0):
-                yield event_to_proto(event)
+                yield self._encoded(event)  # type: ignore[misc]  # bytes: serialized once for every stream
         finally:
             sub.close()
             self._watches -= 1
