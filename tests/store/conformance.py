@@ -35,7 +35,15 @@ from jobwire_server.domain.transitions import (
     report_progress,
     retry_after_failure,
 )
-from jobwire_server.store.base import ClaimParams, Committed, JobStore
+from jobwire_server.store.base import (
+    ApplyChange,
+    ClaimJobs,
+    ClaimParams,
+    Committed,
+    InsertJobs,
+    JobStore,
+    UpdateJob,
+)
 
 T0 = 1_900_000_000.0
 REQUEST_TTL = 86_400.0
@@ -431,6 +439,39 @@ class StoreConformance:
         retried, committed = await store.update_job(running.id, lambda j: plan_retry(j, True, T0 + 3))
         assert committed is not None and retried.state is JobState.QUEUED
         assert [p.state for p in retried.phases] == [PhaseState.PENDING]
+
+    # ------------------------------------------------------------------ one transaction, many writes
+
+    async def test_write_commits_many_operations_in_order_and_refuses_each_on_its_own(self, store: Store) -> None:
+        await insert(store, nj(request_id="r-1", fingerprint="one"))
+        missing = "01890000-0000-7000-8000-000000000000"
+        results = await store.write([
+            InsertJobs([nj(payload=b"a")], T0 + 1, REQUEST_TTL),
+            # refused as a whole: its first job must not be written either
+            InsertJobs([nj(payload=b"b"), nj(request_id="r-1", fingerprint="two")], T0 + 1, REQUEST_TTL),
+            UpdateJob(missing, lambda j: plan_cancel(j, "x", T0 + 1)),
+            InsertJobs([nj(payload=b"c")], T0 + 1, REQUEST_TTL),
+            ClaimJobs(ClaimParams(now=T0 + 1, limit=10, owner=OWNER, lease_expires=T0 + 1 + LEASE)),
+        ])
+        assert len(results) == 5
+        (a,), refused, not_found, (c,), claimed = results
+        assert isinstance(refused, RequestIdReused) and isinstance(not_found, JobNotFound)
+        assert a.created and c.created
+        payloads = sorted(j.payload for j in await all_jobs(store))
+        assert payloads == [b"a", b"c", b"payload"], "nothing of the refused operation is written"
+        # The claim in the same transaction sees the jobs inserted before it.
+        assert {item.job.id for item in claimed.claimed} >= {a.job.id, c.job.id}
+        assert all(item.job.state is JobState.RUNNING for item in claimed.claimed)
+
+    async def test_write_applies_changes_to_one_job_in_their_order(self, store: Store) -> None:
+        await insert(store, nj())
+        running = await claim_one(store)
+        first = report_progress(running, 0, 50, "half", T0 + 1)
+        results = await store.write([ApplyChange(first), ApplyChange(finish_phase(first.job, 0, b"r", T0 + 2))])
+        assert [r is not None for r in results] == [True, True]
+        assert [e.type for r in results for e in r.events] == [
+            EventType.PROGRESS, EventType.PHASE_SUCCEEDED, EventType.PHASE_STARTED]
+        assert [e.sequence for r in results for e in r.events] == [4, 5, 6]
 
     async def test_partial_retry_keeps_succeeded_phases(self, store: Store) -> None:
         await insert(store, nj(phases=("a", "b", "c")))
