@@ -161,7 +161,11 @@ class App:
         self.writer.start()
         self.leases.start()
         self.dispatcher.start()
-        await self.webhooks.start()
+        try:
+            await self.webhooks.start()  # the first write: storage that cannot write fails the start
+        except StorageError as exc:
+            await self.stop()
+            raise StartupError(str(exc)) from None
         self.retention.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

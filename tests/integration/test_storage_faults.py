@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobwire.v1 import jobwire_pb2 as pb
 from jobwire.v1 import jobwire_pb2_grpc
-from jobwire_server.app import App
+from jobwire_server.app import App, StartupError
+from jobwire_server.domain.models import NewJob
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.store.sqlite.store import SqliteJobStore, StoreError
 
-from tests.testkit import Gate, Harness, Recorder, enqueue, error_details, gate
+from tests.testkit import Gate, Harness, Recorder, enqueue, error_details, gate, new_job
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,12 +162,12 @@ async def test_the_engine_holds_its_writes_while_storage_fails_and_loses_none(ha
     assert app.writer.storage_error is None
 
 
-def _corrupt(path: Path) -> None:
-    """Scribble over the root pages of the jobs table and its indexes (every read of jobs meets one)."""
+def _corrupt(path: Path, table: str = "jobs") -> None:
+    """Scribble over the root pages of `table` and its indexes (every read of it meets one)."""
     with sqlite3.connect(path) as conn:
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
         roots = [row[0] for row in conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'jobs' AND rootpage > 0")]
+            "SELECT rootpage FROM sqlite_master WHERE tbl_name = ? AND rootpage > 0", (table,))]
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     with path.open("r+b") as f:
         for page in roots:
@@ -173,10 +175,13 @@ def _corrupt(path: Path) -> None:
             f.write(b"\xff" * page_size)
 
 
-async def _created(path: Path) -> None:
+async def _created(path: Path, *jobs: NewJob) -> list[str]:
     store = SqliteJobStore(str(path))
     await store.open()
-    await store.close()
+    try:
+        return [r.job.id for r in await store.insert_jobs(list(jobs), time.time(), 60)] if jobs else []
+    finally:
+        await store.close()
 
 
 async def test_a_corrupt_database_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
@@ -190,16 +195,29 @@ async def test_a_corrupt_database_is_refused_at_start_with_one_line(tmp_path: Pa
     assert str(path) in message and "corrupt" in message and "\n" not in message
 
 
-async def test_corruption_found_while_serving_answers_data_loss_and_turns_health_off(harness: Harness) -> None:
+async def test_without_the_check_a_damaged_queue_still_fails_the_start_instead_of_hanging(
+        harness: Harness) -> None:
     path = harness.directory / "damaged.db"
     await _created(path)
     _corrupt(path)
+    async with asyncio.timeout(20):
+        with pytest.raises(StartupError) as info:
+            await harness.start(gate, db="damaged.db", integrity_check=False)
+    assert str(path) in str(info.value) and "malformed" in str(info.value)
+
+
+async def test_corruption_found_while_serving_answers_data_loss_and_turns_health_off(harness: Harness) -> None:
+    path = harness.directory / "damaged.db"
+    (job_id,) = await _created(path, new_job(gate, b"{}", now=time.time(), delay=1e9))  # never due
+    _corrupt(path, "events")
     app = await harness.start(gate, db="damaged.db", integrity_check=False)  # the check skipped: it starts
     async with aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
         stub = jobwire_pb2_grpc.JobServiceStub(ch)
         health = Health(ch, "")
+        await health.until(SERVING)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.ListJobs(pb.ListJobsRequest())
+            async for _ in stub.WatchJob(pb.WatchJobRequest(id=job_id, after_sequence=1)):
+                pass
         assert info.value.code() is grpc.StatusCode.DATA_LOSS, info.value
         assert error_details(info.value)[0] == "STORAGE_CORRUPT"
         assert str(path) in (info.value.details() or "")

@@ -98,6 +98,9 @@ class Dispatcher:
         return ClaimParams(now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
                            queue_room=room)
 
+    def claim_failed(self) -> None:
+        self._wanted = True
+
     def after_cycle(self, ops: Sequence[WriteOp], results: Sequence[Any], claim: ClaimParams | None,
                     claimed: ClaimResult | None) -> None:
         readied = False
@@ -112,9 +115,9 @@ class Dispatcher:
                 elif job.state is JobState.QUEUED:
                     readied = True
         if claimed is None or claim is None:
-            if readied:
-                self.wake()  # a job became ready in a transaction that did not claim
-            return
+            if readied and self._executor.free_slots() > 0:
+                self.wake()  # a job became ready in a transaction that did not claim (with no slot
+            return           # free, the commit that frees one claims it)
         for item in claimed.claimed:
             self._executor.start(item.job)
         if claimed.next_due is not None:

@@ -59,14 +59,19 @@ class LeaseKeeper:
     async def renew(self) -> None:
         ids = self._running_ids()
         if ids:
-            await self._writer.write(RenewLeases(self._owner, ids, self._clock.now() + self._ttl))
+            # Fails fast on a storage fault rather than being held: a renewal committed late would
+            # write an expiry that has already passed. The next heartbeat renews from a fresh time.
+            await self._writer.write(RenewLeases(self._owner, ids, self._clock.now() + self._ttl), fail_fast=True)
 
     async def rescue(self) -> int:
         """Requeue every RUNNING job whose lease has expired; returns how many."""
         now = self._clock.now()
         rescued = 0
+        mine = set(self._running_ids())  # running here: alive, whatever the stored lease says
         for job in await self._store.expired_leases(now, RESCUE_BATCH):
-            _, committed = await self._writer.write(UpdateJob(job.id, _rescuer(job, now)))
+            if job.id in mine:
+                continue
+            _, committed = await self._writer.write(UpdateJob(job.id, _rescuer(job, now)), fail_fast=True)
             if committed is not None:
                 rescued += 1
                 log.warning("job %s: lease expired during attempt %d (phase %s); requeued",

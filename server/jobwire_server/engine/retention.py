@@ -102,7 +102,8 @@ class Retention:
 
     async def _batches(self, step: Callable[[int], Awaitable[int]]) -> int:
         """Run `step(batch)` (one transaction, returns how many rows it handled) until a batch comes
-        back short or retention is stopping; the total handled."""
+        back short or retention is stopping; the total handled. Retention's writes fail fast on a
+        storage fault (a pass is simply tried again later), so PruneJobs answers at once then."""
         total = 0
         while not self._stop.is_set():
             done = await step(self.policy.batch)
@@ -113,7 +114,7 @@ class Retention:
 
     async def _make_stale(self, cutoffs: Mapping[JobState, float]) -> int:
         async def step(limit: int) -> int:
-            committed = await self._writer.write(MarkStale(cutoffs, self._clock.now(), limit))
+            committed = await self._writer.write(MarkStale(cutoffs, self._clock.now(), limit), fail_fast=True)
             return len(committed)
 
         return await self._batches(step) if cutoffs else 0
@@ -124,7 +125,7 @@ class Retention:
         cutoff = before
 
         async def step(limit: int) -> int:
-            events = await self._writer.write(DeleteStale(cutoff, self._clock.now(), limit))
+            events = await self._writer.write(DeleteStale(cutoff, self._clock.now(), limit), fail_fast=True)
             return len(events)
 
         return await self._batches(step)
@@ -132,6 +133,8 @@ class Retention:
     async def _prune(self, before: float | None) -> int:
         pruned = 0
         if before is not None:
-            pruned = await self._batches(lambda limit: self._writer.write(PruneDeliveryLog(before, limit)))
-        await self._batches(lambda limit: self._writer.write(PruneRequests(self._clock.now(), limit)))
+            pruned = await self._batches(
+                lambda limit: self._writer.write(PruneDeliveryLog(before, limit), fail_fast=True))
+        await self._batches(
+            lambda limit: self._writer.write(PruneRequests(self._clock.now(), limit), fail_fast=True))
         return pruned

@@ -69,6 +69,9 @@ class Claimer(Protocol):
     def after_cycle(self, ops: Sequence[WriteOp], results: Sequence[Any], claim: ClaimParams | None,
                     claimed: ClaimResult | None) -> None: ...
 
+    def claim_failed(self) -> None:
+        """The transaction that was to claim failed: claim in the next one."""
+
 
 class Writer:
     def __init__(self, store: JobStore, hub: WatchHub,
@@ -114,7 +117,7 @@ class Writer:
         if self._task is None or self._task.done():
             raise RuntimeError("the writer is not running")
         if self.storage_error is not None and (fail_fast or self._shutting_down.is_set()):
-            raise self.storage_error
+            raise _fresh(self.storage_error)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, future, fail_fast))
         self._wake.set()
@@ -167,17 +170,27 @@ class Writer:
             return
         try:
             results = await self._store.write([*ops, ClaimJobs(claim)] if claim is not None else ops)
-        except StorageError as exc:
-            await self._storage_failed(batch, exc)
-            return
         except Exception as exc:
-            await self._failed(batch, exc)
+            if claim is not None and self.claimer is not None:
+                self.claimer.claim_failed()  # nothing was claimed: ask again in the next transaction
+            if isinstance(exc, StorageError):
+                await self._storage_failed(batch, exc)
+            else:
+                await self._failed(batch, exc)
             return
         self.commits += 1
         self.last_commit_at = time.perf_counter()
         if self._reported is not None:
             self._healthy()  # a real commit after a fault: the storage is back
         claimed: ClaimResult | None = results.pop() if claim is not None else None
+        try:
+            self._after_commit(batch, ops, results, claim, claimed)
+        except Exception:  # committed already: every caller still gets its answer, the writer goes on
+            log.exception("handing out %d committed writes failed", len(batch))
+            _resolve(batch, results)
+
+    def _after_commit(self, batch: list[_Pending], ops: list[WriteOp], results: list[Any],
+                      claim: ClaimParams | None, claimed: ClaimResult | None) -> None:
         if claimed is not None and claimed.claimed:
             _show_claims(ops, results, claimed)
         events = _events_of(ops, results, claimed)
@@ -201,12 +214,10 @@ class Writer:
         probe on a backoff until the storage takes a write."""
         held: list[_Pending] = []
         for op, future, fail_fast in batch:
-            if future.done():
-                continue
-            if fail_fast:
-                future.set_exception(fault)
-            else:
-                held.append((op, future, fail_fast))
+            if not fail_fast:
+                held.append((op, future, fail_fast))  # even when its caller stopped waiting
+            elif not future.done():
+                future.set_exception(_fresh(fault))
         self._pending[:0] = held
         self._between_cycles.set()  # nothing was committed: a shutdown need not wait for the probes
         self._report(fault)
@@ -226,6 +237,10 @@ class Writer:
                 self._report(still)
                 self._fail_clients(still)
                 continue
+            except Exception:  # the probe itself failed otherwise: still not known to be healthy
+                log.exception("storage probe failed")
+                self._fail_clients(fault)
+                continue
             break
         if self._pending:
             self.storage_error = None  # clients may write again; the held writes' commit confirms it
@@ -243,7 +258,7 @@ class Writer:
         pending, self._pending = self._pending, []
         for _, future, _ in pending:
             if not future.done():
-                future.set_exception(fault)
+                future.set_exception(_fresh(fault))
 
     def _fail_clients(self, fault: StorageError) -> None:
         """Clients queued while a probe was waiting get the fault now rather than after recovery."""
@@ -251,7 +266,7 @@ class Writer:
         for op, future, fail_fast in self._pending:
             if fail_fast:
                 if not future.done():
-                    future.set_exception(fault)
+                    future.set_exception(_fresh(fault))
             else:
                 keep.append((op, future, fail_fast))
         self._pending = keep
@@ -293,6 +308,12 @@ class Writer:
         if self._task is not None:
             await self._task
             self._task = None
+
+
+def _fresh(fault: StorageError) -> StorageError:
+    """A new exception per caller: one shared object would collect every raiser's traceback (and
+    the frames, requests included, they hold) for as long as the fault lasts."""
+    return type(fault)(fault.path, fault.cause)
 
 
 def _show_claims(ops: Sequence[WriteOp], results: list[Any], claimed: ClaimResult) -> None:

@@ -76,7 +76,7 @@ class WebhookSender:
         self._stopping = False
 
     async def start(self) -> None:
-        released = await self._writer.write(ReleaseDeliveryLeases())
+        released = await self._writer.write(ReleaseDeliveryLeases(), fail_fast=True)
         if released:
             log.info("%d webhook deliveries taken before a restart are due again", released)
         await self._client.start()
@@ -121,7 +121,7 @@ class WebhookSender:
             now = self._clock.now()
             lease_until = now + self._settings.timeout + LEASE_MARGIN
             # A delivery that waited in its lane past its lease comes back here; it is held already.
-            for delivery in await self._writer.write(TakeDeliveries(now, room, lease_until)):
+            for delivery in await self._writer.write(TakeDeliveries(now, room, lease_until), fail_fast=True):
                 self._lanes.hold(delivery)
         while (ready := self._lanes.next_ready()) is not None:
             task = asyncio.create_task(self._attempt(ready), name=f"jobwire-webhook-{ready.id}")

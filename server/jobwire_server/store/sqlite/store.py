@@ -308,12 +308,16 @@ def _transaction(conn: Conn, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
+#: Longer than any request_id a client may send (128), so the probe's row can never be a client's.
+_PROBE_KEY = "jobwire.storage-probe/" + "-" * 200
+
+
 def _probe(conn: Conn) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("INSERT INTO requests VALUES ('jobwire.probe', '', '', 0)")
-        conn.execute("UPDATE requests SET fingerprint = printf('%4096s', '') WHERE request_id = 'jobwire.probe'")
-        conn.execute("DELETE FROM requests WHERE request_id = 'jobwire.probe'")
+        conn.execute("INSERT OR REPLACE INTO requests VALUES (?, '', '', 0)", (_PROBE_KEY,))
+        conn.execute("UPDATE requests SET fingerprint = printf('%4096s', '') WHERE request_id = ?", (_PROBE_KEY,))
+        conn.execute("DELETE FROM requests WHERE request_id = ?", (_PROBE_KEY,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

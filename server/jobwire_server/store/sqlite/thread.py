@@ -21,12 +21,16 @@ _Call = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, as
 
 
 class ConnectionThread:
-    """Owns a `sqlite3.Connection` and the thread that uses it."""
+    """Owns a `sqlite3.Connection` and the thread that uses it. Only that thread touches the
+    connection: it opens it, runs every call in submission order, and closes it last."""
 
     def __init__(self, path: str, name: str) -> None:
         self._path = path
         self._calls: SimpleQueue[_Call | None] = SimpleQueue()
         self._conn: sqlite3.Connection | None = None
+        #: Set by close(): new calls are refused; calls already queued still run first.
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
         # Daemon: a connection someone forgot to close must not keep the process alive.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
@@ -34,7 +38,7 @@ class ConnectionThread:
         """Start the thread, connect and run `setup` (pragmas) there."""
         self._thread.start()
         try:
-            await self.run(self._connect, setup)
+            await self._submit(self._connect, setup)
         except BaseException:
             await self.close()
             raise
@@ -44,11 +48,24 @@ class ConnectionThread:
         self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         setup(self._conn)
 
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(connection, *args)` on the connection's thread. A caller that is cancelled
         does not stop it: what it started commits or rolls back as a whole."""
-        if self._conn is None and function != self._connect:
+        if self._closing or not self._thread.is_alive():
             raise ConnectionClosed
+        return await self._submit(self._with_connection, function, *args)
+
+    def _with_connection(self, function: Callable[..., T], *args: Any) -> T:
+        if self._conn is None:
+            raise ConnectionClosed
+        return function(self._conn, *args)
+
+    async def _submit(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._calls.put((function, args, loop, future))
@@ -58,24 +75,27 @@ class ConnectionThread:
         while (call := self._calls.get()) is not None:
             function, args, loop, future = call
             try:
-                result = function(*args) if function == self._connect else function(self._conn, *args)
+                result = function(*args)
             except BaseException as exc:  # handed to the caller, never lost on this thread
                 _post(loop, future, exc, failed=True)
             else:
                 _post(loop, future, result, failed=False)
 
     async def close(self) -> None:
-        """Close the connection and end the thread (idempotent)."""
-        if self._thread.is_alive():
+        """Close the connection after every call already queued, and end the thread. Idempotent;
+        concurrent closes all wait for the one close."""
+        if self._closed is None:
+            self._closing = True
             loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
-            conn, self._conn = self._conn, None
-            # Queued behind every call already submitted; the thread ends right after it.
-            self._calls.put((lambda _: conn.close() if conn is not None else None, (), loop, done))
-            self._calls.put(None)
-            await asyncio.shield(done)
+            self._closed = loop.create_future()
+            if self._thread.is_alive():
+                self._calls.put((self._disconnect, (), loop, self._closed))
+                self._calls.put(None)
+            else:
+                self._closed.set_result(None)
+        await asyncio.shield(self._closed)
+        if self._thread.is_alive():
             self._thread.join(5.0)  # it has answered its last call: a wait of microseconds
-        self._conn = None
 
     @property
     def alive(self) -> bool:
