@@ -131,6 +131,7 @@ class Tally:
     unexpected_samples: list[str] = field(default_factory=list)
     webhooks: int = 0
     webhooks_refused: int = 0
+    webhooks_after_refusal: int = 0
     webhook_repeats: int = 0
     webhook_strangers: int = 0
     stale: int = 0
@@ -157,6 +158,7 @@ class Hooks:
         self.tally = tally
         self.rng = rng
         self.ids: set[str] = set()
+        self.refused: set[str] = set()
         self.jobs: set[str] = set()
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -175,12 +177,14 @@ class Hooks:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        hook_id = request.headers.get("webhook-id", "")
         if self.rng.random() < WEBHOOK_REFUSE:
             self.tally.webhooks_refused += 1
+            self.refused.add(hook_id)
             return web.Response(status=503, text="try again")
-        hook_id = request.headers.get("webhook-id", "")
         self.tally.webhooks += 1
         self.tally.webhook_repeats += hook_id in self.ids
+        self.tally.webhooks_after_refusal += hook_id in self.refused
         self.ids.add(hook_id)
         self.jobs.add(str(json.loads(body)["data"]["jobId"]))
         return web.Response(text="ok")
@@ -232,7 +236,7 @@ class Soak:
         self.deleted: set[str] = set()
         self.deleted_changed = asyncio.Condition()
         self.cancellable: collections.deque[str] = collections.deque(maxlen=500)
-        self.retryable: collections.deque[str] = collections.deque(maxlen=500)
+        self.retryable: collections.deque[str] = collections.deque(maxlen=100)
         self.recent: collections.deque[str] = collections.deque(maxlen=20)
         self.probes: set[str] = set()
         self.live = asyncio.Event()
@@ -322,7 +326,7 @@ class Soak:
 
     async def retry_one(self) -> None:
         if self.retryable:
-            job_id = self.retryable.popleft()
+            job_id = self.retryable.pop()  # the newest: older ones may be deleted already
             request = pb.RetryJobRequest(id=job_id, from_start=self.rng.random() < 0.3)
             await self.call("RetryJob", self.stub.RetryJob(request, timeout=CALL_TIMEOUT))
 
@@ -541,8 +545,9 @@ def verdict(soak: Soak, exit_code: int, log: str) -> list[str]:
     if tally.watch_anomalies:
         failures.append(f"watch anomalies: {tally.watch_anomalies[:3]}")
     strangers = soak.hooks.jobs - soak.acked
-    print(f"webhooks: {tally.webhooks} delivered ({tally.webhook_repeats} repeats of a webhook-id), "
-          f"{tally.webhooks_refused} refused with 503 on purpose, for {len(soak.hooks.jobs)} jobs")
+    print(f"webhooks: {tally.webhooks} delivered for {len(soak.hooks.jobs)} jobs ({tally.webhook_repeats} repeats of "
+          f"a webhook-id); {tally.webhooks_refused} refused with 503 on purpose, {tally.webhooks_after_refusal} of "
+          "them delivered on a later attempt with the same webhook-id")
     if tally.webhooks == 0:
         failures.append("no webhook was delivered")
     if strangers:
