@@ -12,11 +12,13 @@ TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 GEN_DIR := clients/python
+# How long `make soak` runs its load, in minutes.
+SOAK_MINUTES ?= 10
 PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
 	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: help venv install run test test-py test-node lint proto proto-check buf bench demo clean
+.PHONY: help venv install run test test-py test-node lint soak proto proto-check buf bench demo clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +56,9 @@ test-node: $(STAMP) ## the Node.js client tests (skipped with a notice when node
 lint: $(STAMP) ## ruff and mypy --strict on our code
 	$(VENV)/bin/ruff check server clients/python tests bench
 	$(VENV)/bin/mypy server/jobwire_server clients/python/jobwire
+
+soak: $(STAMP) ## mixed load on a real server for SOAK_MINUTES (10); one line per 10 s, then a verdict (not in `make test`)
+	$(PY) -m tests.reliability.soak --minutes $(SOAK_MINUTES)
 
 proto: $(STAMP) ## regenerate the Python stubs from proto/
 	$(call PROTOC,$(GEN_DIR))

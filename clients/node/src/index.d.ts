@@ -108,6 +108,31 @@ export interface ClientOptions {
   channelOptions?: grpcNs.ChannelOptions;
   /** Folder holding jobwire/v1/jobwire.proto; defaults to the repository's proto/ folder. */
   protoDir?: string;
+  /** How `watch` resumes a stream the server ended with a retryable status; defaults to DEFAULT_RETRY. */
+  retry?: RetryPolicy;
+}
+
+/**
+ * How a watch is resumed. `maxAttempts` bounds the tries in a row that receive no event (1: never
+ * resume); the wait before retry n (0-based) is min(maxBackoffMs, initialBackoffMs * multiplier ** n),
+ * randomised down by up to half.
+ */
+export interface RetryPolicy {
+  maxAttempts?: number;
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+  multiplier?: number;
+}
+
+export const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
+
+export interface WatchOptions {
+  /** 0 (default): start with a SNAPSHOT; n > 0: replay the stored events after sequence n first. */
+  afterSequence?: number | string | bigint;
+  /** Overrides the client's retry policy for this watch. */
+  retry?: RetryPolicy;
+  /** Called before each new try, with the error that ended the stream, the try's number and its delay. */
+  onRetry?: (error: JobwireError, attempt: number, delayMs: number) => void;
 }
 
 export interface EnqueueOptions {
@@ -164,7 +189,11 @@ export class JobwireClient {
   get(id: string): Promise<Job>;
   cancel(id: string, reason?: string): Promise<Job>;
   retry(id: string, options?: { fromStart?: boolean }): Promise<Job>;
-  watch(id: string, options?: { afterSequence?: number | string | bigint }): EventStream;
+  /**
+   * One job's events until the terminal one. Resumes after the last sequence received when the server
+   * ends the stream with UNAVAILABLE or RESOURCE_EXHAUSTED (TOO_MANY_STREAMS, WATCH_TOO_SLOW).
+   */
+  watch(id: string, options?: WatchOptions): EventStream;
   close(): void;
 }
 

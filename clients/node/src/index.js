@@ -244,9 +244,11 @@ export function timestampToDate(ts) {
  *   - `timeoutMs`: optional deadline applied to every unary call.
  *   - `channelOptions`: extra grpc-js channel options.
  *   - `protoDir`: folder holding jobwire/v1/jobwire.proto (defaults to DEFAULT_PROTO_DIR).
+ *   - `retry`: how `watch` resumes a stream the server ended with a status a client retries (see
+ *     DEFAULT_RETRY and `watch`); `{maxAttempts: 1}` turns resuming off.
  */
 export class JobwireClient {
-  constructor(target, { token, tls, timeoutMs, channelOptions, protoDir } = {}) {
+  constructor(target, { token, tls, timeoutMs, channelOptions, protoDir, retry } = {}) {
     if (!target) throw new TypeError('target is required, e.g. "127.0.0.1:50051"');
     const Service = loadService(protoDir ?? process.env.JOBWIRE_PROTO_DIR ?? DEFAULT_PROTO_DIR);
     let creds;
@@ -256,6 +258,7 @@ export class JobwireClient {
     this._token = token ?? null;
     this._timeoutMs = timeoutMs ?? null;
     this._closed = false;
+    this._retry = retryPolicy(retry);
     this._stub = new Service(target, creds, channelOptions ?? {});
   }
 
@@ -343,18 +346,133 @@ export class JobwireClient {
 
   /**
    * Streams one job's events as an async iterator of JobEvent objects. It ends when the server
-   * ends the stream (after the terminal event); a failed stream throws a JobwireError from the
-   * iterator. Breaking out of a `for await` loop (or calling `.cancel()`) cancels the call.
+   * ends the stream (after the terminal event). Breaking out of a `for await` loop (or calling
+   * `.cancel()`) cancels the call.
+   *
+   * A stream the server ends with a status a client retries is opened again after the last
+   * `sequence` received, so no event is lost or repeated: UNAVAILABLE (server restarting, draining
+   * or unreachable) and RESOURCE_EXHAUSTED with reason TOO_MANY_STREAMS (the server's watch limit)
+   * after the retry policy's backoff, RESOURCE_EXHAUSTED with reason WATCH_TOO_SLOW (this reader
+   * fell behind) at once. `retry.maxAttempts` bounds the tries in a row that receive no event;
+   * then, or for any other status, the iterator throws the JobwireError. `onRetry(error, attempt,
+   * delayMs)` is called before each new try.
    */
-  watch(id, { afterSequence = 0 } = {}) {
-    const call = this._stub.WatchJob({ id, afterSequence: String(afterSequence) }, this._metadata());
-    return new EventStream(call);
+  watch(id, { afterSequence = 0, retry, onRetry } = {}) {
+    const policy = retry === undefined ? this._retry : retryPolicy(retry);
+    const open = (after) => new EventStream(this._stub.WatchJob({ id, afterSequence: String(after) }, this._metadata()));
+    return new ResumingEventStream(open, BigInt(afterSequence), policy, onRetry ?? null);
   }
 
   /** Closes the channel. Calls still in flight are cancelled. */
   close() {
     this._closed = true;
     this._stub.close();
+  }
+}
+
+/** How `watch` retries by default: 5 tries in a row without an event, backoff 100 ms doubling to 2 s. */
+export const DEFAULT_RETRY = Object.freeze({ maxAttempts: 5, initialBackoffMs: 100, maxBackoffMs: 2000, multiplier: 2 });
+
+function retryPolicy(retry) {
+  const policy = { ...DEFAULT_RETRY, ...(retry ?? {}) };
+  const { maxAttempts, initialBackoffMs, maxBackoffMs, multiplier } = policy;
+  if (!Number.isInteger(maxAttempts) || maxAttempts < 1) throw new TypeError('retry.maxAttempts must be an integer >= 1');
+  if (!(initialBackoffMs >= 0) || !(maxBackoffMs >= 0) || !(multiplier >= 1)) {
+    throw new TypeError('retry backoffs must be >= 0 and retry.multiplier >= 1');
+  }
+  return Object.freeze(policy);
+}
+
+/** Milliseconds to wait before retry number `retry` (0-based), randomised down by up to half (jitter). */
+function backoffMs(policy, retry) {
+  const ceiling = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * policy.multiplier ** retry);
+  return ceiling * (0.5 + Math.random() / 2);
+}
+
+const RESUMED_AT_ONCE = 'WATCH_TOO_SLOW';
+const RESUMED_AFTER_BACKOFF = 'TOO_MANY_STREAMS';
+
+/** When a failed watch is tried again: 'backoff', 'now', or null (never: the error is thrown). */
+function resumption(err) {
+  if (err.code === grpc.status.UNAVAILABLE) return 'backoff';
+  if (err.code !== grpc.status.RESOURCE_EXHAUSTED) return null;
+  if (err.reason === RESUMED_AFTER_BACKOFF) return 'backoff';
+  return err.reason === RESUMED_AT_ONCE ? 'now' : null;
+}
+
+/** The iterator `watch` returns: one EventStream after another, each resuming after the last sequence. */
+class ResumingEventStream {
+  constructor(open, afterSequence, policy, onRetry) {
+    this._open = open;
+    this._last = afterSequence;
+    this._policy = policy;
+    this._onRetry = onRetry;
+    this._failures = 0;
+    this._current = open(afterSequence); // the first call starts at once, as a plain stream would
+    this._done = false;
+    this._wake = null; // ends the backoff wait early when cancelled
+  }
+
+  async next() {
+    while (!this._done) {
+      this._current ??= this._open(this._last);
+      let result;
+      try {
+        result = await this._current.next();
+      } catch (err) {
+        this._current = null;
+        if (this._done) break;
+        const when = resumption(err);
+        if (when === null || this._failures + 1 >= this._policy.maxAttempts) {
+          this._done = true;
+          throw err;
+        }
+        const delayMs = when === 'backoff' ? backoffMs(this._policy, this._failures) : 0;
+        this._failures += 1;
+        this._onRetry?.(err, this._failures, delayMs);
+        if (delayMs > 0) await this._pause(delayMs);
+        continue;
+      }
+      if (result.done) {
+        this._done = true;
+        break;
+      }
+      const sequence = BigInt(result.value.sequence);
+      if (sequence > this._last) this._last = sequence;
+      this._failures = 0;
+      return result;
+    }
+    return { value: undefined, done: true };
+  }
+
+  _pause(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this._wake = null;
+        resolve();
+      }, ms);
+      this._wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Stops the stream (cancels the call, or the wait before the next try). */
+  cancel() {
+    if (this._done) return;
+    this._done = true;
+    this._current?.cancel();
+    this._wake?.();
+  }
+
+  async return(value) {
+    this.cancel();
+    return { value, done: true };
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
   }
 }
 

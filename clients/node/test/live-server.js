@@ -29,11 +29,16 @@ function freePort() {
   });
 }
 
-/** `{target, stop()}` of a serving jobwire server; throws with its output when it does not start. */
-export async function startServer(readyMs = 20_000) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-server-'));
-  const target = `127.0.0.1:${await freePort()}`;
-  const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(dir, 'j.db')];
+/**
+ * `{target, stop()}` of a serving jobwire server; throws with its output when it does not start.
+ * `flags` are added to `serve`'s arguments; giving the `dir` (and `target`) of a stopped server starts
+ * it again on the same database (and address); a `dir` given is left in place by `stop()`.
+ */
+export async function startServer({ flags = [], dir, target, readyMs = 20_000 } = {}) {
+  const ownDir = !dir;
+  dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-server-'));
+  target ??= `127.0.0.1:${await freePort()}`;
+  const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(dir, 'j.db'), ...flags];
   const server = spawn(pythonExecutable(), args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   server.stdout.on('data', (chunk) => { output += chunk; });
@@ -41,8 +46,9 @@ export async function startServer(readyMs = 20_000) {
   const exited = new Promise((resolve) => server.on('exit', (code, signal) => resolve({ code, signal })));
   const stop = async () => {
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
-    await exited;
-    fs.rmSync(dir, { recursive: true, force: true });
+    const status = await exited;
+    if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
+    return status;
   };
   const probe = new JobwireClient(target, {
     channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
@@ -58,5 +64,5 @@ export async function startServer(readyMs = 20_000) {
   } finally {
     probe.close();
   }
-  return { target, stop, output: () => output };
+  return { target, dir, stop, output: () => output };
 }
