@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -29,6 +29,7 @@ from jobwire_server.domain.models import Job, JobError, NewJob, PendingEvent, We
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 from jobwire_server.domain.transitions import (
+    JobChange,
     fail,
     finish_phase,
     interrupt_by_shutdown,
@@ -72,6 +73,28 @@ async def claim(store: Store, now: float = T0, limit: int = 100, room: dict[str,
     promoted, claimed = await store.claim_jobs(ClaimParams(now=now, limit=limit, owner=owner,
                                                            lease_expires=now + LEASE, queue_room=room or {}))
     return list(promoted), list(claimed)
+
+
+@dataclass
+class CycleResult:
+    """What one engine transaction committed: the changes' results, then what its claim did."""
+
+    results: list[Committed | None]
+    promoted: list[Committed]
+    claimed: list[Committed]
+    next_due: float | None
+
+
+async def commit_cycle(store: Store, changes: Sequence[JobChange], claim: ClaimParams | None) -> CycleResult:
+    """The engine's transaction shape: guarded changes, then a claim for the slots they free."""
+    ops: list[Any] = [ApplyChange(c) for c in changes]
+    if claim is not None:
+        ops.append(ClaimJobs(claim))
+    results = await store.write(ops)
+    if claim is None:
+        return CycleResult(results, [], [], None)
+    claimed = results.pop()
+    return CycleResult(results, claimed.promoted, claimed.claimed, claimed.next_due)
 
 
 async def claim_one(store: Store, now: float = T0) -> Job:
@@ -497,7 +520,7 @@ class StoreConformance:
         (due,) = await insert(store, nj(payload=b"due", run_at=T0 + 2), now=T0 + 1)
         (later,) = await insert(store, nj(payload=b"later", run_at=T0 + 50), now=T0 + 1)
         params = ClaimParams(now=T0 + 3, limit=1, owner=OWNER, lease_expires=T0 + 3 + LEASE)
-        cycle = await store.commit_cycle([finish_phase(running, 0, b"r", T0 + 3)], params)
+        cycle = await commit_cycle(store, [finish_phase(running, 0, b"r", T0 + 3)], params)
         (done,) = cycle.results
         assert done is not None and done.job.state is JobState.SUCCEEDED
         assert [c.job.id for c in cycle.promoted] == [due.id]
@@ -513,7 +536,7 @@ class StoreConformance:
         running = await claim_one(store)
         (queued,) = await insert(store, nj(payload=b"q"), now=T0 + 1)
         (due,) = await insert(store, nj(payload=b"d", run_at=T0 + 2), now=T0 + 1)
-        cycle = await store.commit_cycle([finish_phase(running, 0, b"r", T0 + 5)], None)
+        cycle = await commit_cycle(store, [finish_phase(running, 0, b"r", T0 + 5)], None)
         assert [r is not None for r in cycle.results] == [True]
         assert (cycle.promoted, cycle.claimed, cycle.next_due) == ([], [], None)
         assert (await store.get_job(queued.id)).state is JobState.QUEUED
@@ -525,11 +548,11 @@ class StoreConformance:
         (queued,) = await insert(store, nj(payload=b"q"), now=T0 + 1)
         stale = replace(running, attempt=running.attempt + 3)
         params = ClaimParams(now=T0 + 2, limit=5, owner=OWNER, lease_expires=T0 + 2 + LEASE)
-        cycle = await store.commit_cycle([finish_phase(stale, 0, b"x", T0 + 2)], params)
+        cycle = await commit_cycle(store, [finish_phase(stale, 0, b"x", T0 + 2)], params)
         assert cycle.results == [None]
         assert [c.job.id for c in cycle.claimed] == [queued.id]
         assert (await store.get_job(running.id)).state is JobState.RUNNING
-        empty = await store.commit_cycle([], params)
+        empty = await commit_cycle(store, [], params)
         assert (empty.results, empty.promoted, empty.claimed, empty.next_due) == ([], [], [], None)
 
     # ------------------------------------------------------------------ leases

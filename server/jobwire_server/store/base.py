@@ -54,17 +54,6 @@ class ClaimParams:
 
 
 @dataclass(frozen=True, slots=True)
-class Cycle:
-    """One group commit: the executor's changes, then due jobs promoted and ready jobs claimed."""
-
-    results: list[Committed | None]
-    promoted: list[Committed]
-    claimed: list[Committed]
-    #: Earliest run_at of a SCHEDULED or RETRYING job after the cycle (when a claim was made).
-    next_due: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class RetentionCounts:
     marked_stale: int = 0
     deleted: int = 0
@@ -225,10 +214,6 @@ class JobStore(Protocol):
         """Write many guarded changes in one transaction (group commit)."""
         ...
 
-    async def commit_cycle(self, changes: Sequence[JobChange], claim: ClaimParams | None) -> Cycle:
-        """`apply_changes` and then, when `claim` is given, `claim_jobs`, in one transaction: the
-        slots that finishing jobs free are refilled by the same commit."""
-        ...
 
     async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
         """Read the job inside a write transaction, build a change from it, write it guarded."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.errors import (
@@ -33,7 +33,6 @@ from jobwire_server.store.base import (
     ClaimParams,
     ClaimResult,
     Committed,
-    Cycle,
     DeleteStale,
     InsertJobs,
     InsertResult,
@@ -53,6 +52,7 @@ from jobwire_server.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
 Conn = sqlite3.Connection
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -174,7 +174,7 @@ class SqliteJobStore:
             raise result
         return result
 
-    async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _read(self, function: Callable[..., T], *args: Any) -> T:
         if self._reader is None:
             raise StoreError("store is closed")
         try:
@@ -197,15 +197,6 @@ class SqliteJobStore:
     async def apply_changes(self, changes: Sequence[JobChange]) -> list[Committed | None]:
         return await self.write([ApplyChange(c) for c in changes])
 
-    async def commit_cycle(self, changes: Sequence[JobChange], claim: ClaimParams | None) -> Cycle:
-        ops: list[WriteOp] = [ApplyChange(c) for c in changes]
-        if claim is not None:
-            ops.append(ClaimJobs(claim))
-        results = await self.write(ops)
-        if claim is None:
-            return Cycle(results, [], [], None)
-        claimed: ClaimResult = results.pop()
-        return Cycle(results, claimed.promoted, claimed.claimed, claimed.next_due)
 
     async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
         result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
@@ -248,48 +239,38 @@ class SqliteJobStore:
     # ------------------------------------------------------------------ reads
 
     async def get_job(self, job_id: str) -> Job:
-        job: Job = await self._read(reads.get_job, job_id)
-        return job
+        return await self._read(reads.get_job, job_id)
 
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
-        page: tuple[list[Job], str | None] = await self._read(reads.list_jobs, query)
-        return page
+        return await self._read(reads.list_jobs, query)
 
     async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]:
-        events: list[Event] = await self._read(reads.events_after, job_id, sequence, limit)
-        return events
+        return await self._read(reads.events_after, job_id, sequence, limit)
 
     async def queue_stats(self, queue: str, now: float) -> list[QueueStats]:
-        stats: list[QueueStats] = await self._read(reads.queue_stats, queue, now)
-        return stats
+        return await self._read(reads.queue_stats, queue, now)
 
     async def next_wakeup(self) -> float | None:
-        at: float | None = await self._read(reads.next_wakeup)
-        return at
+        return await self._read(reads.next_wakeup)
 
     async def next_lease_expiry(self) -> float | None:
-        at: float | None = await self._read(reads.next_lease_expiry)
-        return at
+        return await self._read(reads.next_lease_expiry)
 
     async def expired_leases(self, now: float, limit: int) -> list[Job]:
-        jobs: list[Job] = await self._read(reads.expired_leases, now, limit)
-        return jobs
+        return await self._read(reads.expired_leases, now, limit)
 
     async def next_delivery_due(self) -> float | None:
-        at: float | None = await self._read(outbox.next_due)
-        return at
+        return await self._read(outbox.next_due)
 
     async def job_deliveries(self, job_id: str) -> list[DeliveryInfo]:
         """A job's deliveries with their attempt log; JobNotFound when the job does not exist."""
-        found: list[DeliveryInfo] = await self._read(reads.job_deliveries, job_id)
-        return found
+        return await self._read(reads.job_deliveries, job_id)
 
     async def retention_preview(
         self, finished_before: Mapping[JobState, float], stale_before: float | None, log_before: float | None
     ) -> RetentionCounts:
         """What one full retention pass would do now, counted without writing."""
-        counts: RetentionCounts = await self._read(reads.retention_preview, finished_before, stale_before, log_before)
-        return counts
+        return await self._read(reads.retention_preview, finished_before, stale_before, log_before)
 
 
 # ---------------------------------------------------------------------- one transaction
