@@ -8,13 +8,13 @@ Installed outermost when metrics are on, so calls that auth refuses are counted 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc import aio
 
-from jobwire_server.api.tracing import _code as status_code
+from jobwire_server.api.observe import status_code, watched
 from jobwire_server.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -60,42 +60,4 @@ def _grpc_type(handler: Handler) -> str:
 def _counted(handler: Handler, call: _Call) -> Handler:
     if handler.request_streaming:
         return handler  # no jobwire RPC streams requests; reflection's is left uncounted
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_stream_response(handler.unary_stream, call),
-                                                    handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(_unary_response(handler.unary_unary, call),
-                                               handler.request_deserializer, handler.response_serializer)
-
-
-def _unary_response(behavior: Any, call: _Call) -> Callable[[Any, Context], Awaitable[Any]]:
-    async def run(request: Any, context: Context) -> Any:
-        started = call.start()
-        try:
-            response = await behavior(request, context)
-        except BaseException as exc:
-            call.end(started, context, exc)
-            raise
-        call.end(started, context, None)
-        return response
-
-    return run
-
-
-def _stream_response(behavior: Any, call: _Call) -> Callable[[Any, Context], AsyncIterator[Any]]:
-    async def run(request: Any, context: Context) -> AsyncIterator[Any]:
-        started = call.start()
-        error: BaseException | None = None
-        try:
-            result = behavior(request, context)
-            if hasattr(result, "__aiter__"):
-                async for response in result:
-                    yield response
-            else:  # a coroutine that sends with context.write()
-                await result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            call.end(started, context, error)
-
-    return run
+    return watched(handler, call)
