@@ -75,7 +75,7 @@ class Hostile:
             writer.write(answer[index % len(answer):][:1])
             await writer.drain()
             self.bytes_sent["drip"] += 1
-            await asyncio.sleep(self.drip_interval)  # the misbehaviour itself, not a wait for something
+            await asyncio.sleep(self.drip_interval)  # sleep-ok: the misbehaviour itself, not a wait for something
 
     async def _huge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
