@@ -1,42 +1,17 @@
 // End-to-end test of the Node.js client against the real jobwire server.
 //
-// Starts `$JOBWIRE_PYTHON -m jobwire_server serve` on a free loopback port with a fresh database,
-// waits (bounded by a deadline, no fixed sleeps) until its gRPC port is ready, runs a job to
-// completion while watching it, exercises get/cancel/retry and the error model, then stops the
-// server with SIGTERM and waits for it to exit.
+// Starts a real server (live-server.js: a free loopback port, a fresh database, ready when its health
+// check answers), runs a job to completion while watching it, exercises get/cancel/retry and the
+// error model, then stops the server with SIGTERM and waits for it to exit.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { JobwireClient, JobwireError } from '../src/index.js';
+import { startServer } from './live-server.js';
 
-const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const READY_DEADLINE_MS = 20_000;
-
-function pythonExecutable() {
-  if (process.env.JOBWIRE_PYTHON) return process.env.JOBWIRE_PYTHON;
-  const venv = path.join(REPO_ROOT, '.venv', 'bin', 'python');
-  return fs.existsSync(venv) ? venv : 'python3';
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Collects every event of a watch until the server ends the stream. */
 async function collect(stream) {
@@ -59,66 +34,19 @@ async function expectJobwireError(promise, codeName, reason) {
 
 describe('JobwireClient against a live jobwire server', { timeout: 120_000 }, () => {
   let server;
-  let serverExit;
-  let serverLog = '';
-  let tmpDir;
   let client;
 
-  const logTail = () => serverLog.slice(-4000);
-
   before(async () => {
-    tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-'));
-    const port = await freePort();
-    const target = `127.0.0.1:${port}`;
-    const python = pythonExecutable();
-    const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(tmpDir, 't.db')];
-    server = spawn(python, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    const append = (chunk) => {
-      serverLog = (serverLog + chunk.toString()).slice(-64_000);
-    };
-    server.stdout.on('data', append);
-    server.stderr.on('data', append);
-    serverExit = new Promise((resolve) => {
-      server.on('exit', (code, signal) => resolve({ code, signal }));
-      server.on('error', (err) => resolve({ code: null, signal: null, error: err }));
-    });
-
-    client = new JobwireClient(target, {
-      timeoutMs: 15_000,
-      // Reconnect quickly while the server is starting, so readiness is noticed promptly.
-      channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
-    });
-
-    // Ready when the channel connects; fail at once if the server process dies first.
-    const exited = serverExit.then(({ code, signal, error }) => {
-      throw new Error(
-        `server exited before it was ready (code ${code}, signal ${signal}${error ? `, ${error.message}` : ''}): `
-          + `${python} ${args.join(' ')}\n--- server output ---\n${logTail()}`,
-      );
-    });
-    try {
-      await Promise.race([client.waitForReady(READY_DEADLINE_MS), exited]);
-    } catch (err) {
-      if (err instanceof JobwireError) {
-        throw new Error(`server not ready within ${READY_DEADLINE_MS} ms on ${target}\n--- server output ---\n${logTail()}`);
-      }
-      throw err;
-    } finally {
-      exited.catch(() => {}); // the race is over; a later exit is handled in after()
-    }
+    server = await startServer({ readyMs: READY_DEADLINE_MS });
+    client = new JobwireClient(server.target, { timeoutMs: 15_000 });
   });
 
   after(async () => {
     client?.close();
-    if (server && server.exitCode === null && server.signalCode === null) {
-      server.kill('SIGTERM');
-      const timer = setTimeout(() => server.kill('SIGKILL'), 15_000);
-      const { code, signal } = await serverExit;
-      clearTimeout(timer);
-      if (signal === 'SIGKILL') console.error(`server ignored SIGTERM for 15 s; killed\n${logTail()}`);
-      else if (code !== 0 && signal !== 'SIGTERM') console.error(`server exited with code ${code} after SIGTERM`);
+    if (server) {
+      const { code, signal } = await server.stop();
+      if (code !== 0 && signal !== 'SIGTERM') console.error(`server exited with code ${code} after SIGTERM`);
     }
-    if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
   });
 
   let finishedJobId;
