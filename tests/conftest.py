@@ -106,3 +106,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 @pytest.fixture
 def server(start_server: StartServer) -> ServerProcess:
     return start_server()
+
+
+# PostgreSQL fixtures (`pg_template`, `pg_url`) for every test that needs the shared store.
+from tests.pg import pg_template, pg_url  # noqa: E402, F401

@@ -655,7 +655,7 @@ class StoreConformance:
         assert json.loads(taken.body)["data"]["jobId"] == job.id
         assert await store.take_deliveries(T0 + 3, 10, lease_until=T0 + 60) == [], "a taken delivery is leased"
         assert await store.next_delivery_due() is None
-        assert await store.release_delivery_leases() == 1
+        assert await store.release_delivery_leases(T0 + 61) == 1
         assert [d.id for d in await store.take_deliveries(T0 + 3, 10, lease_until=T0 + 60)] == [taken.id]
 
     async def test_a_retry_logs_the_attempt_and_the_last_attempt_appends_an_event(self, store: Store) -> None:

@@ -71,7 +71,8 @@ class LeaseKeeper:
         for job in await self._store.expired_leases(now, RESCUE_BATCH):
             if job.id in mine:
                 continue
-            _, committed = await self._writer.write(UpdateJob(job.id, _rescuer(job, now)), fail_fast=True)
+            rescue = UpdateJob(job.id, _rescuer(job, now), lease_expired_before=now)
+            _, committed = await self._writer.write(rescue, fail_fast=True)
             if committed is not None:
                 rescued += 1
                 log.warning("job %s: lease expired during attempt %d (phase %s); requeued",

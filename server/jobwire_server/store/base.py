@@ -83,6 +83,9 @@ class UpdateJob:
 
     job_id: str
     build: ChangeBuilder
+    #: Only when the job's lease ran out before this time (a rescue): a lease another process
+    #: renewed since the rescuer looked makes it "nothing to do".
+    lease_expired_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,11 @@ class RecordDeliveryAttempt:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseDeliveryLeases:
-    """→ int. At start: deliveries a previous process had taken are due again."""
+    """→ int. At start: deliveries a previous process had taken are due again. A store that only
+    one process uses releases every lease; a shared one only those that ran out before `now`
+    (another replica's live lease is its own)."""
+
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +257,7 @@ class JobStore(Protocol):
 
     async def next_delivery_due(self) -> float | None: ...
 
-    async def release_delivery_leases(self) -> int: ...
+    async def release_delivery_leases(self, now: float) -> int: ...
 
     async def job_deliveries(self, job_id: str) -> list[DeliveryInfo]: ...
 

@@ -76,7 +76,7 @@ class WebhookSender:
         self._stopping = False
 
     async def start(self) -> None:
-        released = await self._writer.write(ReleaseDeliveryLeases(), fail_fast=True)
+        released = await self._writer.write(ReleaseDeliveryLeases(self._clock.now()), fail_fast=True)
         if released:
             log.info("%d webhook deliveries taken before a restart are due again", released)
         await self._client.start()

@@ -13,8 +13,9 @@ from jobwire_server.domain.errors import JobNotFound
 from jobwire_server.domain.models import Event, Job, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
+from jobwire_server.store import rows
 from jobwire_server.store.base import RetentionCounts
-from jobwire_server.store.sqlite import outbox, rows
+from jobwire_server.store.sqlite import outbox
 from jobwire_server.store.sqlite.writes import load_jobs, scalar
 
 Conn = sqlite3.Connection

@@ -216,8 +216,8 @@ class SqliteJobStore:
         result: Event | None = await self._one(RecordDeliveryAttempt(outcome, now, event))
         return result
 
-    async def release_delivery_leases(self) -> int:
-        result: int = await self._one(ReleaseDeliveryLeases())
+    async def release_delivery_leases(self, now: float) -> int:
+        result: int = await self._one(ReleaseDeliveryLeases(now))
         return result
 
     async def mark_stale(self, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
@@ -345,8 +345,8 @@ def _run_one(conn: Conn, op: WriteOp) -> Any:
     match op:
         case InsertJobs(jobs, now, ttl):
             return writes.insert_jobs(conn, jobs, now, ttl)
-        case UpdateJob(job_id, build):
-            return writes.update_job(conn, job_id, build)
+        case UpdateJob(job_id, build, lease_expired_before):
+            return writes.update_job(conn, job_id, build, lease_expired_before)
         case ApplyChange(change):
             return writes.apply_changes(conn, [change])[0]
         case ClaimJobs(params):

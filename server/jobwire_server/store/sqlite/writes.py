@@ -15,8 +15,9 @@ from jobwire_server.domain.ids import new_job_id
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
+from jobwire_server.store import rows
 from jobwire_server.store.base import ChangeBuilder, ClaimParams, ClaimResult, Committed, InsertResult
-from jobwire_server.store.sqlite import outbox, rows
+from jobwire_server.store.sqlite import outbox
 
 Conn = sqlite3.Connection
 
@@ -240,10 +241,13 @@ def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | 
     return results
 
 
-def update_job(conn: Conn, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
+def update_job(conn: Conn, job_id: str, build: ChangeBuilder,
+               lease_expired_before: float | None = None) -> tuple[Job, Committed | None]:
     found = load_jobs(conn, [job_id])
     if job_id not in found:
         raise JobNotFound(job_id)
+    if lease_expired_before is not None and not _lease_expired(conn, job_id, lease_expired_before):
+        return found[job_id], None
     change = build(found[job_id])
     if change is None:
         return found[job_id], None
@@ -257,6 +261,11 @@ def update_job(conn: Conn, job_id: str, build: ChangeBuilder) -> tuple[Job, Comm
     if committed is None:  # cannot happen: the transaction holds the write lock since the read
         raise RuntimeError(f"guarded write of job {job_id} did not apply")
     return committed.job, committed
+
+
+def _lease_expired(conn: Conn, job_id: str, before: float) -> bool:
+    found = conn.execute("SELECT 1 FROM jobs WHERE id = ? AND lease_expires < ?", (job_id, before))
+    return found.fetchone() is not None
 
 
 def _passes(change: JobChange, state: str, attempt: int) -> bool:

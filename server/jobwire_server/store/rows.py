@@ -1,12 +1,12 @@
-"""Row ↔ domain conversion for the SQLite store."""
+"""Row ↔ domain conversion, shared by the stores (SQLite and PostgreSQL return the same column shapes)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from jobwire_server.domain.models import Event, Job, JobError, Phase, Progress, Webhook
 from jobwire_server.domain.states import EventType, JobState, PhaseState
@@ -20,6 +20,16 @@ JOB_COLUMNS = (
 JOB_SELECT = ", ".join(JOB_COLUMNS)
 JOB_RETURNING = ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
 PHASE_COLUMNS = "job_id, idx, name, state, progress_pct, progress_msg, result, error, start_time, finish_time"
+
+class Row(Protocol):
+    """A fetched row: a tuple from sqlite3, an `asyncpg.Record`."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
 
 _STATES = {s.value: s for s in JobState}
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
@@ -58,7 +68,7 @@ def _webhook_from_json(text: str | None) -> Webhook | None:
     return Webhook(data["url"], tuple(_EVENT_TYPES[e] for e in data["events"]))
 
 
-def phase_from_row(row: Sequence[Any]) -> Phase:
+def phase_from_row(row: Row) -> Phase:
     _, _, name, state, pct, msg, result, error, start, finish = row
     return Phase(name=name, state=_PHASE_STATES[state], progress=Progress(pct, msg), result=result,
                  error=error_from_json(error), start_time=start, finish_time=finish)
@@ -70,7 +80,7 @@ def phase_params(job_id: str, index: int, phase: Phase) -> tuple[Any, ...]:
             error_to_json(phase.error), phase.start_time, phase.finish_time, job_id, index)
 
 
-def job_from_row(row: Sequence[Any], phases: Iterable[Phase]) -> Job:
+def job_from_row(row: Row, phases: Iterable[Phase]) -> Job:
     (id_, queue, kind, payload, priority, state, attempt, uncounted, max_attempts, timeout, pct, msg, error,
      history, dedupe_key, labels, webhook, cancel_requested, cancel_reason, trace_parent, seq, create_time,
      update_time, run_at, start_time, finish_time) = row
@@ -87,7 +97,7 @@ def job_from_row(row: Sequence[Any], phases: Iterable[Phase]) -> Job:
     )
 
 
-def event_from_row(row: Sequence[Any], queue: str, kind: str, job: Job | None) -> Event:
+def event_from_row(row: Row, queue: str, kind: str, job: Job | None) -> Event:
     job_id, seq, type_, time, phase, detail = row
     return Event(job_id=job_id, sequence=seq, type=_EVENT_TYPES[type_], time=time, queue=queue, kind=kind,
                  phase=phase, detail=detail, job=job)

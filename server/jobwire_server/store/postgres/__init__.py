@@ -1,0 +1,3 @@
+from jobwire_server.store.postgres.store import PostgresJobStore, RemoteSignal, TailCursor
+
+__all__ = ["PostgresJobStore", "RemoteSignal", "TailCursor"]

@@ -1,0 +1,613 @@
+"""The PostgreSQL store: any number of jobwire replicas on one database.
+
+Connections: one writer (every `write` is one transaction on it: the group commit), a pool for
+reads, and a listener for the replicas' wake-ups. After a commit that made work ready or wrote
+events, a debounced `NOTIFY` tells the other replicas (a hint: the truth stays in the tables,
+and each replica also looks every `POLL_INTERVAL` because notifications are lost while a
+listener reconnects). Each replica reads the others' events by tailing the events table in
+transaction order (`tail_events`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
+from jobwire_server.domain.errors import (
+    JobwireError,
+    SchemaTooNew,
+    StorageCorrupt,
+    StorageFull,
+    StorageUnavailable,
+)
+from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
+from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.states import JobState
+from jobwire_server.domain.transitions import JobChange
+from jobwire_server.store import rows
+from jobwire_server.store.base import (
+    ApplyChange,
+    ChangeBuilder,
+    ClaimJobs,
+    ClaimParams,
+    ClaimResult,
+    Committed,
+    DeleteStale,
+    InsertJobs,
+    InsertResult,
+    MarkStale,
+    PruneDeliveryLog,
+    PruneRequests,
+    RecordDeliveryAttempt,
+    ReleaseDeliveryLeases,
+    RenewLeases,
+    RetentionCounts,
+    TakeDeliveries,
+    UpdateJob,
+    WriteOp,
+)
+from jobwire_server.store.postgres import outbox, reads, writes
+from jobwire_server.store.postgres.schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger("jobwire.store")
+T = TypeVar("T")
+Conn = asyncpg.Connection
+
+#: The NOTIFY channel replicas wake each other on.
+CHANNEL = "jobwire"
+#: At most one NOTIFY of each kind per this many seconds (the first is sent at once).
+NOTIFY_DEBOUNCE = 0.05
+#: How often a replica looks for work and events without being told (lost notifications).
+POLL_INTERVAL = 1.0
+#: Seconds a connection attempt may take before the database counts as unreachable.
+CONNECT_TIMEOUT = 10.0
+#: Times a batch is run again after a deadlock or serialization failure (another replica's
+#: transaction touched the same rows in another order); each run starts from scratch.
+TRANSIENT_RETRIES = 5
+_EPOCH_2000 = 946_684_800.0
+
+_TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message names it (without a password)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TailCursor:
+    """A position in the events table: (writing transaction, row id), see `tail_events`."""
+
+    xid: int
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSignal:
+    """What another replica's commit announced."""
+
+    work: bool
+    events: bool
+
+
+def _ts_encode(value: float) -> tuple[int]:
+    return (round((value - _EPOCH_2000) * 1_000_000),)
+
+
+def _ts_decode(value: tuple[int]) -> float:
+    return value[0] / 1_000_000 + _EPOCH_2000
+
+
+async def _setup_connection(conn: Conn) -> None:
+    """Types as the domain has them: ids as strings, times as epoch seconds, JSON as text."""
+    await conn.set_type_codec("uuid", schema="pg_catalog", encoder=str, decoder=str, format="text")
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=str, decoder=str, format="text")
+    await conn.set_type_codec("timestamptz", schema="pg_catalog", encoder=_ts_encode, decoder=_ts_decode,
+                              format="tuple")
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connection_settings(url: str) -> tuple[str, dict[str, Any]]:
+    """The DSN asyncpg takes, and server settings: `application_name` defaults to "jobwire"."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    settings = {"application_name": query.pop("application_name", "jobwire")}
+    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+    return dsn, settings
+
+
+class PostgresJobStore:
+    """`JobStore` on a PostgreSQL database, shared by any number of replicas."""
+
+    #: The engine runs cross-replica duties (tailing events, wake-ups, leader election) on it.
+    shared = True
+
+    def __init__(self, url: str, *, pool_size: int = 10, replica: str = "") -> None:
+        self.url = url
+        self.name = display_url(url)
+        self.pool_size = max(2, pool_size)
+        self.replica = replica or f"jobwire-{secrets.token_hex(6)}"
+        self._dsn, self._settings = connection_settings(url)
+        self._pool: asyncpg.Pool | None = None
+        self._writer: Conn | None = None
+        self._writer_lock = asyncio.Lock()
+        self._listener: Conn | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._notify_tasks: dict[str, asyncio.Task[None]] = {}
+        self._notify_pending: set[str] = set()
+        self._closed = True
+        #: Called with what another replica announced (set by the app before `listen`).
+        self.on_remote: Callable[[RemoteSignal], None] | None = None
+        #: Called when a read or write finds the database corrupt.
+        self.on_corrupt: Callable[[StorageCorrupt], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        try:
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self.pool_size, init=_setup_connection,
+                server_settings=self._settings, timeout=CONNECT_TIMEOUT)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, SchemaTooNew | StoreError):
+                raise
+            if isinstance(exc, Exception):
+                raise StoreError(self._open_error(exc)) from None
+            raise
+        self._closed = False
+
+    async def _connect(self) -> Conn:
+        conn = await asyncpg.connect(self._dsn, server_settings=self._settings, timeout=CONNECT_TIMEOUT)
+        await _setup_connection(conn)
+        return conn
+
+    def _open_error(self, exc: Exception) -> str:
+        """One line: what failed and what to check."""
+        if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+            hint = "check the user and password in the URL"
+        elif isinstance(exc, asyncpg.InvalidCatalogNameError):
+            hint = "create the database first (createdb), or name one that exists"
+        elif isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            hint = "the role needs CREATE on the database's schema and rights on jobwire's tables"
+        elif isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.CannotConnectNowError):
+            hint = "is the server running and reachable at that host and port?"
+        else:
+            hint = "see the server's log"
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        return f"cannot open database {self.name}: {detail} ({hint})"
+
+    async def _migrate(self, conn: Conn) -> None:
+        async with conn.transaction():
+            # Replicas starting together: one migrates, the others wait here and then see it done.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS jobwire_schema (version integer NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM jobwire_schema") or 0
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"database {self.name} has schema version {version}, newer than this jobwire knows "
+                    f"({SCHEMA_VERSION}); upgrade jobwire or use another database")
+            for number in range(version, SCHEMA_VERSION):
+                await conn.execute(MIGRATIONS[number])
+                await conn.execute("INSERT INTO jobwire_schema (version) VALUES ($1)", number + 1)
+
+    async def schema_version(self) -> int:
+        async with self._reader() as conn:
+            return int(await conn.fetchval("SELECT max(version) FROM jobwire_schema") or 0)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in [self._listen_task, *self._notify_tasks.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._listen_task, self._notify_tasks = None, {}
+        for conn in (self._listener, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        self._listener = self._writer = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5)
+            self._pool = None
+
+    # ------------------------------------------------------------------ the write path
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Every operation in one transaction on the writer connection: one commit for the batch."""
+        if self._closed:
+            raise StoreError("store is closed")
+        batch = list(ops)
+        async with self._writer_lock:
+            try:
+                conn = await self._writer_connection()
+                for attempt in range(TRANSIENT_RETRIES + 1):
+                    try:
+                        async with conn.transaction():
+                            results = await _run_ops(conn, batch)
+                        break
+                    except _TRANSIENT:
+                        if attempt == TRANSIENT_RETRIES:
+                            raise
+                        await asyncio.sleep(0.001 * 2 ** attempt)
+            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise self._storage_error(exc) from exc
+        self._announce(batch, results)
+        return results
+
+    async def _writer_connection(self) -> Conn:
+        """The writer connection, opened again after it was lost (a database restart)."""
+        if self._writer is None or self._writer.is_closed():
+            if self._writer is not None:
+                self._writer.terminate()
+                self._writer = None
+            self._writer = await self._connect()
+        return self._writer
+
+    async def probe(self) -> None:
+        """A real write: succeeds once the database takes writes again after a StorageError."""
+        await self.write([PruneRequests(0.0, 1)])
+
+    def _storage_error(self, exc: BaseException) -> Exception:
+        """The storage fault behind `exc`, named for clients; other errors stay as they are (bugs)."""
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, asyncpg.DiskFullError | asyncpg.InsufficientResourcesError):
+            return StorageFull(self.name, f"{detail} (free disk space on the database server)")
+        if isinstance(exc, asyncpg.DataCorruptedError | asyncpg.IndexCorruptedError):
+            corrupt = StorageCorrupt(self.name, f"{detail} (restore it from a backup)")
+            if self.on_corrupt is not None:
+                self.on_corrupt(corrupt)
+            return corrupt
+        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError | asyncio.TimeoutError
+                      | asyncpg.OperatorInterventionError | asyncpg.ReadOnlySQLTransactionError
+                      | asyncpg.InsufficientPrivilegeError | asyncpg.ConnectionDoesNotExistError
+                      | asyncpg.DeadlockDetectedError | asyncpg.SerializationError):
+            return StorageUnavailable(self.name, detail)
+        return exc  # type: ignore[return-value]
+
+    async def _one(self, op: WriteOp) -> Any:
+        (result,) = await self.write([op])
+        if isinstance(result, JobwireError):
+            raise result
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> Any:
+        if self._pool is None or self._closed:
+            raise StoreError("store is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            mapped = self._storage_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def _read(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        async with self._reader() as conn:
+            return await function(conn, *args)
+
+    # ------------------------------------------------------------------ replicas
+
+    def _announce(self, ops: Sequence[WriteOp], results: Sequence[Any]) -> None:
+        """Tell the other replicas, after the commit, what it did (debounced)."""
+        events = work = False
+        for op, result in zip(ops, results, strict=True):
+            if result is None or isinstance(result, JobwireError):
+                continue
+            match op:
+                case InsertJobs():
+                    events = events or any(r.created for r in result)
+                    work = work or any(r.created and r.job.state is JobState.QUEUED for r in result)
+                case UpdateJob() | ApplyChange():
+                    committed = result[1] if isinstance(op, UpdateJob) else result
+                    if committed is not None:
+                        events = True
+                        work = work or committed.job.state is JobState.QUEUED
+                case ClaimJobs():
+                    events = events or bool(result.promoted or result.claimed)
+                    work = work or bool(result.promoted)
+                case RecordDeliveryAttempt() | MarkStale():
+                    events = True
+        if work:
+            self._notify("work")
+        elif events:
+            self._notify("events")
+
+    def _notify(self, kind: str) -> None:
+        if self._closed:
+            return
+        if kind in self._notify_tasks:
+            self._notify_pending.add(kind)  # sent when the debounce window ends
+            return
+        self._notify_tasks[kind] = asyncio.get_running_loop().create_task(self._send_notify(kind))
+
+    async def _send_notify(self, kind: str) -> None:
+        try:
+            while True:
+                self._notify_pending.discard(kind)
+                try:
+                    async with self._reader() as conn:
+                        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{kind} {self.replica}")
+                except Exception as exc:  # a hint only: the other replicas poll
+                    log.debug("notify failed: %s", exc)
+                await asyncio.sleep(NOTIFY_DEBOUNCE)
+                if kind not in self._notify_pending:
+                    return
+        finally:
+            self._notify_tasks.pop(kind, None)
+
+    async def listen(self) -> None:
+        """Start listening for the other replicas' announcements (reconnecting as needed)."""
+        if self._listen_task is None:
+            self._listen_task = asyncio.get_running_loop().create_task(self._keep_listening(), name="jobwire-listen")
+
+    async def _keep_listening(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            lost = asyncio.Event()
+            try:
+                conn = await self._connect()
+                self._listener = conn
+                conn.add_termination_listener(_setter(lost))
+                await conn.add_listener(CHANNEL, self._on_notification)
+                delay = 0.1
+                if self.on_remote is not None:  # what was announced while not listening
+                    self.on_remote(RemoteSignal(work=True, events=True))
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listening for other replicas failed (%s); polling every %.0f s meanwhile", exc,
+                            POLL_INTERVAL)
+            finally:
+                if self._listener is not None and not self._listener.is_closed():
+                    self._listener.terminate()
+                self._listener = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, sender = str(payload).partition(" ")
+        if sender == self.replica or self.on_remote is None:
+            return
+        self.on_remote(RemoteSignal(work=kind == "work", events=True))
+
+    async def tail_start(self) -> TailCursor:
+        """A cursor from which `tail_events` returns every event not yet committed now (and
+        possibly a few just before)."""
+        async with self._reader() as conn:
+            xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        return TailCursor(int(xmin), 0)
+
+    async def tail_events(self, cursor: TailCursor, limit: int) -> tuple[list[Event], TailCursor]:
+        """Events after `cursor` in (transaction, row) order, from transactions below the
+        snapshot's xmin: every transaction that could still add an event before them has ended,
+        so none is skipped. Each event carries its job as it is now."""
+        async with self._reader() as conn:
+            found = await conn.fetch(
+                "SELECT xid::text, id, job_id, seq, type, time, phase, detail FROM events "
+                "WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
+                "ORDER BY xid, id LIMIT $3", str(cursor.xid), cursor.id, limit)
+            if not found:
+                return [], cursor
+            jobs = await writes.load_jobs(conn, sorted({row[2] for row in found}))
+        events = [rows.event_from_row(row[2:], job.queue, job.kind, job)
+                  for row in found if (job := jobs.get(row[2])) is not None]
+        last = found[-1]
+        return events, TailCursor(int(last[0]), last[1])
+
+    async def claim_leadership(self, duty: str, holder: str, term: int, ttl: float) -> int | None:
+        """Take or renew the lease row of a singleton duty. Returns the term held (a new one when
+        taken over), or None when another holder's lease is live."""
+        now = time.time()
+        async with self._reader() as conn:
+            value: int | None = await conn.fetchval(
+                "INSERT INTO leaders (duty, holder, term, expires) VALUES ($1, $2, 1, $3) "
+                "ON CONFLICT (duty) DO UPDATE SET holder = excluded.holder, expires = excluded.expires, "
+                "term = CASE WHEN leaders.holder = excluded.holder AND leaders.term = $4 THEN leaders.term "
+                "ELSE leaders.term + 1 END "
+                "WHERE (leaders.holder = excluded.holder AND leaders.term = $4) OR leaders.expires < $5 "
+                "RETURNING term", duty, holder, now + ttl, term, now)
+        return value
+
+    async def resign_leadership(self, duty: str, holder: str) -> None:
+        async with self._reader() as conn:
+            await conn.execute("DELETE FROM leaders WHERE duty = $1 AND holder = $2", duty, holder)
+
+    # ------------------------------------------------------------------ single operations
+
+    async def insert_jobs(self, jobs: Sequence[NewJob], now: float, request_ttl: float) -> list[InsertResult]:
+        result: list[InsertResult] = await self._one(InsertJobs(jobs, now, request_ttl))
+        return result
+
+    async def claim_jobs(self, params: ClaimParams) -> tuple[list[Committed], list[Committed]]:
+        result: ClaimResult = await self._one(ClaimJobs(params))
+        return result.promoted, result.claimed
+
+    async def apply_changes(self, changes: Sequence[JobChange]) -> list[Committed | None]:
+        return await self.write([ApplyChange(c) for c in changes])
+
+    async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
+        result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
+        return result
+
+    async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
+        result: int = await self._one(RenewLeases(owner, job_ids, expires))
+        return result
+
+    async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
+        result: list[Delivery] = await self._one(TakeDeliveries(now, limit, lease_until))
+        return result
+
+    async def record_delivery_attempt(
+        self, outcome: AttemptOutcome, now: float, event: PendingEvent | None
+    ) -> Event | None:
+        result: Event | None = await self._one(RecordDeliveryAttempt(outcome, now, event))
+        return result
+
+    async def release_delivery_leases(self, now: float) -> int:
+        result: int = await self._one(ReleaseDeliveryLeases(now))
+        return result
+
+    async def mark_stale(self, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
+        result: list[Committed] = await self._one(MarkStale(finished_before, now, limit))
+        return result
+
+    async def delete_stale(self, stale_before: float, now: float, limit: int) -> list[Event]:
+        result: list[Event] = await self._one(DeleteStale(stale_before, now, limit))
+        return result
+
+    async def prune_delivery_log(self, before: float, limit: int) -> int:
+        result: int = await self._one(PruneDeliveryLog(before, limit))
+        return result
+
+    async def prune_requests(self, now: float, limit: int) -> int:
+        result: int = await self._one(PruneRequests(now, limit))
+        return result
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._read(reads.get_job, job_id)
+
+    async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
+        return await self._read(reads.list_jobs, query)
+
+    async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]:
+        return await self._read(reads.events_after, job_id, sequence, limit)
+
+    async def queue_stats(self, queue: str, now: float) -> list[QueueStats]:
+        return await self._read(reads.queue_stats, queue, now)
+
+    async def next_wakeup(self) -> float | None:
+        return await self._read(reads.next_wakeup)
+
+    async def next_lease_expiry(self) -> float | None:
+        return await self._read(reads.next_lease_expiry)
+
+    async def expired_leases(self, now: float, limit: int) -> list[Job]:
+        return await self._read(reads.expired_leases, now, limit)
+
+    async def next_delivery_due(self) -> float | None:
+        return await self._read(outbox.next_due)
+
+    async def job_deliveries(self, job_id: str) -> list[DeliveryInfo]:
+        return await self._read(reads.job_deliveries, job_id)
+
+    async def retention_preview(
+        self, finished_before: Mapping[JobState, float], stale_before: float | None, log_before: float | None
+    ) -> RetentionCounts:
+        return await self._read(reads.retention_preview, finished_before, stale_before, log_before)
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _conn: event.set()
+
+
+# ---------------------------------------------------------------------- one transaction
+
+
+async def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
+    results: list[Any] = []
+    index = 0
+    while index < len(ops):
+        op = ops[index]
+        if isinstance(op, ApplyChange):
+            # A run of changes is one statement: the executor's outcomes arrive in bulk.
+            end = index
+            while end < len(ops) and isinstance(ops[end], ApplyChange):
+                end += 1
+            results.extend(await writes.apply_changes(conn, [o.change for o in ops[index:end]]))  # type: ignore[union-attr]
+            index = end
+            continue
+        if isinstance(op, InsertJobs | UpdateJob):
+            results.append(await _refusable(conn, op))
+        else:
+            results.append(await _run_one(conn, op))
+        index += 1
+    return results
+
+
+async def _refusable(conn: Conn, op: InsertJobs | UpdateJob) -> Any:
+    """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
+    refusal undoes only its own writes and the rest of the batch commits. A conflict with another
+    replica's commit (a request id or dedupe key it took meanwhile) runs it again, and then it
+    sees that commit."""
+    for _ in range(TRANSIENT_RETRIES):
+        try:
+            async with conn.transaction():
+                return await _run_one(conn, op)
+        except JobwireError as exc:
+            return exc
+        except writes.Conflict:
+            continue
+    raise StorageUnavailable("(shared)", "a write kept conflicting with other replicas' commits; retry it")
+
+
+async def _run_one(conn: Conn, op: WriteOp) -> Any:
+    match op:
+        case InsertJobs(jobs, now, ttl):
+            return await writes.insert_jobs(conn, jobs, now, ttl)
+        case UpdateJob(job_id, build, lease_expired_before):
+            return await writes.update_job(conn, job_id, build, lease_expired_before)
+        case ApplyChange(change):
+            return (await writes.apply_changes(conn, [change]))[0]
+        case ClaimJobs(params):
+            return await writes.claim_jobs(conn, params)
+        case RenewLeases(owner, job_ids, expires):
+            return await writes.renew_leases(conn, owner, job_ids, expires)
+        case TakeDeliveries(now, limit, lease_until):
+            return await outbox.take_due(conn, now, limit, lease_until)
+        case RecordDeliveryAttempt(outcome, now, event):
+            return await _record_delivery_attempt(conn, outcome, now, event)
+        case ReleaseDeliveryLeases(now):
+            return await outbox.release_expired_leases(conn, now)
+        case MarkStale(finished_before, now, limit):
+            return await writes.mark_stale(conn, finished_before, now, limit)
+        case DeleteStale(stale_before, now, limit):
+            return await writes.delete_stale(conn, stale_before, now, limit)
+        case PruneDeliveryLog(before, limit):
+            return await outbox.prune_log(conn, before, limit)
+        case PruneRequests(now, limit):
+            return await writes.prune_requests(conn, now, limit)
+    raise TypeError(f"unknown write operation {op!r}")
+
+
+async def _record_delivery_attempt(conn: Conn, outcome: AttemptOutcome, now: float,
+                                   event: PendingEvent | None) -> Event | None:
+    """See the SQLite store: log one attempt; with `event`, append it to the job, numbered under
+    the job's row lock."""
+    job_id = outcome.delivery.job_id
+    if not await outbox.record_attempt(conn, outcome, now) or event is None:
+        return None
+    seq = await conn.fetchval("UPDATE jobs SET seq = seq + 1 WHERE id = $1 RETURNING seq", job_id)
+    if seq is None:
+        return None
+    await conn.execute(writes.INSERT_EVENTS, [job_id], [seq], [event.type.value], [now], [event.phase],
+                       [event.detail])
+    job = (await writes.load_jobs(conn, [job_id]))[job_id]
+    return Event(job_id, seq, event.type, now, job.queue, job.kind, event.phase, event.detail, job)
+

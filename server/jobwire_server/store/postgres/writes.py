@@ -1,0 +1,452 @@
+"""SQL of every write (PostgreSQL): coroutines on one asyncpg connection, called inside the
+transaction `PostgresJobStore.write` opens. Batches travel as arrays (`unnest($1::…[])`), so a
+whole group commit costs a handful of round trips whatever it holds.
+
+Several replicas write the same tables: rows are locked before they are read for a change
+(`FOR UPDATE`, in id order so two batches cannot deadlock on each other's jobs), claims skip rows
+another transaction holds (`SKIP LOCKED`), and a job's event sequence is computed under its row lock,
+so it stays gapless whichever replica writes next.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused
+from jobwire_server.domain.ids import new_job_id
+from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
+from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
+from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
+from jobwire_server.store import rows
+from jobwire_server.store.base import ChangeBuilder, ClaimParams, ClaimResult, Committed, InsertResult
+from jobwire_server.store.postgres import outbox
+
+Conn = asyncpg.Connection
+
+PROMOTE_BATCH = 1000
+ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
+
+_JOB_TYPES = (
+    "uuid", "text", "text", "bytea", "int4", "text", "int4", "int4", "int4", "float8", "float8", "text", "jsonb",
+    "jsonb", "text", "jsonb", "jsonb", "bool", "text", "text", "int4", "timestamptz", "timestamptz", "timestamptz",
+    "timestamptz", "timestamptz",
+)
+_INSERT_JOBS = (
+    f"INSERT INTO jobs ({rows.JOB_SELECT}) SELECT * FROM unnest("
+    + ", ".join(f"${n}::{t}[]" for n, t in enumerate(_JOB_TYPES, 1))
+    + f") ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ({ACTIVE_SQL}) DO NOTHING"
+    " RETURNING id"
+)
+_INSERT_PHASES = (
+    "INSERT INTO phases (job_id, idx, name, state) "
+    "SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[])"
+)
+INSERT_EVENTS = (
+    "INSERT INTO events (job_id, seq, type, time, phase, detail) "
+    "SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])"
+)
+_UPDATE_PHASES = """
+UPDATE phases AS p SET state = u.state, progress_pct = u.pct, progress_msg = u.msg, result = u.result,
+    error = u.error, start_time = u.start_time, finish_time = u.finish_time
+FROM unnest($1::text[], $2::float8[], $3::text[], $4::bytea[], $5::jsonb[], $6::timestamptz[],
+            $7::timestamptz[], $8::uuid[], $9::int4[])
+    AS u(state, pct, msg, result, error, start_time, finish_time, job_id, idx)
+WHERE p.job_id = u.job_id AND p.idx = u.idx
+"""
+# The rows are locked by the caller and checked against each change's guard; the WHERE repeats
+# the guard so a row that moved anyway is left alone.
+_APPLY_CHANGES = """
+UPDATE jobs AS j SET state = u.state, attempt = u.attempt, uncounted_attempts = u.uncounted,
+    progress_pct = u.pct, progress_msg = u.msg, error = u.error, error_history = u.history, run_at = u.run_at,
+    start_time = u.start_time, finish_time = u.finish_time, update_time = u.update_time, seq = u.seq,
+    cancel_requested = u.cancel_requested, cancel_reason = u.cancel_reason,
+    lease_owner = CASE WHEN u.state = 'RUNNING' THEN j.lease_owner END,
+    lease_expires = CASE WHEN u.state = 'RUNNING' THEN j.lease_expires END
+FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::float8[], $6::text[], $7::jsonb[], $8::jsonb[],
+            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::int4[], $14::bool[],
+            $15::text[], $16::text[], $17::int4[])
+    AS u(id, state, attempt, uncounted, pct, msg, error, history, run_at, start_time, finish_time, update_time, seq,
+         cancel_requested, cancel_reason, old_state, old_attempt)
+WHERE j.id = u.id AND j.state = u.old_state AND j.attempt = u.old_attempt
+"""
+
+_WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
+_NEXT_DUE = "SELECT min(run_at) FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING')"
+
+
+class Conflict(Exception):
+    """Another transaction committed a row this operation must see (a request id or an active
+    dedupe key); the operation is run again from its savepoint, and then finds it."""
+
+
+def count(status: str) -> int:
+    """Rows an UPDATE or DELETE touched, from its command tag ("UPDATE 3")."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def load_jobs(conn: Conn, ids: Sequence[str], *, lock: bool = False) -> dict[str, Job]:
+    """The jobs with these ids, with their phases (missing ids are left out); `lock` takes their
+    row locks, in id order."""
+    if not ids:
+        return {}
+    suffix = " ORDER BY id FOR UPDATE" if lock else ""
+    if len(ids) == 1:
+        job_rows = await conn.fetch(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = $1{suffix}", ids[0])
+    else:
+        job_rows = await conn.fetch(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ANY($1::uuid[]){suffix}",
+                                    list(ids))
+    phases = await load_phases(conn, [row[0] for row in job_rows])
+    return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
+
+
+async def load_phases(conn: Conn, ids: Sequence[str]) -> dict[str, list[Phase]]:
+    if not ids:
+        return {}
+    if len(ids) == 1:
+        phase_rows = await conn.fetch(f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id = $1 ORDER BY idx", ids[0])
+    else:
+        phase_rows = await conn.fetch(
+            f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, idx", list(ids))
+    phases: dict[str, list[Phase]] = {}
+    for row in phase_rows:
+        phases.setdefault(row[0], []).append(rows.phase_from_row(row))
+    return phases
+
+
+async def write_details(conn: Conn, written: Sequence[tuple[JobChange, Job]]) -> list[Committed]:
+    """Phase rows and numbered event rows of changes whose job row was written (see the SQLite
+    store: each job's `last_sequence` numbers its change's events)."""
+    phase_rows: dict[tuple[str, int], tuple[Any, ...]] = {}  # the last write of a phase wins
+    event_rows: list[tuple[Any, ...]] = []
+    committed: list[Committed] = []
+    for change, job in written:
+        for i in change.changed_phases:
+            phase_rows[(job.id, i)] = rows.phase_params(job.id, i, job.phases[i])
+        first = job.last_sequence - len(change.events) + 1
+        events = tuple(
+            Event(job.id, first + n, e.type, job.update_time, job.queue, job.kind, e.phase, e.detail, job)
+            for n, e in enumerate(change.events))
+        event_rows.extend((job.id, e.sequence, e.type.value, e.time, e.phase, e.detail) for e in events)
+        committed.append(Committed(job, events))
+    if phase_rows:
+        await conn.execute(_UPDATE_PHASES, *_columns(list(phase_rows.values()), 9))
+    if event_rows:
+        await conn.execute(INSERT_EVENTS, *_columns(event_rows, 6))
+        await outbox.add_deliveries(conn, [e for c in committed for e in c.events])
+    return committed
+
+
+def _columns(table: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows → one list per column (the arrays `unnest` takes)."""
+    if not table:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*table, strict=True)]
+
+
+# ---------------------------------------------------------------------- enqueue
+
+
+async def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: float) -> list[InsertResult]:
+    known_requests = await _known_requests(conn, new_jobs, now)
+    active = await _active_dedupe_keys(conn, new_jobs)
+    created: list[Job] = []
+    outcome: list[tuple[str, bool, bool]] = []  # (job id, deduplicated, created)
+    request_rows: dict[str, tuple[str, str, str, float]] = {}
+    for new in new_jobs:
+        if new.request_id in known_requests:
+            fingerprint, job_id = known_requests[new.request_id]
+            if fingerprint != new.fingerprint:
+                raise RequestIdReused(new.request_id)
+            outcome.append((job_id, False, False))
+            continue
+        if new.dedupe_key and (new.queue, new.dedupe_key) in active:
+            job_id = active[(new.queue, new.dedupe_key)]
+            outcome.append((job_id, True, False))
+        else:
+            job = _job_from_new(new, now)
+            created.append(job)
+            job_id = job.id
+            outcome.append((job_id, False, True))
+            if new.dedupe_key:
+                active[(new.queue, new.dedupe_key)] = job_id
+        if new.request_id:
+            known_requests[new.request_id] = (new.fingerprint, job_id)
+            request_rows[new.request_id] = (new.request_id, new.fingerprint, job_id, now + ttl)
+    await _insert_rows(conn, created, list(request_rows.values()), now)
+    existing = await load_jobs(conn, [job_id for job_id, _, made in outcome if not made])
+    fresh = {job.id: job for job in created}
+    results = []
+    for job_id, deduplicated, made in outcome:
+        if made:
+            job = fresh[job_id]
+            event = Event(job.id, 1, EventType.ENQUEUED, now, job.queue, job.kind, job=job)
+            results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
+        else:
+            results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
+    if any(job.webhook is not None for job in created):
+        await outbox.add_deliveries(conn, [e for r in results for e in r.events])
+    return results
+
+
+async def _known_requests(conn: Conn, new_jobs: Sequence[NewJob], now: float) -> dict[str, tuple[str, str]]:
+    request_ids = [j.request_id for j in new_jobs if j.request_id]
+    if not request_ids:
+        return {}
+    found = await conn.fetch(
+        "SELECT request_id, fingerprint, job_id FROM requests WHERE request_id = ANY($1::text[]) AND expires > $2",
+        request_ids, now)
+    return {row[0]: (row[1], row[2]) for row in found}
+
+
+async def _active_dedupe_keys(conn: Conn, new_jobs: Sequence[NewJob]) -> dict[tuple[str, str], str]:
+    keys = [(j.queue, j.dedupe_key) for j in new_jobs if j.dedupe_key]
+    if not keys:
+        return {}
+    found = await conn.fetch(
+        f"SELECT queue, dedupe_key, id FROM jobs WHERE dedupe_key IS NOT NULL AND state IN ({ACTIVE_SQL}) "
+        "AND (queue, dedupe_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(row[0], row[1]): row[2] for row in found}
+
+
+async def _insert_rows(conn: Conn, jobs: Sequence[Job], request_rows: Sequence[tuple[str, str, str, float]],
+                       now: float) -> None:
+    """Insert jobs and remembered request ids; `Conflict` when another transaction committed an
+    active job with one of their dedupe keys, or one of their request ids, since they were read."""
+    if jobs:
+        inserted = await conn.fetch(_INSERT_JOBS, *_columns([_job_params(job) for job in jobs], len(_JOB_TYPES)))
+        if len(inserted) != len(jobs):
+            raise Conflict
+        await conn.execute(_INSERT_PHASES, *_columns(
+            [(job.id, i, p.name, p.state.value) for job in jobs for i, p in enumerate(job.phases)], 4))
+        await conn.execute(INSERT_EVENTS, *_columns(
+            [(job.id, 1, EventType.ENQUEUED.value, job.create_time, "", "") for job in jobs], 6))
+    if request_rows:
+        # An expired row is replaced; a live one that appeared since the read is a conflict.
+        claimed = await conn.fetch(
+            "INSERT INTO requests (request_id, fingerprint, job_id, expires) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]) "
+            "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, job_id = excluded.job_id, "
+            "expires = excluded.expires WHERE requests.expires <= $5 RETURNING request_id",
+            *_columns(request_rows, 4), now)
+        if len(claimed) != len(request_rows):
+            raise Conflict
+
+
+def _job_from_new(new: NewJob, now: float) -> Job:
+    return Job(
+        id=new_job_id(now), queue=new.queue, kind=new.kind, payload=new.payload, priority=new.priority,
+        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED, max_attempts=new.max_attempts,
+        phases=tuple(Phase(name) for name in new.phase_names), create_time=now, update_time=now,
+        run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
+        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1,
+    )
+
+
+def _job_params(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id, job.queue, job.kind, job.payload, job.priority, job.state.value, job.attempt,
+        job.uncounted_attempts, job.max_attempts, job.timeout, job.progress.percent, job.progress.message,
+        rows.error_to_json(job.error), rows.history_to_json(job.error_history), job.dedupe_key or None,
+        json.dumps(dict(job.labels)) if job.labels else "{}", rows.webhook_to_json(job.webhook),
+        job.cancel_requested, job.cancel_reason, job.trace_parent, job.last_sequence, job.create_time,
+        job.update_time, job.run_at, job.start_time, job.finish_time,
+    )
+
+
+# ---------------------------------------------------------------------- guarded changes
+
+
+async def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | None]:
+    """Lock the changed jobs' rows (id order), check each change's guard against the row as it is,
+    then write the passing ones. Changes to one job apply in order, each seeing the one before;
+    the row gets the last one's values."""
+    if not changes:
+        return []
+    ids = sorted({c.job.id for c in changes})
+    found = await conn.fetch(
+        "SELECT id, state, attempt, seq, cancel_requested, cancel_reason FROM jobs "
+        "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids)
+    current: dict[str, list[Any]] = {row[0]: list(row[1:]) for row in found}
+    before = {job_id: (row[0], row[1]) for job_id, row in current.items()}
+    results: list[Committed | None] = [None] * len(changes)
+    written: list[tuple[int, JobChange, int]] = []
+    for index, change in enumerate(changes):
+        row = current.get(change.job.id)
+        if row is None or not _passes(change, row[0], row[1]):
+            continue
+        seq = row[2] + len(change.events)
+        row[0], row[1], row[2] = change.job.state.value, change.job.attempt, seq
+        if change.reason.value in _WRITES_CANCEL_FLAGS:
+            row[3], row[4] = change.job.cancel_requested, change.job.cancel_reason
+        written.append((index, change, seq))
+    if not written:
+        return results
+    finals: list[tuple[JobChange, Job]] = []
+    last_write: dict[str, Job] = {}
+    for _, change, seq in written:
+        requested, reason = bool(current[change.job.id][3]), current[change.job.id][4]
+        job = change.job
+        if job.cancel_requested != requested or job.cancel_reason != reason or job.last_sequence != seq:
+            job = evolve(job, cancel_requested=requested, cancel_reason=reason, last_sequence=seq)
+        finals.append((change, job))
+        last_write[job.id] = job
+    await conn.execute(_APPLY_CHANGES, *_columns(
+        [_change_params(job, *before[job.id]) for job in last_write.values()], 17))
+    committed = await write_details(conn, finals)
+    for (index, _, _), item in zip(written, committed, strict=True):
+        results[index] = item
+    return results
+
+
+async def update_job(conn: Conn, job_id: str, build: ChangeBuilder,
+                     lease_expired_before: float | None = None) -> tuple[Job, Committed | None]:
+    found = await load_jobs(conn, [job_id], lock=True)
+    if job_id not in found:
+        raise JobNotFound(job_id)
+    if lease_expired_before is not None and not await conn.fetchval(
+            "SELECT lease_expires < $2 FROM jobs WHERE id = $1", job_id, lease_expired_before):
+        return found[job_id], None
+    change = build(found[job_id])
+    if change is None:
+        return found[job_id], None
+    try:
+        async with conn.transaction():  # a savepoint: the unique violation below must not end the batch
+            (committed,) = await apply_changes(conn, [change])
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "jobs_dedupe":
+            raise
+        raise InvalidTransition(job_id, found[job_id].state.value,
+                                "requeue (another active job holds its dedupe_key)") from None
+    if committed is None:  # cannot happen: the row has been locked since the read
+        raise RuntimeError(f"guarded write of job {job_id} did not apply")
+    return committed.job, committed
+
+
+def _passes(change: JobChange, state: str, attempt: int) -> bool:
+    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
+
+
+def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...]:
+    return (
+        job.id, job.state.value, job.attempt, job.uncounted_attempts, float(job.progress.percent),
+        job.progress.message, rows.error_to_json(job.error), rows.history_to_json(job.error_history),
+        float(job.run_at), job.start_time, job.finish_time, float(job.update_time), job.last_sequence,
+        job.cancel_requested, job.cancel_reason, old_state, old_attempt,
+    )
+
+
+# ---------------------------------------------------------------------- claims and leases
+
+
+async def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
+    promoted = await _promote_due(conn, params.now)
+    claimed = await _claim_ready(conn, params) if params.limit > 0 else []
+    return ClaimResult(promoted, claimed, await conn.fetchval(_NEXT_DUE))
+
+
+async def _promote_due(conn: Conn, now: float) -> list[Committed]:
+    found = await conn.fetch(
+        "UPDATE jobs SET state = 'QUEUED', seq = seq + 1, update_time = $1 WHERE id IN ("
+        "  SELECT id FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING') AND run_at <= $1 ORDER BY run_at LIMIT $2"
+        "  FOR UPDATE SKIP LOCKED) RETURNING id", now, PROMOTE_BATCH)
+    if not found:
+        return []
+    jobs = await load_jobs(conn, [row[0] for row in found])
+    changes = [become_due(jobs[row[0]], now) for row in found]
+    return await write_details(conn, [(c, c.job) for c in changes])  # loaded after the update
+
+
+_STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
+_ORDER = "ORDER BY priority DESC, run_at, id"
+_CLAIM = (
+    "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = $1, "
+    "finish_time = NULL, update_time = $1, lease_owner = $2, lease_expires = $3 "
+    f"WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_SELECT}"
+)
+
+
+async def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
+    ids = await _candidates(conn, p)
+    if not ids:
+        return []
+    found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids)
+    phases = await load_phases(conn, [row[0] for row in found])
+    changes = []
+    for row in found:
+        # The row as updated (sequence and times current), taken as the QUEUED job it was, so the
+        # state machine's `claim` makes the change the UPDATE already wrote.
+        before = list(row)
+        before[_STATE], before[_ATTEMPT] = JobState.QUEUED.value, row[_ATTEMPT] - 1
+        change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
+        changes.append((change, change.job))
+    return await write_details(conn, changes)
+
+
+async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
+    """The best `limit` QUEUED jobs no other transaction holds, taking at most `room` from each
+    limited queue; their rows stay locked until the commit."""
+    limited = sorted(p.queue_room)
+    found = list(await conn.fetch(
+        f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) {_ORDER} "
+        "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit))
+    for queue in limited:
+        room = min(p.queue_room[queue], p.limit)
+        if room > 0:
+            found += await conn.fetch(
+                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue = $1 {_ORDER} "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED", queue, room)
+    if limited:
+        found.sort(key=lambda row: (-row[1], row[2], row[0]))
+    return [row[0] for row in found[: p.limit]]
+
+
+async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> int:
+    return count(await conn.execute(
+        "UPDATE jobs SET lease_expires = $1 WHERE state = 'RUNNING' AND lease_owner = $2 AND id = ANY($3::uuid[])",
+        expires, owner, list(job_ids)))
+
+
+# ---------------------------------------------------------------------- retention
+
+
+async def mark_stale(conn: Conn, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
+    ids = await _stale_candidates(conn, finished_before, limit)
+    jobs = await load_jobs(conn, ids)
+    results = await apply_changes(conn, [make_stale(jobs[i], now) for i in ids if i in jobs])
+    return [c for c in results if c is not None]
+
+
+async def _stale_candidates(conn: Conn, finished_before: Mapping[JobState, float], limit: int) -> list[str]:
+    ids: list[str] = []
+    for state, cutoff in sorted(finished_before.items()):
+        if len(ids) >= limit:
+            break
+        found = await conn.fetch(
+            "SELECT id FROM jobs WHERE state = $1 AND finish_time < $2 ORDER BY finish_time LIMIT $3 "
+            "FOR UPDATE SKIP LOCKED", state.value, cutoff, limit - len(ids))
+        ids.extend(row[0] for row in found)
+    return ids
+
+
+async def delete_stale(conn: Conn, stale_before: float, now: float, limit: int) -> list[Event]:
+    found = await conn.fetch(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = 'STALE' AND update_time < $1 "
+        "ORDER BY update_time LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, queue, kind, seq", stale_before, limit)
+    if not found:
+        return []
+    ids = [row[0] for row in found]
+    await conn.execute("DELETE FROM events WHERE job_id = ANY($1::uuid[])", ids)
+    await conn.execute("DELETE FROM requests WHERE job_id = ANY($1::uuid[])", ids)
+    await outbox.delete_for_jobs(conn, ids)
+    return [Event(row[0], row[3] + 1, EventType.DELETED, now, row[1], row[2]) for row in found]
+
+
+async def prune_requests(conn: Conn, now: float, limit: int) -> int:
+    return count(await conn.execute(
+        "DELETE FROM requests WHERE request_id IN (SELECT request_id FROM requests WHERE expires <= $1 LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED)", now, limit))

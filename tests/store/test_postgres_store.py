@@ -1,0 +1,108 @@
+"""The PostgreSQL store: the conformance suite on a fresh database cloned from a migrated
+template, plus what only PostgreSQL has (schema versions, start-up errors, notifications)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import asyncpg
+import pytest
+from jobwire_server.store.postgres import PostgresJobStore
+from jobwire_server.store.postgres.schema import SCHEMA_VERSION
+from jobwire_server.store.postgres.store import StoreError, display_url
+
+from tests.pg import admin_async, create_database, drop_database, url_of
+from tests.store.conformance import StoreConformance, insert, nj
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class TestPostgresStore(StoreConformance):
+    @pytest.fixture
+    async def store(self, pg_url: str) -> AsyncIterator[PostgresJobStore]:
+        store = PostgresJobStore(pg_url, pool_size=4)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    @pytest.fixture
+    def reopen(self, pg_url: str) -> Callable[[], PostgresJobStore]:
+        return lambda: PostgresJobStore(pg_url, pool_size=2)
+
+    @pytest.fixture
+    def newer_url(self) -> Iterator[str]:
+        name = create_database()
+        try:
+            yield url_of(name)
+        finally:
+            drop_database(name)
+
+    @pytest.fixture
+    async def newer_schema_store(self, newer_url: str) -> AsyncIterator[PostgresJobStore]:
+        conn = await asyncpg.connect(newer_url)
+        try:
+            await conn.execute("CREATE TABLE jobwire_schema (version integer NOT NULL)")
+            await conn.execute("INSERT INTO jobwire_schema VALUES ($1)", SCHEMA_VERSION + 1)
+        finally:
+            await conn.close()
+        store = PostgresJobStore(newer_url)
+        yield store
+        await store.close()
+
+    # ------------------------------------------------------------------ PostgreSQL only
+
+    async def test_a_fresh_database_is_migrated_once_with_its_version_recorded(self, pg_url: str) -> None:
+        store = PostgresJobStore(pg_url)
+        await store.open()  # the template was migrated already: nothing is applied twice
+        try:
+            assert await store.schema_version() == SCHEMA_VERSION
+            (job,) = await insert(store, nj())
+            assert (await store.get_job(job.id)).id == job.id
+        finally:
+            await store.close()
+
+    async def test_newer_schema_error_names_the_database_and_both_versions(
+            self, newer_schema_store: PostgresJobStore, newer_url: str) -> None:
+        with pytest.raises(Exception) as info:
+            await newer_schema_store.open()
+        message = str(info.value)
+        assert newer_url.rsplit("/", 1)[1] in message
+        assert str(SCHEMA_VERSION + 1) in message and f"({SCHEMA_VERSION})" in message
+
+    async def test_an_unreachable_server_is_a_one_line_error(self) -> None:
+        store = PostgresJobStore("postgresql://postgres@127.0.0.1:1/test")
+        with pytest.raises(StoreError) as info:
+            await store.open()
+        message = str(info.value)
+        assert "\n" not in message and "127.0.0.1:1" in message and "reachable" in message
+
+    async def test_a_missing_database_is_a_one_line_error(self) -> None:
+        store = PostgresJobStore(url_of("jobwire_no_such_database"))
+        with pytest.raises(StoreError, match=r"jobwire_no_such_database.*create the database"):
+            await store.open()
+
+    async def test_a_role_that_does_not_exist_is_a_one_line_error(self) -> None:
+        store = PostgresJobStore("postgresql://jobwire_nobody@127.0.0.1:5432/test")
+        with pytest.raises(StoreError, match="jobwire_nobody"):
+            await store.open()
+
+    async def test_a_role_without_rights_is_refused_at_start(self, newer_url: str) -> None:
+        await admin_async("DROP ROLE IF EXISTS jobwire_readonly", "CREATE ROLE jobwire_readonly LOGIN")
+        try:
+            conn = await asyncpg.connect(newer_url)
+            try:
+                await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            finally:
+                await conn.close()
+            store = PostgresJobStore(newer_url.replace("postgres@", "jobwire_readonly@"))
+            with pytest.raises(StoreError, match=r"permission denied.*CREATE on the database"):
+                await store.open()
+        finally:
+            await admin_async(f"DROP DATABASE IF EXISTS {newer_url.rsplit('/', 1)[1]} WITH (FORCE)",
+                              "DROP ROLE IF EXISTS jobwire_readonly")
+
+    def test_passwords_never_reach_messages(self) -> None:
+        assert display_url("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+        assert display_url("postgresql://u@h/db") == "postgresql://u@h/db"
