@@ -24,7 +24,7 @@ from jobwire_server.api.rpc_metrics import RpcMetricsInterceptor
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
-from jobwire_server.config import ServerConfig
+from jobwire_server.config import ServerConfig, is_postgres_url
 from jobwire_server.domain.clock import Clock, SystemClock
 from jobwire_server.domain.errors import StorageCorrupt, StorageError
 from jobwire_server.domain.models import Event
@@ -33,6 +33,7 @@ from jobwire_server.engine.dispatcher import Dispatcher
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.leases import LeaseKeeper
+from jobwire_server.engine.replicas import Leadership, ReplicaLink
 from jobwire_server.engine.retention import Retention, RetentionPolicy
 from jobwire_server.engine.service import JobService
 from jobwire_server.engine.webhooks.guard import AddressGuard
@@ -42,6 +43,8 @@ from jobwire_server.engine.webhooks.signing import Signer
 from jobwire_server.engine.writer import Writer
 from jobwire_server.handlers.registry import Registry, build_registry
 from jobwire_server.metrics import Metrics, MetricsServer
+from jobwire_server.store.postgres import PostgresJobStore
+from jobwire_server.store.postgres.store import display_url
 from jobwire_server.store.sqlite import SqliteJobStore
 from jobwire_server.telemetry import Tracing, TracingConfigError
 
@@ -74,6 +77,17 @@ def pending_call_limit(config: ServerConfig) -> int:
     return max(3000, config.max_watch_streams + config.max_concurrent_streams)
 
 
+def _always() -> bool:
+    return True
+
+
+def open_store(config: ServerConfig, *, replica: str = "") -> SqliteJobStore | PostgresJobStore:
+    """The store `config.db` names: a PostgreSQL URL, or a SQLite file."""
+    if is_postgres_url(config.db):
+        return PostgresJobStore(config.db, pool_size=config.db_pool_size, replica=replica)
+    return SqliteJobStore(config.db, synchronous=config.synchronous, integrity_check=config.integrity_check)
+
+
 class StartupError(Exception):
     """The service cannot start (bad database, port in use…); the message is one line."""
 
@@ -97,11 +111,13 @@ class App:
                             else Tracing.from_env(os.environ))
         except TracingConfigError as exc:
             raise StartupError(str(exc)) from None
-        self.store = SqliteJobStore(config.db, synchronous=config.synchronous, integrity_check=config.integrity_check)
+        self.store = open_store(config, replica=self.owner)
+        self.shared: PostgresJobStore | None = self.store if isinstance(self.store, PostgresJobStore) else None
         if metrics is None and config.metrics_listen:
             metrics = Metrics()
         self.metrics = metrics
-        self.hub = WatchHub(config.watch_buffer, tap=metrics.observe if metrics is not None else None)
+        self.hub = WatchHub(config.watch_buffer, tap=metrics.observe if metrics is not None else None,
+                            shared=self.shared is not None)
         if metrics is not None:
             metrics.bind(watch_streams=lambda: self.hub.subscriber_count,
                          queue_stats=lambda: self.store.queue_stats("", self.clock.now()))
@@ -115,7 +131,8 @@ class App:
         self.dispatcher = Dispatcher(self.writer, self.executor, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl)
         self.leases = LeaseKeeper(self.store, self.writer, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
-                                  running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake)
+                                  running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake,
+                                  on_cancel_requested=self.executor.request_cancel)
         self.service = JobService(self.store, self.hub, self.writer, self.executor, self.clock,
                                   request_ttl=config.request_id_ttl)
         self.webhook_guard = AddressGuard(config.webhook_allow)
@@ -128,11 +145,18 @@ class App:
                            concurrency=config.webhook_concurrency, per_destination=config.webhook_host_concurrency),
             tracer=self.tracing.tracer, metrics=self.metrics)
         self.hub.add_listener(self._published)
+        self.replicas: ReplicaLink | None = None
+        self.retention_lease: Leadership | None = None
+        if self.shared is not None:
+            self.replicas = ReplicaLink(self.shared, self.hub, wake_claims=self.dispatcher.wake,
+                                        wake_webhooks=self.webhooks.kick, cancel=self._cancel_requested_elsewhere)
+            self.retention_lease = Leadership(self.shared, "retention", self.owner)
         self.retention = Retention(self.store, self.writer, self.clock, RetentionPolicy(
             stale_after=config.stale_after, delete_after=config.delete_after,
             stale_after_state={JobState(k): v for k, v in config.stale_after_state.items()},
             delivery_log_keep=config.delivery_log_keep, interval=config.retention_interval,
-            batch=config.retention_batch))
+            batch=config.retention_batch),
+            may_run=self.retention_lease.is_held if self.retention_lease is not None else _always)
         self.health = health.aio.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
@@ -161,6 +185,9 @@ class App:
         self.writer.start()
         self.leases.start()
         self.dispatcher.start()
+        if self.replicas is not None and self.retention_lease is not None:
+            await self.replicas.start()
+            self.retention_lease.start()
         try:
             await self.webhooks.start()  # the first write: storage that cannot write fails the start
         except StorageError as exc:
@@ -171,7 +198,7 @@ class App:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._state = "serving"
         log.info("jobwire serving on %s:%d (db %s, concurrency %d, kinds: %s)", self.config.host, self.port,
-                 self.config.db, self.config.concurrency, ", ".join(sorted(k.name for k in self.registry)))
+                 display_url(self.config.db), self.config.concurrency, ", ".join(sorted(k.name for k in self.registry)))
 
     async def _start_metrics(self) -> None:
         address = self.config.metrics_listen
@@ -282,6 +309,9 @@ class App:
                 await self.server.stop(SERVER_STOP_GRACE)
             await self.leases.stop()
             await self.retention.stop()
+            if self.replicas is not None and self.retention_lease is not None:
+                await self.retention_lease.stop()
+                await self.replicas.stop()
             # Every outbox row is committed by now (the drained runners waited for their commits);
             # what is not sent in time stays in the outbox. The writer records the attempts that end.
             await self.webhooks.stop(WEBHOOK_STOP_GRACE)
@@ -318,6 +348,20 @@ class App:
         if self._state == "serving":
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, status)
+
+    def _cancel_requested_elsewhere(self, job_id: str) -> None:
+        """Another replica recorded a cancel: stop the handler if it runs here."""
+        if job_id in self.executor.running_ids():
+            asyncio.get_running_loop().create_task(self._deliver_cancel(job_id))
+
+    async def _deliver_cancel(self, job_id: str) -> None:
+        try:
+            job = await self.store.get_job(job_id)
+        except Exception as exc:  # the next lease renewal delivers it
+            log.debug("cancel of job %s not delivered yet: %s", job_id, exc)
+            return
+        if job.cancel_requested:
+            self.executor.request_cancel(job_id, job.cancel_reason)
 
     def _slot_freed(self) -> None:
         if self.service.accepting:

@@ -106,7 +106,7 @@ async def _serve_until_signalled(config: ServerConfig) -> int:
     from jobwire_server.app import App, StartupError  # noqa: PLC0415 - keeps `jobwire --help` fast
     from jobwire_server.domain.errors import SchemaTooNew  # noqa: PLC0415
     from jobwire_server.handlers.registry import HandlerImportError  # noqa: PLC0415
-    from jobwire_server.store.sqlite.store import StoreError  # noqa: PLC0415
+    from jobwire_server.store.base import StoreError  # noqa: PLC0415
 
     try:
         app = App(config)

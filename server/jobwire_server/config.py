@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from jobwire_server.engine.webhooks.signing import check_secret
 
@@ -38,6 +39,7 @@ class ServerConfig:
 
     listen: str = "127.0.0.1:50051"
     db: str = "./jobwire.db"
+    db_pool_size: int = 10
     concurrency: int = 100
     queue_concurrency: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace: float = 10.0
@@ -236,6 +238,38 @@ def _listen_or_off(name: str, value: Any) -> str:
     return _listen(name, text)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(POSTGRES_SCHEMES)
+
+
+def _database(name: str, value: Any) -> str:
+    """A SQLite path, or a PostgreSQL URL (checked for its parts: a typo fails here, not at start)."""
+    db = _text(name, value)
+    if "://" not in db:
+        return db
+    if not is_postgres_url(db):
+        scheme = db.split("://", 1)[0]
+        raise ConfigError(f"{name}: unknown database URL scheme {scheme!r}; use a SQLite file path or "
+                          "postgresql://USER@HOST[:PORT]/DB")
+    parts = urlsplit(db)
+    try:
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name}: the port in {db.split('@')[-1]!r} is not a number") from None
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{name}: the URL names no database (postgresql://USER@HOST[:PORT]/DB)")
+    sslmode = dict(parse_qsl(parts.query)).get("sslmode")
+    if sslmode is not None and sslmode not in SSL_MODES:
+        raise ConfigError(f"{name}: sslmode must be one of {', '.join(SSL_MODES)}, got {sslmode!r}")
+    return db
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str | int | float):
         raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -270,7 +304,8 @@ def _queue_limits(name: str, value: Any) -> dict[str, int]:
 
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "listen": _listen,
-    "db": _text,
+    "db": _database,
+    "db_pool_size": _positive_int,
     "concurrency": _positive_int,
     "queue_concurrency": _queue_limits,
     "shutdown_grace": _seconds,
@@ -312,7 +347,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
 
 _HELP: dict[str, str] = {
     "listen": "address to serve gRPC on, HOST:PORT (default 127.0.0.1:50051)",
-    "db": "SQLite database file (default ./jobwire.db)",
+    "db": "SQLite database file (default ./jobwire.db), or a PostgreSQL URL postgresql://USER[:PASSWORD]@HOST"
+          "[:PORT]/DB[?sslmode=...&application_name=...] shared by any number of replicas",
+    "db_pool_size": "PostgreSQL: connections for reads per replica; each replica also holds one writer and one "
+                    "listener connection (default 10)",
     "concurrency": "jobs run at once by this process (default 100)",
     "queue_concurrency": "per-queue limits, QUEUE=N[,QUEUE=N...]",
     "shutdown_grace": "seconds SIGTERM may take: running jobs get this minus cancel-grace (at most half) to "

@@ -43,6 +43,7 @@ from jobwire_server.store.base import (
     Committed,
     InsertJobs,
     JobStore,
+    RenewLeases,
     UpdateJob,
 )
 
@@ -574,6 +575,15 @@ class StoreConformance:
         assert [j.id for j in await store.expired_leases(T0 + 1000, 10)] == [a.id], "only RUNNING jobs have leases"
         assert await store.next_lease_expiry() == T0 + 500
         assert await store.renew_leases(OWNER, [b.id], T0 + 900) == 0, "a finished job's lease is not renewed"
+
+    async def test_renewal_reports_cancel_requests_made_elsewhere(self, store: Store) -> None:
+        await insert(store, nj(payload=b"a"), nj(payload=b"b"))
+        _, claimed = await claim(store, T0)
+        a, b = (c.job for c in claimed)
+        await store.update_job(a.id, lambda j: plan_cancel(j, "stop it", T0 + 1))
+        (renewal,) = await store.write([RenewLeases(OWNER, [a.id, b.id], T0 + 100)])
+        assert renewal.renewed == 2
+        assert dict(renewal.cancel_requested) == {a.id: "stop it"}
 
     # ------------------------------------------------------------------ events and stats
 

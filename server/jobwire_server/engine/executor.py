@@ -128,6 +128,8 @@ class Executor:
         entry = self._running.get(job_id)
         if entry is None or entry.released:
             return False
+        if entry.cancel_requested:
+            return True  # delivered already (a request seen twice: notified, then at renewal)
         entry.cancel_requested = True
         entry.job = evolve(entry.job, cancel_requested=True, cancel_reason=reason)
         entry.stop()

@@ -13,7 +13,7 @@ from jobwire_server.domain.models import Job, JobError
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange, rescue_expired
 from jobwire_server.engine.writer import Writer
-from jobwire_server.store.base import JobStore, RenewLeases, UpdateJob
+from jobwire_server.store.base import JobStore, LeaseRenewal, RenewLeases, UpdateJob
 
 log = logging.getLogger("jobwire.leases")
 
@@ -22,7 +22,8 @@ RESCUE_BATCH = 100
 
 class LeaseKeeper:
     def __init__(self, store: JobStore, writer: Writer, clock: Clock, *, owner: str, lease_ttl: float,
-                 running_ids: Callable[[], list[str]], on_rescued: Callable[[], None]) -> None:
+                 running_ids: Callable[[], list[str]], on_rescued: Callable[[], None],
+                 on_cancel_requested: Callable[[str, str], object] = lambda _job, _reason: None) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
@@ -30,6 +31,7 @@ class LeaseKeeper:
         self._ttl = lease_ttl
         self._running_ids = running_ids
         self._on_rescued = on_rescued
+        self._on_cancel_requested = on_cancel_requested
         self._task: asyncio.Task[None] | None = None
         #: Set after every rescue pass (tests wait on it).
         self.passes = 0
@@ -61,7 +63,10 @@ class LeaseKeeper:
         if ids:
             # Fails fast on a storage fault rather than being held: a renewal committed late would
             # write an expiry that has already passed. The next heartbeat renews from a fresh time.
-            await self._writer.write(RenewLeases(self._owner, ids, self._clock.now() + self._ttl), fail_fast=True)
+            renewal: LeaseRenewal = await self._writer.write(
+                RenewLeases(self._owner, ids, self._clock.now() + self._ttl), fail_fast=True)
+            for job_id, reason in renewal.cancel_requested.items():
+                self._on_cancel_requested(job_id, reason)  # requested on another replica
 
     async def rescue(self) -> int:
         """Requeue every RUNNING job whose lease has expired; returns how many."""

@@ -52,8 +52,12 @@ class RetentionPolicy:
 
 
 class Retention:
-    def __init__(self, store: JobStore, writer: Writer, clock: Clock, policy: RetentionPolicy) -> None:
+    def __init__(self, store: JobStore, writer: Writer, clock: Clock, policy: RetentionPolicy,
+                 *, may_run: Callable[[], bool] = lambda: True) -> None:
         self._store = store
+        #: False on a replica that does not hold the retention lease (shared store): its timer
+        #: skips the pass. PruneJobs runs anywhere (its batches skip rows another pass holds).
+        self._may_run = may_run
         self._writer = writer
         self._clock = clock
         self.policy = policy
@@ -73,7 +77,7 @@ class Retention:
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                counts = await self.run_once()
+                counts = await self.run_once() if self._may_run() else RetentionCounts()
                 if counts.marked_stale or counts.deleted or counts.log_pruned:
                     log.info("retention: %d jobs made stale, %d deleted, %d delivery log rows pruned",
                              counts.marked_stale, counts.deleted, counts.log_pruned)

@@ -25,6 +25,11 @@ from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
 
 
+class StoreError(Exception):
+    """The database cannot be opened or used; the message names it (a file, or a URL without its
+    password) and what to check."""
+
+
 @dataclass(frozen=True, slots=True)
 class Committed:
     """A change that was written: the job after it and its numbered events."""
@@ -103,8 +108,16 @@ class ClaimJobs:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseRenewal:
+    renewed: int
+    #: Renewed jobs whose cancel was requested → its reason. A backstop for a request made on
+    #: another replica whose notification was lost.
+    cancel_requested: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class RenewLeases:
-    """→ int (leases renewed)."""
+    """→ LeaseRenewal."""
 
     owner: str
     job_ids: Sequence[str]

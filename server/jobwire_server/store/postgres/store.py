@@ -32,7 +32,7 @@ from jobwire_server.domain.errors import (
 )
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
-from jobwire_server.domain.states import JobState
+from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store import rows
 from jobwire_server.store.base import (
@@ -45,6 +45,7 @@ from jobwire_server.store.base import (
     DeleteStale,
     InsertJobs,
     InsertResult,
+    LeaseRenewal,
     MarkStale,
     PruneDeliveryLog,
     PruneRequests,
@@ -52,6 +53,7 @@ from jobwire_server.store.base import (
     ReleaseDeliveryLeases,
     RenewLeases,
     RetentionCounts,
+    StoreError,
     TakeDeliveries,
     UpdateJob,
     WriteOp,
@@ -67,6 +69,8 @@ Conn = asyncpg.Connection
 CHANNEL = "jobwire"
 #: At most one NOTIFY of each kind per this many seconds (the first is sent at once).
 NOTIFY_DEBOUNCE = 0.05
+#: Job ids per cancel notification (a payload holds at most 8,000 bytes).
+CANCELS_PER_NOTIFY = 100
 #: How often a replica looks for work and events without being told (lost notifications).
 POLL_INTERVAL = 1.0
 #: Seconds a connection attempt may take before the database counts as unreachable.
@@ -79,11 +83,7 @@ _EPOCH_2000 = 946_684_800.0
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
-class StoreError(Exception):
-    """The database cannot be opened or used; the message names it (without a password)."""
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class TailCursor:
     """A position in the events table: (writing transaction, row id), see `tail_events`."""
 
@@ -97,6 +97,8 @@ class RemoteSignal:
 
     work: bool
     events: bool
+    #: Jobs whose cancel another replica recorded (their handler may run here).
+    cancel: tuple[str, ...] = ()
 
 
 def _ts_encode(value: float) -> tuple[int]:
@@ -314,6 +316,7 @@ class PostgresJobStore:
     def _announce(self, ops: Sequence[WriteOp], results: Sequence[Any]) -> None:
         """Tell the other replicas, after the commit, what it did (debounced)."""
         events = work = False
+        cancelled: list[str] = []
         for op, result in zip(ops, results, strict=True):
             if result is None or isinstance(result, JobwireError):
                 continue
@@ -326,11 +329,17 @@ class PostgresJobStore:
                     if committed is not None:
                         events = True
                         work = work or committed.job.state is JobState.QUEUED
+                        if any(e.type is EventType.CANCEL_REQUESTED for e in committed.events):
+                            cancelled.append(committed.job.id)
                 case ClaimJobs():
                     events = events or bool(result.promoted or result.claimed)
                     work = work or bool(result.promoted)
                 case RecordDeliveryAttempt() | MarkStale():
                     events = True
+        if cancelled and not self._closed:  # at once, not debounced: a handler elsewhere should stop now
+            for start in range(0, len(cancelled), CANCELS_PER_NOTIFY):
+                payload = f"cancel {self.replica} {','.join(cancelled[start:start + CANCELS_PER_NOTIFY])}"
+                asyncio.get_running_loop().create_task(self._send(payload))
         if work:
             self._notify("work")
         elif events:
@@ -344,15 +353,18 @@ class PostgresJobStore:
             return
         self._notify_tasks[kind] = asyncio.get_running_loop().create_task(self._send_notify(kind))
 
+    async def _send(self, payload: str) -> None:
+        try:
+            async with self._reader() as conn:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        except Exception as exc:  # a hint only: the other replicas poll, and renewals carry cancels
+            log.debug("notify failed: %s", exc)
+
     async def _send_notify(self, kind: str) -> None:
         try:
             while True:
                 self._notify_pending.discard(kind)
-                try:
-                    async with self._reader() as conn:
-                        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{kind} {self.replica}")
-                except Exception as exc:  # a hint only: the other replicas poll
-                    log.debug("notify failed: %s", exc)
+                await self._send(f"{kind} {self.replica}")
                 await asyncio.sleep(NOTIFY_DEBOUNCE)
                 if kind not in self._notify_pending:
                     return
@@ -390,10 +402,11 @@ class PostgresJobStore:
             delay = min(delay * 2, 5.0)
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        kind, _, sender = str(payload).partition(" ")
+        kind, sender, *rest = str(payload).split(" ")
         if sender == self.replica or self.on_remote is None:
             return
-        self.on_remote(RemoteSignal(work=kind == "work", events=True))
+        cancel = tuple(rest[0].split(",")) if kind == "cancel" and rest else ()
+        self.on_remote(RemoteSignal(work=kind == "work", events=True, cancel=cancel))
 
     async def tail_start(self) -> TailCursor:
         """A cursor from which `tail_events` returns every event not yet committed now (and
@@ -402,17 +415,23 @@ class PostgresJobStore:
             xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         return TailCursor(int(xmin), 0)
 
-    async def tail_events(self, cursor: TailCursor, limit: int) -> tuple[list[Event], TailCursor]:
+    async def tail_events(self, cursor: TailCursor, limit: int,
+                          job_ids: Sequence[str] | None = None) -> tuple[list[Event], TailCursor]:
         """Events after `cursor` in (transaction, row) order, from transactions below the
         snapshot's xmin: every transaction that could still add an event before them has ended,
-        so none is skipped. Each event carries its job as it is now."""
+        so none is skipped. Only those of `job_ids` when given. Each event carries its job as it
+        is now. With nothing to return, the cursor still moves up to the xmin."""
+        only = "" if job_ids is None else " AND job_id = ANY($4::uuid[])"
+        args: list[Any] = [str(cursor.xid), cursor.id, limit] + ([] if job_ids is None else [list(job_ids)])
         async with self._reader() as conn:
-            found = await conn.fetch(
-                "SELECT xid::text, id, job_id, seq, type, time, phase, detail FROM events "
-                "WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
-                "ORDER BY xid, id LIMIT $3", str(cursor.xid), cursor.id, limit)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                xmin = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+                found = await conn.fetch(
+                    "SELECT xid::text, id, job_id, seq, type, time, phase, detail FROM events "
+                    f"WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot()){only} "
+                    "ORDER BY xid, id LIMIT $3", *args)
             if not found:
-                return [], cursor
+                return [], max(cursor, TailCursor(xmin, 0))
             jobs = await writes.load_jobs(conn, sorted({row[2] for row in found}))
         events = [rows.event_from_row(row[2:], job.queue, job.kind, job)
                   for row in found if (job := jobs.get(row[2])) is not None]
@@ -455,8 +474,8 @@ class PostgresJobStore:
         return result
 
     async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
-        result: int = await self._one(RenewLeases(owner, job_ids, expires))
-        return result
+        result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
+        return result.renewed
 
     async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
         result: list[Delivery] = await self._one(TakeDeliveries(now, limit, lease_until))

@@ -22,7 +22,14 @@ from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import rows
-from jobwire_server.store.base import ChangeBuilder, ClaimParams, ClaimResult, Committed, InsertResult
+from jobwire_server.store.base import (
+    ChangeBuilder,
+    ClaimParams,
+    ClaimResult,
+    Committed,
+    InsertResult,
+    LeaseRenewal,
+)
 from jobwire_server.store.postgres import outbox
 
 Conn = asyncpg.Connection
@@ -405,10 +412,11 @@ async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
     return [row[0] for row in found[: p.limit]]
 
 
-async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> int:
-    return count(await conn.execute(
-        "UPDATE jobs SET lease_expires = $1 WHERE state = 'RUNNING' AND lease_owner = $2 AND id = ANY($3::uuid[])",
-        expires, owner, list(job_ids)))
+async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:
+    found = await conn.fetch(
+        "UPDATE jobs SET lease_expires = $1 WHERE state = 'RUNNING' AND lease_owner = $2 AND id = ANY($3::uuid[]) "
+        "RETURNING id, cancel_requested, cancel_reason", expires, owner, list(job_ids))
+    return LeaseRenewal(len(found), {row[0]: row[2] for row in found if row[1]})
 
 
 # ---------------------------------------------------------------------- retention

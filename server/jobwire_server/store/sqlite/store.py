@@ -36,6 +36,7 @@ from jobwire_server.store.base import (
     DeleteStale,
     InsertJobs,
     InsertResult,
+    LeaseRenewal,
     MarkStale,
     PruneDeliveryLog,
     PruneRequests,
@@ -43,6 +44,7 @@ from jobwire_server.store.base import (
     ReleaseDeliveryLeases,
     RenewLeases,
     RetentionCounts,
+    StoreError,
     TakeDeliveries,
     UpdateJob,
     WriteOp,
@@ -53,10 +55,6 @@ from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThrea
 
 Conn = sqlite3.Connection
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """The database cannot be opened or used; the message names the file."""
 
 
 class SqliteJobStore:
@@ -203,8 +201,8 @@ class SqliteJobStore:
         return result
 
     async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
-        result: int = await self._one(RenewLeases(owner, job_ids, expires))
-        return result
+        result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
+        return result.renewed
 
     async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
         result: list[Delivery] = await self._one(TakeDeliveries(now, limit, lease_until))

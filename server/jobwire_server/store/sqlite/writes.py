@@ -16,7 +16,14 @@ from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import rows
-from jobwire_server.store.base import ChangeBuilder, ClaimParams, ClaimResult, Committed, InsertResult
+from jobwire_server.store.base import (
+    ChangeBuilder,
+    ClaimParams,
+    ClaimResult,
+    Committed,
+    InsertResult,
+    LeaseRenewal,
+)
 from jobwire_server.store.sqlite import outbox
 
 Conn = sqlite3.Connection
@@ -349,11 +356,12 @@ def _candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
     return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, p.limit]
 
 
-def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> int:
-    cursor = conn.execute(
+def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:
+    found = conn.execute(
         "UPDATE jobs SET lease_expires = ? WHERE state = 'RUNNING' AND lease_owner = ? "
-        "AND id IN (SELECT value FROM json_each(?))", (expires, owner, json.dumps(list(job_ids))))
-    return cursor.rowcount
+        "AND id IN (SELECT value FROM json_each(?)) RETURNING id, cancel_requested, cancel_reason",
+        (expires, owner, json.dumps(list(job_ids)))).fetchall()
+    return LeaseRenewal(len(found), {row[0]: row[2] for row in found if row[1]})
 
 
 # ---------------------------------------------------------------------- retention
