@@ -23,7 +23,7 @@ Conn = asyncpg.Connection
 
 # A job whose receiver answered 410 Gone for this URL gets no new deliveries to it: they are
 # written STOPPED, so the log still shows them.
-_INSERT = """
+INSERT = """
 INSERT INTO deliveries (id, job_id, event_seq, event_type, url, body, state, next_at, create_time, update_time)
 SELECT d.id, d.job_id, d.event_seq, d.event_type, d.url, d.body,
        CASE WHEN EXISTS (SELECT 1 FROM deliveries g WHERE g.job_id = d.job_id AND g.url = d.url AND g.gone)
@@ -43,16 +43,14 @@ _FINAL_STATE = {
 _DELIVERY_COLUMNS = "id, job_id, event_seq, event_type, url, body, attempts, create_time"
 
 
-async def add_deliveries(conn: Conn, events: Sequence[Event]) -> int:
-    """Write an outbox row for each event whose job's webhook wants it; returns how many."""
+def delivery_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """The outbox rows (parameters of `INSERT`) of the events whose job's webhook wants them."""
     rows: list[tuple[Any, ...]] = []
     for event in events:
         new = deliveries_for(event)
         if new is not None:
             rows.append((new.id, new.job_id, new.event_seq, new.event_type, new.url, new.body, new.time))
-    if rows:
-        await conn.execute(_INSERT, *[list(column) for column in zip(*rows, strict=True)])
-    return len(rows)
+    return rows
 
 
 async def take_due(conn: Conn, now: float, limit: int, lease_until: float) -> list[Delivery]:

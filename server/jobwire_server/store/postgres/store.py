@@ -117,6 +117,12 @@ async def _setup_connection(conn: Conn) -> None:
                               format="tuple")
 
 
+async def _keep_session(_conn: Conn) -> None:
+    """Pooled connections are given back as they were: reads leave no session state (no LISTEN,
+    no session locks, no settings), and asyncpg rolls back an open transaction itself. The
+    default reset would cost a round trip per read."""
+
+
 def display_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
@@ -154,6 +160,7 @@ class PostgresJobStore:
         self._listen_task: asyncio.Task[None] | None = None
         self._notify_tasks: dict[str, asyncio.Task[None]] = {}
         self._notify_pending: set[str] = set()
+        self._send_lock = asyncio.Lock()
         self._closed = True
         #: Called with what another replica announced (set by the app before `listen`).
         self.on_remote: Callable[[RemoteSignal], None] | None = None
@@ -167,7 +174,7 @@ class PostgresJobStore:
             self._writer = await self._connect()
             await self._migrate(self._writer)
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self.pool_size, init=_setup_connection,
+                self._dsn, min_size=1, max_size=self.pool_size, init=_setup_connection, reset=_keep_session,
                 server_settings=self._settings, timeout=CONNECT_TIMEOUT)
         except BaseException as exc:
             await self.close()
@@ -247,7 +254,9 @@ class PostgresJobStore:
                 for attempt in range(TRANSIENT_RETRIES + 1):
                     try:
                         async with conn.transaction():
-                            results = await _run_ops(conn, batch)
+                            pending = writes.Pending()
+                            results = await _run_ops(conn, pending, batch)
+                            await pending.flush(conn)
                         break
                     except _TRANSIENT:
                         if attempt == TRANSIENT_RETRIES:
@@ -355,6 +364,11 @@ class PostgresJobStore:
 
     async def _send(self, payload: str) -> None:
         try:
+            listener = self._listener
+            if listener is not None and not listener.is_closed():  # no pool round trip
+                async with self._send_lock:  # one query at a time on a connection
+                    await listener.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                return
             async with self._reader() as conn:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
         except Exception as exc:  # a hint only: the other replicas poll, and renewals carry cancels
@@ -549,7 +563,7 @@ def _setter(event: asyncio.Event) -> Callable[[object], None]:
 # ---------------------------------------------------------------------- one transaction
 
 
-async def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
+async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> list[Any]:
     results: list[Any] = []
     index = 0
     while index < len(ops):
@@ -559,43 +573,60 @@ async def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
             end = index
             while end < len(ops) and isinstance(ops[end], ApplyChange):
                 end += 1
-            results.extend(await writes.apply_changes(conn, [o.change for o in ops[index:end]]))  # type: ignore[union-attr]
+            changes = [o.change for o in ops[index:end]]  # type: ignore[union-attr]
+            results.extend(await writes.apply_changes(conn, pending, changes))
             index = end
             continue
         if isinstance(op, InsertJobs | UpdateJob):
-            results.append(await _refusable(conn, op))
+            results.append(await _refusable(conn, pending, op))
         else:
-            results.append(await _run_one(conn, op))
+            if not isinstance(op, ClaimJobs | RenewLeases):
+                await pending.flush(conn)  # the rest read or delete rows it may hold; they are rare
+            results.append(await _run_one(conn, pending, op))
         index += 1
     return results
 
 
-async def _refusable(conn: Conn, op: InsertJobs | UpdateJob) -> Any:
+async def _refusable(conn: Conn, pending: writes.Pending, op: InsertJobs | UpdateJob) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits. A conflict with another
     replica's commit (a request id or dedupe key it took meanwhile) runs it again, and then it
     sees that commit."""
+    if _may_read_pending(pending, op):
+        # Written outside the savepoint: a refusal must not undo other operations' rows.
+        await pending.flush(conn)
     for _ in range(TRANSIENT_RETRIES):
+        mark = pending.mark()
         try:
             async with conn.transaction():
-                return await _run_one(conn, op)
+                return await _run_one(conn, pending, op)
         except JobwireError as exc:
+            pending.drop_to(mark)
             return exc
         except writes.Conflict:
+            pending.drop_to(mark)
             continue
     raise StorageUnavailable("(shared)", "a write kept conflicting with other replicas' commits; retry it")
 
 
-async def _run_one(conn: Conn, op: WriteOp) -> Any:
+def _may_read_pending(pending: writes.Pending, op: InsertJobs | UpdateJob) -> bool:
+    """Whether `op` may read phases still pending (which a read writes first)."""
+    if isinstance(op, UpdateJob):
+        return pending.touches([op.job_id])
+    # An enqueue reads existing jobs only when a request id or dedupe key returns one.
+    return bool(pending.new_phases or pending.phase_updates) and any(j.request_id or j.dedupe_key for j in op.jobs)
+
+
+async def _run_one(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
     match op:
         case InsertJobs(jobs, now, ttl):
-            return await writes.insert_jobs(conn, jobs, now, ttl)
+            return await writes.insert_jobs(conn, pending, jobs, now, ttl)
         case UpdateJob(job_id, build, lease_expired_before):
-            return await writes.update_job(conn, job_id, build, lease_expired_before)
+            return await writes.update_job(conn, pending, job_id, build, lease_expired_before)
         case ApplyChange(change):
-            return (await writes.apply_changes(conn, [change]))[0]
+            return (await writes.apply_changes(conn, pending, [change]))[0]
         case ClaimJobs(params):
-            return await writes.claim_jobs(conn, params)
+            return await writes.claim_jobs(conn, pending, params)
         case RenewLeases(owner, job_ids, expires):
             return await writes.renew_leases(conn, owner, job_ids, expires)
         case TakeDeliveries(now, limit, lease_until):
@@ -605,7 +636,7 @@ async def _run_one(conn: Conn, op: WriteOp) -> Any:
         case ReleaseDeliveryLeases(now):
             return await outbox.release_expired_leases(conn, now)
         case MarkStale(finished_before, now, limit):
-            return await writes.mark_stale(conn, finished_before, now, limit)
+            return await writes.mark_stale(conn, pending, finished_before, now, limit)
         case DeleteStale(stale_before, now, limit):
             return await writes.delete_stale(conn, stale_before, now, limit)
         case PruneDeliveryLog(before, limit):

@@ -82,7 +82,63 @@ WHERE j.id = u.id AND j.state = u.old_state AND j.attempt = u.old_attempt
 """
 
 _WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
-_NEXT_DUE = "SELECT min(run_at) FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING')"
+
+
+class Pending:
+    """Rows a transaction writes in one statement just before it commits, not one statement per
+    operation: new phases, phase updates, events and outbox rows. Nothing in the transaction
+    reads events or the outbox; a read of a job's phases (`load_jobs`, `load_phases`) writes
+    what is pending first. A refused operation's rows are dropped with it (`mark`, `drop_to`)."""
+
+    def __init__(self) -> None:
+        self.new_phases: list[tuple[Any, ...]] = []
+        self.phase_updates: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.outbox: list[Event] = []
+
+    def mark(self) -> tuple[int, int, int, int]:
+        return len(self.new_phases), len(self.phase_updates), len(self.events), len(self.outbox)
+
+    def drop_to(self, mark: tuple[int, int, int, int]) -> None:
+        del self.new_phases[mark[0]:], self.phase_updates[mark[1]:], self.events[mark[2]:], self.outbox[mark[3]:]
+
+    def touches(self, ids: Sequence[str]) -> bool:
+        if not (self.new_phases or self.phase_updates):
+            return False
+        wanted = set(ids)
+        return any(r[0] in wanted for r in self.new_phases) or any(r[7] in wanted for r in self.phase_updates)
+
+    async def flush(self, conn: Conn) -> None:
+        """One statement: each non-empty part a data-modifying CTE (they see the same snapshot, so
+        a phase is never inserted and updated in one flush: a read in between flushes first)."""
+        parts: list[str] = []
+        args: list[Any] = []
+        if self.new_phases:
+            parts.append(_cte(len(args), _INSERT_PHASES, 4))
+            args += _columns(self.new_phases, 4)
+        if self.phase_updates:
+            last = {(r[7], r[8]): r for r in self.phase_updates}  # the last write of a phase wins
+            parts.append(_cte(len(args), _UPDATE_PHASES, 9))
+            args += _columns(list(last.values()), 9)
+        if self.events:
+            parts.append(_cte(len(args), INSERT_EVENTS, 6))
+            args += _columns(self.events, 6)
+        deliveries = outbox.delivery_rows(self.outbox)
+        if deliveries:
+            parts.append(_cte(len(args), outbox.INSERT, 7))
+            args += _columns(deliveries, 7)
+        self.new_phases, self.phase_updates, self.events, self.outbox = [], [], [], []
+        if parts:
+            names = [f"w{n}" for n in range(len(parts))]
+            await conn.execute("WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in zip(names, parts, strict=True))
+                               + " SELECT 1", *args)
+
+
+def _cte(offset: int, sql: str, width: int) -> str:
+    """`sql` with its parameters $1…$width renumbered after `offset` ones."""
+    for n in range(width, 0, -1):
+        sql = sql.replace(f"${n}::", f"${n + offset}::")
+    return sql
 
 
 class Conflict(Exception):
@@ -95,11 +151,14 @@ def count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def load_jobs(conn: Conn, ids: Sequence[str], *, lock: bool = False) -> dict[str, Job]:
+async def load_jobs(conn: Conn, ids: Sequence[str], *, lock: bool = False,
+                    pending: Pending | None = None) -> dict[str, Job]:
     """The jobs with these ids, with their phases (missing ids are left out); `lock` takes their
     row locks, in id order."""
     if not ids:
         return {}
+    if pending is not None and pending.touches(ids):
+        await pending.flush(conn)
     suffix = " ORDER BY id FOR UPDATE" if lock else ""
     if len(ids) == 1:
         job_rows = await conn.fetch(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = $1{suffix}", ids[0])
@@ -110,9 +169,11 @@ async def load_jobs(conn: Conn, ids: Sequence[str], *, lock: bool = False) -> di
     return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
 
 
-async def load_phases(conn: Conn, ids: Sequence[str]) -> dict[str, list[Phase]]:
+async def load_phases(conn: Conn, ids: Sequence[str], pending: Pending | None = None) -> dict[str, list[Phase]]:
     if not ids:
         return {}
+    if pending is not None and pending.touches(ids):
+        await pending.flush(conn)
     if len(ids) == 1:
         phase_rows = await conn.fetch(f"SELECT {rows.PHASE_COLUMNS} FROM phases WHERE job_id = $1 ORDER BY idx", ids[0])
     else:
@@ -124,26 +185,21 @@ async def load_phases(conn: Conn, ids: Sequence[str]) -> dict[str, list[Phase]]:
     return phases
 
 
-async def write_details(conn: Conn, written: Sequence[tuple[JobChange, Job]]) -> list[Committed]:
-    """Phase rows and numbered event rows of changes whose job row was written (see the SQLite
-    store: each job's `last_sequence` numbers its change's events)."""
-    phase_rows: dict[tuple[str, int], tuple[Any, ...]] = {}  # the last write of a phase wins
-    event_rows: list[tuple[Any, ...]] = []
+def write_details(pending: Pending, written: Sequence[tuple[JobChange, Job]]) -> list[Committed]:
+    """Phase rows and numbered event rows of changes whose job row was written, queued for the
+    transaction's last statement (see the SQLite store: each job's `last_sequence` numbers its
+    change's events)."""
     committed: list[Committed] = []
     for change, job in written:
-        for i in change.changed_phases:
-            phase_rows[(job.id, i)] = rows.phase_params(job.id, i, job.phases[i])
+        pending.phase_updates.extend(rows.phase_params(job.id, i, job.phases[i]) for i in change.changed_phases)
         first = job.last_sequence - len(change.events) + 1
         events = tuple(
             Event(job.id, first + n, e.type, job.update_time, job.queue, job.kind, e.phase, e.detail, job)
             for n, e in enumerate(change.events))
-        event_rows.extend((job.id, e.sequence, e.type.value, e.time, e.phase, e.detail) for e in events)
+        pending.events.extend((job.id, e.sequence, e.type.value, e.time, e.phase, e.detail) for e in events)
+        if job.webhook is not None:
+            pending.outbox.extend(events)
         committed.append(Committed(job, events))
-    if phase_rows:
-        await conn.execute(_UPDATE_PHASES, *_columns(list(phase_rows.values()), 9))
-    if event_rows:
-        await conn.execute(INSERT_EVENTS, *_columns(event_rows, 6))
-        await outbox.add_deliveries(conn, [e for c in committed for e in c.events])
     return committed
 
 
@@ -157,7 +213,8 @@ def _columns(table: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 # ---------------------------------------------------------------------- enqueue
 
 
-async def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: float) -> list[InsertResult]:
+async def insert_jobs(conn: Conn, pending: Pending, new_jobs: Sequence[NewJob], now: float,
+                      ttl: float) -> list[InsertResult]:
     known_requests = await _known_requests(conn, new_jobs, now)
     active = await _active_dedupe_keys(conn, new_jobs)
     created: list[Job] = []
@@ -183,8 +240,8 @@ async def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: f
         if new.request_id:
             known_requests[new.request_id] = (new.fingerprint, job_id)
             request_rows[new.request_id] = (new.request_id, new.fingerprint, job_id, now + ttl)
-    await _insert_rows(conn, created, list(request_rows.values()), now)
-    existing = await load_jobs(conn, [job_id for job_id, _, made in outcome if not made])
+    await _insert_rows(conn, pending, created, list(request_rows.values()), now)
+    existing = await load_jobs(conn, [job_id for job_id, _, made in outcome if not made], pending=pending)
     fresh = {job.id: job for job in created}
     results = []
     for job_id, deduplicated, made in outcome:
@@ -194,8 +251,7 @@ async def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: f
             results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
         else:
             results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
-    if any(job.webhook is not None for job in created):
-        await outbox.add_deliveries(conn, [e for r in results for e in r.events])
+    pending.outbox.extend(e for r in results if r.job.webhook is not None for e in r.events)
     return results
 
 
@@ -220,18 +276,16 @@ async def _active_dedupe_keys(conn: Conn, new_jobs: Sequence[NewJob]) -> dict[tu
     return {(row[0], row[1]): row[2] for row in found}
 
 
-async def _insert_rows(conn: Conn, jobs: Sequence[Job], request_rows: Sequence[tuple[str, str, str, float]],
-                       now: float) -> None:
+async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
+                       request_rows: Sequence[tuple[str, str, str, float]], now: float) -> None:
     """Insert jobs and remembered request ids; `Conflict` when another transaction committed an
     active job with one of their dedupe keys, or one of their request ids, since they were read."""
     if jobs:
         inserted = await conn.fetch(_INSERT_JOBS, *_columns([_job_params(job) for job in jobs], len(_JOB_TYPES)))
         if len(inserted) != len(jobs):
             raise Conflict
-        await conn.execute(_INSERT_PHASES, *_columns(
-            [(job.id, i, p.name, p.state.value) for job in jobs for i, p in enumerate(job.phases)], 4))
-        await conn.execute(INSERT_EVENTS, *_columns(
-            [(job.id, 1, EventType.ENQUEUED.value, job.create_time, "", "") for job in jobs], 6))
+        pending.new_phases.extend((job.id, i, p.name, p.state.value) for job in jobs for i, p in enumerate(job.phases))
+        pending.events.extend((job.id, 1, EventType.ENQUEUED.value, job.create_time, "", "") for job in jobs)
     if request_rows:
         # An expired row is replaced; a live one that appeared since the read is a conflict.
         claimed = await conn.fetch(
@@ -268,13 +322,15 @@ def _job_params(job: Job) -> tuple[Any, ...]:
 # ---------------------------------------------------------------------- guarded changes
 
 
-async def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | None]:
-    """Lock the changed jobs' rows (id order), check each change's guard against the row as it is,
-    then write the passing ones. Changes to one job apply in order, each seeing the one before;
-    the row gets the last one's values."""
+async def apply_changes(conn: Conn, pending: Pending, changes: Sequence[JobChange]) -> list[Committed | None]:
+    """Write each change whose guard holds on the row as it is. One change per job (the common
+    case: the executor's outcomes) is one statement, guard checked by the UPDATE itself; several
+    changes to one job lock its row first and apply in order, each seeing the one before."""
     if not changes:
         return []
     ids = sorted({c.job.id for c in changes})
+    if len(ids) == len(changes):
+        return await _apply_each_once(conn, pending, changes)
     found = await conn.fetch(
         "SELECT id, state, attempt, seq, cancel_requested, cancel_reason FROM jobs "
         "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids)
@@ -304,15 +360,63 @@ async def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Commit
         last_write[job.id] = job
     await conn.execute(_APPLY_CHANGES, *_columns(
         [_change_params(job, *before[job.id]) for job in last_write.values()], 17))
-    committed = await write_details(conn, finals)
+    committed = write_details(pending, finals)
     for (index, _, _), item in zip(written, committed, strict=True):
         results[index] = item
     return results
 
 
-async def update_job(conn: Conn, job_id: str, build: ChangeBuilder,
+async def _apply_each_once(conn: Conn, pending: Pending, changes: Sequence[JobChange]) -> list[Committed | None]:
+    params = sorted((_guarded_params(c) for c in changes), key=lambda row: row[0])  # rows locked in id order
+    found = await conn.fetch(_APPLY_GUARDED, *_columns(params, 18))
+    written = {row[0]: row for row in found}
+    finals: list[tuple[JobChange, Job]] = []
+    results: list[Committed | None] = [None] * len(changes)
+    indexes: list[int] = []
+    for index, change in enumerate(changes):
+        row = written.get(change.job.id)
+        if row is None:
+            continue  # its guard no longer held
+        job, (_, seq, requested, reason) = change.job, row
+        if job.cancel_requested != requested or job.cancel_reason != reason or job.last_sequence != seq:
+            job = evolve(job, cancel_requested=requested, cancel_reason=reason, last_sequence=seq)
+        finals.append((change, job))
+        indexes.append(index)
+    for index, item in zip(indexes, write_details(pending, finals), strict=True):
+        results[index] = item
+    return results
+
+
+def _guarded_params(change: JobChange) -> tuple[Any, ...]:
+    job = change.job
+    return (*_change_params(job, "", 0)[:12], change.reason.value in _WRITES_CANCEL_FLAGS, job.cancel_requested,
+            job.cancel_reason, ",".join(s.value for s in change.guard), change.attempt, len(change.events))
+
+
+# A guarded change of a job changed once in its batch: the guard (states, attempt) is checked on
+# the row under its lock, the sequence advanced by the change's events, the cancel flags written
+# only by the changes that set them; the row as written comes back (none: the guard failed).
+_APPLY_GUARDED = """
+UPDATE jobs AS j SET state = u.state, attempt = u.attempt, uncounted_attempts = u.uncounted,
+    progress_pct = u.pct, progress_msg = u.msg, error = u.error, error_history = u.history, run_at = u.run_at,
+    start_time = u.start_time, finish_time = u.finish_time, update_time = u.update_time, seq = j.seq + u.events,
+    cancel_requested = CASE WHEN u.writes_cancel THEN u.cancel_requested ELSE j.cancel_requested END,
+    cancel_reason = CASE WHEN u.writes_cancel THEN u.cancel_reason ELSE j.cancel_reason END,
+    lease_owner = CASE WHEN u.state = 'RUNNING' THEN j.lease_owner END,
+    lease_expires = CASE WHEN u.state = 'RUNNING' THEN j.lease_expires END
+FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::float8[], $6::text[], $7::jsonb[], $8::jsonb[],
+            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::bool[], $14::bool[],
+            $15::text[], $16::text[], $17::int4[], $18::int4[])
+    AS u(id, state, attempt, uncounted, pct, msg, error, history, run_at, start_time, finish_time, update_time,
+         writes_cancel, cancel_requested, cancel_reason, guard, fence, events)
+WHERE j.id = u.id AND j.state = ANY(string_to_array(u.guard, ',')) AND (u.fence IS NULL OR j.attempt = u.fence)
+RETURNING j.id, j.seq, j.cancel_requested, j.cancel_reason
+"""
+
+
+async def update_job(conn: Conn, pending: Pending, job_id: str, build: ChangeBuilder,
                      lease_expired_before: float | None = None) -> tuple[Job, Committed | None]:
-    found = await load_jobs(conn, [job_id], lock=True)
+    found = await load_jobs(conn, [job_id], lock=True, pending=pending)
     if job_id not in found:
         raise JobNotFound(job_id)
     if lease_expired_before is not None and not await conn.fetchval(
@@ -323,7 +427,7 @@ async def update_job(conn: Conn, job_id: str, build: ChangeBuilder,
         return found[job_id], None
     try:
         async with conn.transaction():  # a savepoint: the unique violation below must not end the batch
-            (committed,) = await apply_changes(conn, [change])
+            (committed,) = await apply_changes(conn, pending, [change])
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "jobs_dedupe":
             raise
@@ -350,48 +454,79 @@ def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...
 # ---------------------------------------------------------------------- claims and leases
 
 
-async def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
-    promoted = await _promote_due(conn, params.now)
-    claimed = await _claim_ready(conn, params) if params.limit > 0 else []
-    return ClaimResult(promoted, claimed, await conn.fetchval(_NEXT_DUE))
+async def claim_jobs(conn: Conn, pending: Pending, params: ClaimParams) -> ClaimResult:
+    promoted, next_due = await _promote_due(conn, pending, params.now)
+    claimed = await _claim_ready(conn, pending, params) if params.limit > 0 else []
+    return ClaimResult(promoted, claimed, next_due)
 
 
-async def _promote_due(conn: Conn, now: float) -> list[Committed]:
-    found = await conn.fetch(
-        "UPDATE jobs SET state = 'QUEUED', seq = seq + 1, update_time = $1 WHERE id IN ("
-        "  SELECT id FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING') AND run_at <= $1 ORDER BY run_at LIMIT $2"
-        "  FOR UPDATE SKIP LOCKED) RETURNING id", now, PROMOTE_BATCH)
-    if not found:
-        return []
-    jobs = await load_jobs(conn, [row[0] for row in found])
-    changes = [become_due(jobs[row[0]], now) for row in found]
-    return await write_details(conn, [(c, c.job) for c in changes])  # loaded after the update
+# The due jobs become QUEUED, and the earliest run_at of those still waiting, in one round trip
+# (the outer query sees the table as before the update: the promoted rows are left out by id).
+_PROMOTE = """
+WITH promoted AS (
+    UPDATE jobs SET state = 'QUEUED', seq = seq + 1, update_time = $1 WHERE id IN (
+        SELECT id FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING') AND run_at <= $1 ORDER BY run_at LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id)
+SELECT (SELECT array_agg(id::text) FROM promoted),
+       (SELECT min(run_at) FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING')
+            AND id <> ALL(ARRAY(SELECT id FROM promoted)))
+"""
+
+
+async def _promote_due(conn: Conn, pending: Pending, now: float) -> tuple[list[Committed], float | None]:
+    row = await conn.fetchrow(_PROMOTE, now, PROMOTE_BATCH)
+    ids, next_due = (row[0], row[1]) if row is not None else (None, None)
+    if not ids:
+        return [], next_due
+    jobs = await load_jobs(conn, ids, pending=pending)
+    changes = [become_due(jobs[job_id], now) for job_id in ids]
+    return write_details(pending, [(c, c.job) for c in changes]), next_due  # loaded after the update
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
 _ORDER = "ORDER BY priority DESC, run_at, id"
-_CLAIM = (
+_CLAIM_SET = (
     "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = $1, "
     "finish_time = NULL, update_time = $1, lease_owner = $2, lease_expires = $3 "
-    f"WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_SELECT}"
+)
+# Each claimed job comes back with its phases (as they are in the table: see `_claim_ready`).
+_WITH_PHASES = (
+    "ARRAY(SELECT ROW(p.job_id::text, p.idx, p.name, p.state, p.progress_pct, p.progress_msg, p.result, "
+    "p.error::text, p.start_time, p.finish_time) FROM phases p WHERE p.job_id = jobs.id ORDER BY p.idx)"
+)
+_CLAIM = f"{_CLAIM_SET} WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
+# Without limited queues (the common case) candidates and claim are one round trip.
+_CLAIM_BEST = (
+    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' {_ORDER} LIMIT $4 FOR UPDATE SKIP LOCKED) "
+    f"{_CLAIM_SET} FROM best WHERE jobs.id = best.id RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
 )
 
 
-async def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
-    ids = await _candidates(conn, p)
-    if not ids:
+async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> list[Committed]:
+    if p.queue_room:
+        ids = await _candidates(conn, p)
+        if not ids:
+            return []
+        found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids)
+    else:
+        found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit)
+    if not found:
         return []
-    found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids)
-    phases = await load_phases(conn, [row[0] for row in found])
+    ids = [row[0] for row in found]
+    if pending.touches(ids):  # a job retried in this transaction: its phases are not written yet
+        phases = await load_phases(conn, ids, pending)
+    else:
+        phases = {row[0]: [rows.phase_from_row(p) for p in row[-1]] for row in found}
     changes = []
     for row in found:
         # The row as updated (sequence and times current), taken as the QUEUED job it was, so the
         # state machine's `claim` makes the change the UPDATE already wrote.
-        before = list(row)
+        before = list(row)[:-1]
         before[_STATE], before[_ATTEMPT] = JobState.QUEUED.value, row[_ATTEMPT] - 1
         change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
         changes.append((change, change.job))
-    return await write_details(conn, changes)
+    return write_details(pending, changes)
 
 
 async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
@@ -422,10 +557,11 @@ async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: 
 # ---------------------------------------------------------------------- retention
 
 
-async def mark_stale(conn: Conn, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
+async def mark_stale(conn: Conn, pending: Pending, finished_before: Mapping[JobState, float], now: float,
+                     limit: int) -> list[Committed]:
     ids = await _stale_candidates(conn, finished_before, limit)
-    jobs = await load_jobs(conn, ids)
-    results = await apply_changes(conn, [make_stale(jobs[i], now) for i in ids if i in jobs])
+    jobs = await load_jobs(conn, ids, pending=pending)
+    results = await apply_changes(conn, pending, [make_stale(jobs[i], now) for i in ids if i in jobs])
     return [c for c in results if c is not None]
 
 
