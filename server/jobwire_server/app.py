@@ -128,8 +128,9 @@ class App:
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
                                  on_slot_free=self._slot_freed, tracer=self.tracing.tracer)
-        self.dispatcher = Dispatcher(self.writer, self.executor, self.clock, owner=self.owner,
-                                     lease_ttl=config.lease_ttl)
+        self.dispatcher = Dispatcher(
+            self.writer, self.executor, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
+            global_limits=dict(config.queue_concurrency) if config.queue_concurrency_global else None)
         self.leases = LeaseKeeper(self.store, self.writer, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
                                   running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake,
                                   on_cancel_requested=self.executor.request_cancel)

@@ -42,6 +42,7 @@ class ServerConfig:
     db_pool_size: int = 10
     concurrency: int = 100
     queue_concurrency: Mapping[str, int] = field(default_factory=dict)
+    queue_concurrency_global: bool = False
     shutdown_grace: float = 10.0
     cancel_grace: float = 5.0
     lease_ttl: float = 30.0
@@ -308,6 +309,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "db_pool_size": _positive_int,
     "concurrency": _positive_int,
     "queue_concurrency": _queue_limits,
+    "queue_concurrency_global": _bool,
     "shutdown_grace": _seconds,
     "cancel_grace": _seconds,
     "lease_ttl": _seconds,
@@ -353,6 +355,8 @@ _HELP: dict[str, str] = {
                     "listener connection (default 10)",
     "concurrency": "jobs run at once by this process (default 100)",
     "queue_concurrency": "per-queue limits, QUEUE=N[,QUEUE=N...]",
+    "queue_concurrency_global": "with PostgreSQL: queue_concurrency limits count the jobs running on every replica, "
+                                "not only this one (default false)",
     "shutdown_grace": "seconds SIGTERM may take: running jobs get this minus cancel-grace (at most half) to "
                       "finish, then the rest are stopped and requeued (default 10)",
     "cancel_grace": "seconds a cancelled handler gets before it is abandoned (default 5)",

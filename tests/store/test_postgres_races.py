@@ -13,7 +13,7 @@ from jobwire_server.domain.errors import InvalidTransition
 from jobwire_server.domain.models import Job, JobError, Webhook
 from jobwire_server.domain.states import TERMINAL_STATES, EventType, JobState
 from jobwire_server.domain.transitions import finish_phase, rescue_expired
-from jobwire_server.store.base import InsertJobs, UpdateJob
+from jobwire_server.store.base import ClaimParams, InsertJobs, UpdateJob
 from jobwire_server.store.postgres import PostgresJobStore
 
 from tests.store.conformance import LEASE, REQUEST_TTL, T0, claim, claim_one, insert, nj, stored_events
@@ -166,3 +166,20 @@ async def test_start_up_releases_only_delivery_leases_that_ran_out(pg_url: str) 
         assert await store.release_delivery_leases(T0 + 61) >= 2
     finally:
         await store.close()
+
+
+async def test_a_global_queue_limit_holds_across_replicas(pair: tuple[PostgresJobStore, PostgresJobStore]) -> None:
+    a, b = pair
+    await insert(a, *[nj(queue="limited", phases=("only",)) for _ in range(20)])
+
+    async def grab(store: PostgresJobStore, owner: str) -> int:
+        params = ClaimParams(now=T0, limit=10, owner=owner, lease_expires=T0 + LEASE, queue_room={"limited": 3},
+                             global_limits={"limited": 3})
+        _, claimed = await store.claim_jobs(params)
+        return len(claimed)
+
+    taken = await asyncio.gather(*[grab(a if n % 2 else b, f"w{n}") for n in range(6)])
+    assert sum(taken) == 3, taken
+    local = ClaimParams(now=T0, limit=10, owner="w", lease_expires=T0 + LEASE, queue_room={"limited": 3})
+    _, claimed = await b.claim_jobs(local)
+    assert len(claimed) == 3, "without global_limits the room is this process's own"

@@ -25,12 +25,14 @@ MAX_CLAIM = 256
 
 
 class Dispatcher:
-    def __init__(self, writer: Writer, executor: Executor, clock: Clock, *, owner: str, lease_ttl: float) -> None:
+    def __init__(self, writer: Writer, executor: Executor, clock: Clock, *, owner: str, lease_ttl: float,
+                 global_limits: dict[str, int] | None = None) -> None:
         self._writer = writer
         self._executor = executor
         self._clock = clock
         self._owner = owner
         self._lease_ttl = lease_ttl
+        self._global_limits = dict(global_limits or {})
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._claiming = False
@@ -96,7 +98,7 @@ class Dispatcher:
             if change.job.queue in room:
                 room[change.job.queue] += 1
         return ClaimParams(now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
-                           queue_room=room)
+                           queue_room=room, global_limits=self._global_limits)
 
     def claim_failed(self) -> None:
         self._wanted = True

@@ -56,6 +56,9 @@ class ClaimParams:
     lease_expires: float
     #: Queues with a concurrency limit → how many more jobs of that queue may start now.
     queue_room: Mapping[str, int] = field(default_factory=dict)
+    #: Queues whose limit counts the jobs running on every process sharing the store → the limit.
+    #: A store that only one process uses ignores it (`queue_room` already says it all).
+    global_limits: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

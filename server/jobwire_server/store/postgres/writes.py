@@ -538,6 +538,8 @@ async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
         "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit))
     for queue in limited:
         room = min(p.queue_room[queue], p.limit)
+        if room > 0 and queue in p.global_limits:
+            room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
         if room > 0:
             found += await conn.fetch(
                 f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue = $1 {_ORDER} "
@@ -545,6 +547,19 @@ async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
     if limited:
         found.sort(key=lambda row: (-row[1], row[2], row[0]))
     return [row[0] for row in found[: p.limit]]
+
+
+async def _global_room(conn: Conn, queue: str, limit: int) -> int:
+    """How many more jobs of `queue` may start on all replicas together. The queue's advisory lock,
+    held until the commit, makes replicas claiming from it take turns, each counting the jobs the
+    others' committed claims started."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", QUEUE_LOCKS, queue)
+    running: int = await conn.fetchval("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING'", queue)
+    return max(0, limit - running)
+
+
+#: The first key of the per-queue advisory locks ("jobw").
+QUEUE_LOCKS = 0x6A6F6277
 
 
 async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:
