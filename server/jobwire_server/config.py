@@ -398,7 +398,7 @@ _HELP: dict[str, str] = {
 }
 
 _REPEATABLE = {"handlers", "queue_concurrency", "webhook_secret", "webhook_allow", "stale_after_state"}
-_FLAGS_ONLY_BOOL = {"builtin_kinds", "allow_unauthenticated"}
+_FLAGS_ONLY_BOOL = {"builtin_kinds", "allow_unauthenticated", "integrity_check", "queue_concurrency_global"}
 
 
 def env_name(setting: str) -> str:

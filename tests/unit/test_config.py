@@ -406,3 +406,22 @@ def test_webhook_secrets_and_allow_list_from_env_and_flags() -> None:
     assert "env" not in str(caught.value)
     with pytest.raises(ConfigError, match="webhook_allow"):
         build_config({"webhook_allow": "10.0.0.0/33/1"})
+
+
+def test_boolean_settings_documented_with_a_no_flag_have_one() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert parser.parse_args(["--no-integrity-check"]).integrity_check is False
+    assert parser.parse_args(["--queue-concurrency-global"]).queue_concurrency_global is True
+
+
+def test_a_database_url_is_checked_when_read() -> None:
+    assert build_config({"db": "postgresql://u@h:5432/jobs?sslmode=require"}).db.endswith("sslmode=require")
+    for bad, words in [("mysql://u@h/db", "unknown database URL scheme"), ("postgresql://u@h:x/db", "not a number"),
+                       ("postgresql://u@h", "names no database"), ("postgresql://u@h/db?sslmode=sometimes", "sslmode")]:
+        try:
+            build_config({"db": bad})
+        except ConfigError as exc:
+            assert words in str(exc), exc
+        else:
+            raise AssertionError(f"{bad} was accepted")
