@@ -263,7 +263,8 @@ class Harness:
     async def start(self, *kinds: Kind, clock: FakeClock | None = None, db: str = "j.db",
                     tracer_provider: Any = None, **settings: Any) -> App:
         """`tracer_provider`: an OpenTelemetry TracerProvider for the app (tracing off when None)."""
-        values = {"db": str(self.directory / db), "listen": "127.0.0.1:0", "shutdown_grace": 1.0,
+        values = {"db": db if "://" in db else str(self.directory / db), "listen": "127.0.0.1:0",
+                  "shutdown_grace": 1.0,
                   "cancel_grace": 0.5, "lease_ttl": 3600.0, "watch_buffer": 100_000, **settings}
         app = App(build_config(values), clock=clock or FakeClock(), registry=Registry(kinds),
                   tracer_provider=tracer_provider)

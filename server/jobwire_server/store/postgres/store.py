@@ -263,7 +263,13 @@ class PostgresJobStore:
                             raise
                         await asyncio.sleep(0.001 * 2 ** attempt)
             except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise self._storage_error(exc) from exc
+                mapped = self._storage_error(exc)
+                if mapped is not exc and self._writer is not None:
+                    # The next write (or probe) starts on a fresh session: the server may have been
+                    # restarted, failed over, or made writable again since this one began.
+                    self._writer.terminate()
+                    self._writer = None
+                raise mapped from exc
         self._announce(batch, results)
         return results
 
