@@ -48,7 +48,7 @@ def cut_connections(database: str) -> str:
 
 
 async def test_connections_cut_by_the_server_are_opened_again(served: tuple[App, aio.Channel, str]) -> None:
-    app, ch, database = served
+    _app, ch, database = served
     stub = jobwire_pb2_grpc.JobServiceStub(ch)
     await stub.Enqueue(pb.EnqueueRequest(kind="tk.gate", payload=b"{}"))
     await admin(cut_connections(database))
@@ -65,7 +65,7 @@ async def test_connections_cut_by_the_server_are_opened_again(served: tuple[App,
 
 
 async def test_a_read_only_database_answers_unavailable_and_recovers(served: tuple[App, aio.Channel, str]) -> None:
-    app, ch, database = served
+    _app, ch, database = served
     stub = jobwire_pb2_grpc.JobServiceStub(ch)
     health = Health(ch, "")
     await health.until(SERVING)
