@@ -1,5 +1,6 @@
 """What every measure shares: settings, figures with their floors and targets, the App factory,
-the load-client process, and small helpers (percentiles, RSS, waits that cannot hang)."""
+the store each server gets (a SQLite file, or a scratch PostgreSQL database with `--store
+postgres`), the load-client process, and small helpers (percentiles, RSS, waits that cannot hang)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobwire_server.app import App
-from jobwire_server.config import build_config
+from jobwire_server.app import App, StartupError
+from jobwire_server.config import ConfigError, build_config
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import EventType
 from jobwire_server.handlers.registry import Registry
 from opentelemetry.sdk.trace import TracerProvider
 
+from bench import pg
 from bench.echo import EchoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Longest any single wait of the bench may take before it gives up on the measure.
 WAIT_LIMIT = 120.0
+STORES = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ class Settings:
     fanout: tuple[int, ...] = (1000, 10_000)
     streams_per_channel: int = 1000
     idle_seconds: float = 5.0
+    #: Where each server keeps its jobs: "sqlite" (a file per server) or "postgres" (a database per server).
+    store: str = "sqlite"
+    #: PostgreSQL URL the scratch databases are created through (`--store postgres`).
+    pg_url: str = pg.DEFAULT_ADMIN_URL
+    #: The pgqueuer drain floor: QueueManagers (one connection each) and jobs per dequeue.
+    pgq_consumers: int = 1
+    pgq_batch: int = 10
+
+    @property
+    def postgres(self) -> bool:
+        return self.store == "postgres"
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,11 @@ class Failed(Exception):
     """A measure could not complete (the server refused, a wait ran out)."""
 
 
+class Refused(Failed):
+    """The server would not start (for instance on a store it does not have); the message says why
+    in one line, so no traceback is printed for it."""
+
+
 # ---------------------------------------------------------------------- helpers
 
 
@@ -146,12 +165,28 @@ async def bounded(awaitable: Any, limit: float, what: str) -> Any:
 # ---------------------------------------------------------------------- the server
 
 
-def make_app(settings: Settings, directory: str, *, registry: Registry | None = None,
+def make_app(settings: Settings, db: str, *, registry: Registry | None = None,
              tracer_provider: TracerProvider | None = None, **extra: Any) -> App:
-    """The real service on a fresh SQLite file in `directory`, gRPC on a free loopback port."""
-    config = build_config({"db": f"{directory}/bench.db", "listen": "127.0.0.1:0",
-                           "concurrency": settings.concurrency, "synchronous": settings.synchronous, **extra})
-    return App(config, registry=registry, tracer_provider=tracer_provider)
+    """The real service on `db` (a SQLite file, or a PostgreSQL URL: see `Run.db`), gRPC on a free
+    loopback port. Settings the server refuses raise `Refused`."""
+    sqlite = {} if settings.postgres else {"synchronous": settings.synchronous}
+    try:
+        config = build_config({"db": db, "listen": "127.0.0.1:0", "concurrency": settings.concurrency,
+                               **sqlite, **extra})
+        return App(config, registry=registry, tracer_provider=tracer_provider)
+    except (ConfigError, StartupError) as exc:
+        raise Refused(f"the server refused db {pg.redact(db)}: {exc}") from None
+
+
+async def start_app(app: App) -> None:
+    """Start the server; a start that fails (on a store the server does not have, say) raises
+    `Refused` with the server's own message."""
+    try:
+        await app.start()
+    except Exception as exc:
+        db = pg.redact(app.config.db)
+        where = "" if db in str(exc) else f" on {db}"
+        raise Refused(f"the server did not start{where}: {type(exc).__name__}: {exc}") from None
 
 
 async def stop_app(app: App) -> None:
@@ -207,15 +242,21 @@ class ServerLog(logging.Handler):
 
 
 class LoadClient:
-    """One `bench.load` process: a JSON spec in, JSON lines out. `close()` always ends it."""
+    """One `bench.load` process (or another bench module run the same way, such as the pgqueuer
+    floor): a JSON spec in, JSON lines out. `close()` always ends it."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], *, module: str = "bench.load") -> None:
         self.spec = spec
+        self.module = module
         self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def name(self) -> str:
+        return f"load client ({self.spec['mode']})" if self.module == "bench.load" else self.module
 
     async def __aenter__(self) -> LoadClient:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.load", json.dumps(self.spec), cwd=ROOT,
+            sys.executable, "-m", self.module, json.dumps(self.spec), cwd=ROOT,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, limit=64 << 20,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         return self
@@ -226,13 +267,13 @@ class LoadClient:
     async def line(self, limit: float) -> dict[str, Any]:
         """The client's next JSON line; `Failed` if it reports an error, exits or takes too long."""
         assert self._proc is not None and self._proc.stdout is not None
-        raw = await bounded(self._proc.stdout.readline(), limit, f"load client ({self.spec['mode']})")
+        raw = await bounded(self._proc.stdout.readline(), limit, self.name)
         if not raw:
             code = await bounded(self._proc.wait(), 10, "load client exit")
-            raise Failed(f"load client ({self.spec['mode']}) exited with status {code} without a result")
+            raise Failed(f"{self.name} exited with status {code} without a result")
         data: dict[str, Any] = json.loads(raw)
         if "error" in data:
-            raise Failed(f"load client ({self.spec['mode']}): {data['error']}")
+            raise Failed(f"{self.name}: {data['error']}")
         return data
 
     async def close(self, *, kill: bool = False) -> None:
@@ -250,9 +291,9 @@ class LoadClient:
         await asyncio.wait_for(proc.wait(), 5)
 
 
-async def run_client(spec: dict[str, Any], limit: float) -> dict[str, Any]:
-    """Run one load client to its single result line."""
-    async with LoadClient(spec) as client:
+async def run_client(spec: dict[str, Any], limit: float, *, module: str = "bench.load") -> dict[str, Any]:
+    """Run one load client (or `module`) to its single result line."""
+    async with LoadClient(spec, module=module) as client:
         return await client.line(limit)
 
 
@@ -270,6 +311,7 @@ class Run:
         self.figures: list[Figure] = []
         self._echo: dict[int, dict[str, Any]] = {}
         self._dirs = 0
+        self._databases: list[str] = []
 
     def directory(self, name: str) -> str:
         """A fresh, empty directory for one server or floor."""
@@ -277,6 +319,40 @@ class Run:
         path = self.workdir / f"{self._dirs:02d}-{name}"
         path.mkdir()
         return str(path)
+
+    async def db(self, name: str, *, template: str | None = None) -> str:
+        """What one server's `db` setting is: a SQLite file in a fresh directory, or with `--store
+        postgres` a fresh database `jobwire_bench_<pid>_<n>_<name>` (a copy of the database
+        `template` when given), dropped by `drop_databases()` after the measure."""
+        if not self.settings.postgres:
+            return f"{self.directory(name)}/bench.db"
+        return self.url(await self.database(name, template=template))
+
+    def url(self, database: str) -> str:
+        """The URL of a scratch database (as a server's `db` setting)."""
+        return pg.database_url(self.settings.pg_url, database)
+
+    def reserve(self, name: str) -> str:
+        """A scratch database name for something else to create (a floor process): dropped by
+        `drop_databases()` if it still exists then."""
+        self._dirs += 1
+        database = pg.scratch_name(f"{self._dirs:02d}_{name.replace('-', '_')}")
+        self._databases.append(database)
+        return database
+
+    async def database(self, name: str, *, template: str | None = None) -> str:
+        """A fresh scratch PostgreSQL database (its name), dropped by `drop_databases()`."""
+        database = self.reserve(name)
+        try:
+            await pg.create_database(self.settings.pg_url, database, template=template)
+        except ConnectionError as exc:
+            raise Failed(str(exc)) from None
+        return database
+
+    async def drop_databases(self) -> None:
+        """Drop every scratch database made so far (their servers are stopped by now)."""
+        while self._databases:
+            await pg.drop_database(self.settings.pg_url, self._databases.pop())
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
