@@ -9,7 +9,9 @@ hosted here the same way (bench/echo.py), and plain-sqlite3 loops writing the sa
 
 With `--store postgres` every server gets a fresh database on the PostgreSQL server of `--pg-url`
 instead (created for it, dropped after); the drain's floor is then pgqueuer draining the same jobs
-on the same server (bench/pgqueuer_floor.py), and the measure `pgqueuer` runs (that floor alone).
+on the same server (bench/pgqueuer_floor.py), and three more measures run: `pgqueuer` (that floor
+alone), `replicas` (two `jobwire serve` processes on one database) and `crosswatch` (an event
+committed on one replica, seen by a watcher on another).
 See docs/performance.md for what each figure means and what bounds it.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 
 from jobwire_server.config import SYNCHRONOUS_MODES
 
-from bench import drain, enqueue, fanout, idle, pg, pickup
+from bench import crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas
 from bench.common import ROOT, STORES, Figure, Refused, Run, ServerLog, Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,14 +51,17 @@ MEASURES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "fanout": fanout.measure,
     "idle": idle.measure,
     "pgqueuer": drain.measure_pgqueuer,
+    "replicas": replicas.measure,
+    "crosswatch": crosswatch.measure,
 }
 #: Measures of the PostgreSQL bench only: not in a SQLite run unless asked for (`pgqueuer` needs a
-#: PostgreSQL server, whatever the store).
-POSTGRES_MEASURES = ("pgqueuer",)
+#: PostgreSQL server, whatever the store), and refused on SQLite (`replicas`, `crosswatch`).
+POSTGRES_MEASURES = ("pgqueuer", "replicas", "crosswatch")
+NEEDS_POSTGRES_STORE = ("replicas", "crosswatch")
 
 QUICK = Settings(seconds=1.5, warmup=0.3, produce_seconds=2.0, drain_jobs=10_000, rounds=1, drain_rounds=1,
                  pickup_samples=200,
-                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0)
+                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0, replica_rounds=1, watch_samples=100)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path]:
@@ -85,12 +90,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     parser.add_argument("--idle-seconds", type=float, help="seconds the idle server is watched (default 5)")
     parser.add_argument("--store", choices=STORES,
                         help="where the servers keep their jobs: sqlite (default: a file each) or postgres "
-                             "(a fresh database each on the server of --pg-url; adds the pgqueuer floor)")
+                             "(a fresh database each on the server of --pg-url; adds the pgqueuer floor and the "
+                             "replicas and crosswatch measures)")
     parser.add_argument("--pg-url", help=f"PostgreSQL URL scratch databases are created through; its database "
                                          f"is only connected to (default {pg.DEFAULT_ADMIN_URL})")
     parser.add_argument("--pgq-consumers", type=int,
                         help="pgqueuer floor: QueueManagers, one connection each (default 1, as `pgq run`)")
     parser.add_argument("--pgq-batch", type=int, help="pgqueuer floor: jobs per dequeue (default 10, as `pgq run`)")
+    parser.add_argument("--replica-rounds", type=int, help="rounds of (one, two) replica drains; median (default 3)")
+    parser.add_argument("--watch-samples", type=int, help="cross-replica watch latency probes (default 300)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="results file")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
@@ -106,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     unknown = [name for name in only if name not in MEASURES]
     if unknown:
         parser.error(f"unknown measure {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    if not settings.postgres and (refused := [name for name in only if name in NEEDS_POSTGRES_STORE]):
+        parser.error(f"{', '.join(refused)} need --store postgres")
     return settings, only, args.output
 
 

@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +59,10 @@ class Settings:
     #: The pgqueuer drain floor: QueueManagers (one connection each) and jobs per dequeue.
     pgq_consumers: int = 1
     pgq_batch: int = 10
+    #: Rounds of (one replica, two replicas) prefilled drains; median.
+    replica_rounds: int = 3
+    #: Probe jobs of the cross-replica watch latency.
+    watch_samples: int = 300
 
     @property
     def postgres(self) -> bool:
@@ -221,6 +227,97 @@ class Completions:
             await asyncio.wait_for(self._reached.wait(), limit)
         except TimeoutError:
             raise Failed(f"{self.count} of {jobs} jobs succeeded within {limit:g} s") from None
+
+
+#: The line `jobwire serve` logs once it serves (text log format).
+SERVING = re.compile(r"jobwire serving on (\S+):(\d+) \(")
+#: Seconds a replica gets to stop after SIGTERM before it is killed.
+REPLICA_STOP_LIMIT = 30.0
+
+
+class Replica:
+    """One `jobwire serve` process on `db`: a replica with a process of its own, as deployed.
+    Flags only (no JOBWIRE_* environment, tracing off), gRPC on a free loopback port read from its
+    start-up log line. A start that fails raises `Refused` with the server's own last message."""
+
+    def __init__(self, settings: Settings, db: str, *, name: str, args: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.db = db
+        self.name = name
+        self.args = list(args)
+        self.port = 0
+        #: perf_counter when its "serving" line was read.
+        self.ready_at = 0.0
+        #: Its WARNING and ERROR log lines (the first 50).
+        self.warnings: list[str] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, limit: float = 60.0) -> None:
+        s = self.settings
+        env = {key: value for key, value in os.environ.items() if not key.startswith("JOBWIRE_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env["OTEL_TRACES_EXPORTER"] = "none"
+        sqlite = [] if s.postgres else ["--synchronous", s.synchronous]
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobwire_server", "serve", "--db", self.db, "--listen", "127.0.0.1:0",
+            "--concurrency", str(s.concurrency), *sqlite, "--log-format", "text", "--log-level", "info", *self.args,
+            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+        try:
+            await self._serving(limit)
+        except BaseException:
+            await self.stop()
+            raise
+        self._reader = asyncio.create_task(self._read())
+
+    async def _serving(self, limit: float) -> None:
+        """Read its log until it serves; `Refused` with its error line (else its last) if it exits."""
+        assert self._proc is not None and self._proc.stderr is not None
+        last = ""
+        while raw := await bounded(self._proc.stderr.readline(), limit, f"{self.name} start"):
+            line = raw.decode(errors="replace").strip()
+            if match := SERVING.search(line):
+                self.port = int(match.group(2))
+                self.ready_at = time.perf_counter()
+                return
+            if line and not last.startswith("jobwire: error:"):
+                last = line
+        code = await bounded(self._proc.wait(), 10, f"{self.name} exit")
+        raise Refused(f"{self.name} (jobwire serve --db {pg.redact(self.db)}) exited with status {code}: "
+                      f"{last or 'no message'}")
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        while raw := await self._proc.stderr.readline():
+            line = raw.decode(errors="replace").rstrip()
+            if (" WARNING " in line or " ERROR " in line) and len(self.warnings) < 50:
+                self.warnings.append(line)
+
+    async def stop(self) -> None:
+        """SIGTERM (the graceful stop), killed if it is not gone within REPLICA_STOP_LIMIT."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), REPLICA_STOP_LIMIT)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), 10)
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+
+    async def __aenter__(self) -> Replica:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 class ServerLog(logging.Handler):
