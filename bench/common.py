@@ -246,8 +246,9 @@ class Replica:
         self.name = name
         self.args = list(args)
         self.port = 0
-        #: perf_counter when its "serving" line was read.
+        #: perf_counter, and wall-clock time, when its "serving" line was read.
         self.ready_at = 0.0
+        self.ready_wall = 0.0
         #: Its WARNING and ERROR log lines (the first 50).
         self.warnings: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
@@ -283,7 +284,7 @@ class Replica:
             line = raw.decode(errors="replace").strip()
             if match := SERVING.search(line):
                 self.port = int(match.group(2))
-                self.ready_at = time.perf_counter()
+                self.ready_at, self.ready_wall = time.perf_counter(), time.time()
                 return
             if line and not last.startswith("jobwire: error:"):
                 last = line
