@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-server
+BENCH_STAMP := $(VENV)/.installed-bench
 # Every install pins the tested set; pyproject.toml holds the ranges users get.
 PIP_INSTALL = $(PY) -m pip install --quiet -c constraints.txt
 PROTO_SRC := proto/jobwire/v1/jobwire.proto
@@ -14,6 +15,8 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 GEN_DIR := clients/python
 # How long `make soak` runs its load, in minutes.
 SOAK_MINUTES ?= 10
+# Options of `make bench`, e.g. BENCH_ARGS='--store postgres' or BENCH_ARGS='--quick --only drain'.
+BENCH_ARGS ?=
 PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
 	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--mypy_grpc_out=$(1) $(PROTO_SRC)
@@ -34,6 +37,11 @@ $(SERVE_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP_INSTALL) -e '.[dev]'
 	@touch $@ $(SERVE_STAMP)
+
+# The bench extra (pgqueuer, the PostgreSQL drain floor) only for `make bench`, not for `make test`.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e '.[dev,bench]'
+	@touch $@
 
 venv: $(SERVE_STAMP) ## create .venv with jobwire and its server extra (what `make run` needs)
 
@@ -79,8 +87,8 @@ buf: $(BUF) ## install buf from the npm registry into .tools/
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-bench: $(STAMP) ## benchmarks: enqueue/s, drain jobs/s, pickup latency, fan-out latency
-	$(PY) -m bench
+bench: $(BENCH_STAMP) ## benchmarks: enqueue/s, drain jobs/s, pickup and watch latency; BENCH_ARGS='--store postgres' for PostgreSQL
+	$(PY) -m bench $(BENCH_ARGS)
 
 demo: $(STAMP) ## start a server, run, watch, cancel and retry jobs with the CLI, stop
 	bash bench/demo.sh

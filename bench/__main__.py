@@ -6,6 +6,12 @@ The server is the real App (gRPC, SQLite in a scratch directory, synchronous=FUL
 in its own process, so client and server each get a core. Floors: a trivial grpc.aio echo server
 hosted here the same way (bench/echo.py), and plain-sqlite3 loops writing the same rows
 (bench/floors.py). The table goes to stdout, everything to bench/results/latest.json.
+
+With `--store postgres` every server gets a fresh database on the PostgreSQL server of `--pg-url`
+instead (created for it, dropped after); the drain's floor is then pgqueuer draining the same jobs
+on the same server (bench/pgqueuer_floor.py), and three more measures run: `pgqueuer` (that floor
+alone), `replicas` (two `jobwire serve` processes on one database) and `crosswatch` (an event
+committed on one replica, seen by a watcher on another).
 See docs/performance.md for what each figure means and what bounds it.
 """
 
@@ -29,8 +35,8 @@ from typing import Any
 
 from jobwire_server.config import SYNCHRONOUS_MODES
 
-from bench import drain, enqueue, fanout, idle, pickup
-from bench.common import ROOT, Figure, Run, ServerLog, Settings
+from bench import crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas
+from bench.common import ROOT, STORES, Figure, Refused, Run, ServerLog, Settings
 
 RESULTS = Path(__file__).parent / "results"
 #: Longest one measure may run before it is abandoned (its servers and clients are ended).
@@ -44,11 +50,18 @@ MEASURES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "pickup": pickup.measure,
     "fanout": fanout.measure,
     "idle": idle.measure,
+    "pgqueuer": drain.measure_pgqueuer,
+    "replicas": replicas.measure,
+    "crosswatch": crosswatch.measure,
 }
+#: Measures of the PostgreSQL bench only: not in a SQLite run unless asked for (`pgqueuer` needs a
+#: PostgreSQL server, whatever the store), and refused on SQLite (`replicas`, `crosswatch`).
+POSTGRES_MEASURES = ("pgqueuer", "replicas", "crosswatch")
+NEEDS_POSTGRES_STORE = ("replicas", "crosswatch")
 
 QUICK = Settings(seconds=1.5, warmup=0.3, produce_seconds=2.0, drain_jobs=10_000, rounds=1, drain_rounds=1,
                  pickup_samples=200,
-                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0)
+                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0, replica_rounds=1, watch_samples=100)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path]:
@@ -75,6 +88,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     parser.add_argument("--fanout", help="watch stream counts, comma-separated (default 1000,10000)")
     parser.add_argument("--streams-per-channel", type=int, help="watch streams per client connection (1000)")
     parser.add_argument("--idle-seconds", type=float, help="seconds the idle server is watched (default 5)")
+    parser.add_argument("--store", choices=STORES,
+                        help="where the servers keep their jobs: sqlite (default: a file each) or postgres "
+                             "(a fresh database each on the server of --pg-url; adds the pgqueuer floor and the "
+                             "replicas and crosswatch measures)")
+    parser.add_argument("--pg-url", help=f"PostgreSQL URL scratch databases are created through; its database "
+                                         f"is only connected to (default {pg.DEFAULT_ADMIN_URL})")
+    parser.add_argument("--pgq-consumers", type=int,
+                        help="pgqueuer floor: QueueManagers, one connection each (default 1, as `pgq run`)")
+    parser.add_argument("--pgq-batch", type=int, help="pgqueuer floor: jobs per dequeue (default 10, as `pgq run`)")
+    parser.add_argument("--replica-rounds", type=int, help="rounds of (one, two) replica drains; median (default 3)")
+    parser.add_argument("--watch-samples", type=int, help="cross-replica watch latency probes (default 300)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="results file")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
@@ -83,10 +107,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     if args.fanout:
         given["fanout"] = tuple(int(n) for n in args.fanout.split(",") if n.strip())
     settings = replace(settings, **given)
-    only = [name.strip() for name in args.only.split(",")] if args.only else list(MEASURES)
+    if args.only:
+        only = [name.strip() for name in args.only.split(",")]
+    else:
+        only = [name for name in MEASURES if settings.postgres or name not in POSTGRES_MEASURES]
     unknown = [name for name in only if name not in MEASURES]
     if unknown:
         parser.error(f"unknown measure {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    if not settings.postgres and (refused := [name for name in only if name in NEEDS_POSTGRES_STORE]):
+        parser.error(f"{', '.join(refused)} need --store postgres")
     return settings, only, args.output
 
 
@@ -103,7 +132,14 @@ def _tree() -> dict[str, Any]:
             "server_modified": bool(git("status", "--porcelain", "server"))}
 
 
+async def _postgres(settings: Settings) -> dict[str, str]:
+    """The PostgreSQL server's settings that bound its commits (and proof it answers)."""
+    return {"url": pg.redact(settings.pg_url),
+            **await pg.server_settings(settings.pg_url, ("server_version", "synchronous_commit", "fsync"))}
+
+
 async def run_all(settings: Settings, only: list[str]) -> dict[str, Any]:
+    postgres = await _postgres(settings) if settings.postgres or "pgqueuer" in only else {}
     log = ServerLog()
     logging.getLogger("jobwire").addHandler(log)
     failures: dict[str, str] = {}
@@ -118,9 +154,13 @@ async def run_all(settings: Settings, only: list[str]) -> dict[str, Any]:
             began = time.perf_counter()
             try:
                 await asyncio.wait_for(MEASURES[name](run), MEASURE_LIMIT)
+            except Refused as exc:  # one line says it all
+                failures[name] = f"{type(exc).__name__}: {exc}"
             except Exception as exc:
                 failures[name] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc(file=sys.stderr)
+            finally:
+                await _drop_databases(run, name, failures)
             timings[name] = round(time.perf_counter() - began, 1)
             if records := log.take():
                 server_log[name] = records[:50]
@@ -128,11 +168,18 @@ async def run_all(settings: Settings, only: list[str]) -> dict[str, Any]:
         "meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "python": platform.python_version(),
                  "machine": platform.machine(), "cpus": os.cpu_count(), **_tree(), "load_before": load_before,
                  "load_after": os.getloadavg(), "runtime_s": round(time.perf_counter() - started, 1),
-                 "measure_s": timings, "settings": asdict(settings)},
+                 "measure_s": timings, "settings": asdict(settings), "postgres": postgres},
         "figures": [figure.as_json() for figure in run.figures],
         "failures": failures,
         "server_log": server_log,
     }
+
+
+async def _drop_databases(run: Run, name: str, failures: dict[str, str]) -> None:
+    try:
+        await run.drop_databases()
+    except Exception as exc:
+        failures.setdefault(name, f"dropping its scratch databases: {type(exc).__name__}: {exc}")
 
 
 def _number(value: float | None, unit: str) -> str:
@@ -146,7 +193,13 @@ def _number(value: float | None, unit: str) -> str:
 def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     settings = meta["settings"]
-    lines = [f"jobwire bench: {meta['cpus']} CPUs, Python {meta['python']}, synchronous={settings['synchronous']}, "
+    postgres = meta.get("postgres") or {}
+    if settings.get("store") == "postgres":
+        store = (f"store=postgres {postgres['server_version'].split()[0]} "
+                 f"(synchronous_commit={postgres['synchronous_commit']})")
+    else:
+        store = f"synchronous={settings['synchronous']}"
+    lines = [f"jobwire bench: {meta['cpus']} CPUs, Python {meta['python']}, {store}, "
              f"concurrency={settings['concurrency']}, load average {meta['load_before'][0]:.2f} → "
              f"{meta['load_after'][0]:.2f}, {meta['runtime_s']:.0f} s, commit {meta['commit']}"
              + (" + uncommitted server changes" if meta["server_modified"] else ""),
@@ -172,7 +225,11 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings, only, output = parse_args(argv)
-    results = asyncio.run(run_all(settings, only))
+    try:
+        results = asyncio.run(run_all(settings, only))
+    except ConnectionError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     print(report(results))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """Drain throughput: while a producer enqueues, and of a prefilled queue (with and without tracing)
-against the plain-sqlite3 claim-and-complete floor.
+against the plain-sqlite3 claim-and-complete floor, or with `--store postgres` against pgqueuer
+draining the same jobs on the same PostgreSQL server (bench/pgqueuer_floor.py, in its own process).
 
 Completion is seen as it happens: a hub listener counts SUCCEEDED events as the writer publishes
 each committed batch, and records when the last one came.
@@ -15,17 +16,33 @@ from pathlib import Path
 from typing import Any
 
 from jobwire_server.domain.models import NewJob
+from jobwire_server.domain.states import JobState
 from jobwire_server.store.sqlite import SqliteJobStore
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from bench import floors
-from bench.common import Completions, Figure, Run, Target, make_app, median, run_client, stop_app
+from bench.common import (
+    Completions,
+    Failed,
+    Figure,
+    Run,
+    Target,
+    make_app,
+    median,
+    run_client,
+    start_app,
+    stop_app,
+)
 
 PRODUCER_SHARE = 0.90
 PRODUCER_16_TARGET = 2500.0
 DRAIN_TARGET = 10_000.0
 DRAIN_SHARE = 0.85
+#: With `--store postgres`: the drain against pgqueuer's, same jobs, same database server, same run.
+PGQUEUER_SHARE = 1.5
+#: The pgqueuer figure beside the floor: its dequeue batch raised from its default 10 to this.
+PGQUEUER_BIG_BATCH = 100
 TRACED_SHARE = 0.85
 PREFILL_BATCH = 1000
 
@@ -47,9 +64,9 @@ class DropSpans(SpanExporter):
 async def measure_produce(run: Run) -> None:
     s = run.settings
     for inflight in (1, 16):
-        app = make_app(s, run.directory(f"produce-{inflight}"))
+        app = make_app(s, await run.db(f"produce-{inflight}"))
         done = Completions(app)
-        await app.start()
+        await start_app(app)
         try:
             result = await run_client(
                 {"mode": "unary", "method": "enqueue", "target": f"127.0.0.1:{app.port}", "inflight": inflight,
@@ -78,10 +95,12 @@ async def measure_produce(run: Run) -> None:
 # ---------------------------------------------------------------------- a prefilled queue
 
 
-async def _prefill(run: Run) -> Path:
+async def _prefill(run: Run) -> Path | str:
     """A database holding `drain_jobs` QUEUED noop jobs, written through the store; each round
-    drains a copy of it."""
+    drains a copy of it. With `--store postgres`, the name of a template database."""
     s = run.settings
+    if s.postgres:
+        return await prefill_postgres(run, s.drain_jobs)
     directory = Path(run.directory("prefill"))
     store = SqliteJobStore(str(directory / "bench.db"), synchronous=s.synchronous)
     await store.open()
@@ -95,6 +114,28 @@ async def _prefill(run: Run) -> Path:
     return directory
 
 
+async def prefill_postgres(run: Run, jobs: int) -> str:
+    """A template database holding `jobs` QUEUED noop jobs, enqueued through a server whose claiming
+    is stopped (the PostgreSQL store's own writes, whatever its schema); each round drains a copy
+    (`CREATE DATABASE … TEMPLATE`). Returns the template's name."""
+    s = run.settings
+    name = await run.database("prefill")
+    app = make_app(s, run.url(name))
+    await start_app(app)
+    try:
+        await app.dispatcher.stop_claiming()
+        now = time.time()
+        for start in range(0, jobs, PREFILL_BATCH):
+            count = min(PREFILL_BATCH, jobs - start)
+            await app.service.enqueue([NewJob("default", "noop", b"x", 5, now, 3, 0.0, ("run",))] * count)
+        queued = sum(q.counts.get(JobState.QUEUED, 0) for q in await app.store.queue_stats("", time.time()))
+    finally:
+        await stop_app(app)
+    if queued != jobs:
+        raise Failed(f"the prefill left {queued} of {jobs} jobs QUEUED")
+    return name
+
+
 def _copy(template: Path, directory: str) -> str:
     for file in template.iterdir():
         if file.name.startswith("bench.db"):
@@ -102,19 +143,25 @@ def _copy(template: Path, directory: str) -> str:
     return f"{directory}/bench.db"
 
 
-async def _drain_app(run: Run, template: Path, *, traced: bool) -> tuple[float, dict[str, Any]]:
+async def _copy_of(run: Run, template: Path | str, name: str) -> str:
+    """A fresh copy of the prefilled database: its `db` setting."""
+    if isinstance(template, str):
+        return await run.db(name, template=template)
+    return _copy(template, run.directory(name))
+
+
+async def _drain_app(run: Run, template: Path | str, *, traced: bool) -> tuple[float, dict[str, Any]]:
     s = run.settings
-    directory = run.directory("drain-traced" if traced else "drain")
-    _copy(template, directory)
+    db = await _copy_of(run, template, "drain-traced" if traced else "drain")
     exporter = DropSpans()
     provider: TracerProvider | None = None
     if traced:
         provider = TracerProvider()  # default sampling: parent-based, always on
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    app = make_app(s, directory, tracer_provider=provider)
+    app = make_app(s, db, tracer_provider=provider)
     done = Completions(app)
     started = time.perf_counter()
-    await app.start()
+    await start_app(app)
     try:
         up = time.perf_counter() - started
         await done.wait(s.drain_jobs, 60 + s.drain_jobs / 200)
@@ -126,7 +173,24 @@ async def _drain_app(run: Run, template: Path, *, traced: bool) -> tuple[float, 
     return rate, {"start_s": round(up, 4), "commits": app.writer.commits, "spans": exporter.spans}
 
 
-async def _drain_floor(run: Run, template: Path) -> float:
+async def pgqueuer_drain(run: Run, *, batch: int | None = None) -> dict[str, Any]:
+    """One pgqueuer drain of `drain_jobs` prefilled noop jobs on a scratch database of the same
+    PostgreSQL server, in its own process (bench/pgqueuer_floor.py): its JSON result."""
+    s = run.settings
+    spec = {"admin_url": s.pg_url, "database": run.reserve("pgqueuer"), "jobs": s.drain_jobs,
+            "consumers": s.pgq_consumers, "batch_size": batch or s.pgq_batch, "timeout": 60 + s.drain_jobs / 200}
+    return await run_client(spec, 120 + s.drain_jobs / 200, module="bench.pgqueuer_floor")
+
+
+def pgqueuer_label(run: Run, batch: int | None = None) -> str:
+    s = run.settings
+    consumers = f"{s.pgq_consumers} consumers" if s.pgq_consumers > 1 else "1 consumer"
+    return f"pgqueuer, {consumers}, batch {batch or s.pgq_batch}"
+
+
+async def _drain_floor(run: Run, template: Path | str) -> float:
+    if isinstance(template, str):
+        return float((await pgqueuer_drain(run))["rate"])
     path = _copy(template, run.directory("drain-floor"))
     jobs, seconds = await asyncio.to_thread(
         floors.claim_and_complete, path, run.settings.synchronous, run.settings.claim_batch)
@@ -155,10 +219,15 @@ async def measure_drain(run: Run) -> None:
         details.append(detail)
     rounds = f"median of {s.drain_rounds}" if s.drain_rounds > 1 else ""
     untraced = median(plain)
+    targets: tuple[Target, ...]
+    if s.postgres:
+        floor_label, targets = pgqueuer_label(run), (Target(PGQUEUER_SHARE, of_floor=True),)
+    else:
+        floor_label = f"sqlite3 claim+complete {s.claim_batch}/commit"
+        targets = (Target(DRAIN_TARGET), Target(DRAIN_SHARE, of_floor=True))
     run.add(Figure(
         "drain", f"Drain of {s.drain_jobs:,} prefilled noop jobs", "jobs/s", untraced, median(floor_rates),
-        f"sqlite3 claim+complete {s.claim_batch}/commit", (Target(DRAIN_TARGET), Target(DRAIN_SHARE, of_floor=True)),
-        note=rounds,
+        floor_label, targets, note=rounds,
         extra={"rounds": [round(r) for r in plain], "floor_rounds": [round(r) for r in floor_rates],
                "per_job_us": 1e6 / untraced, "detail": [d["untraced"] for d in details]}))
     with_tracing = median(traced)
@@ -171,3 +240,25 @@ async def measure_drain(run: Run) -> None:
         extra={"rounds": [round(r) for r in traced], "cost": cost, "cost_per_round_median": paired,
                "spans_per_job": details[-1]["traced"]["spans"] / s.drain_jobs,
                "detail": [d["traced"] for d in details]}))
+
+
+# ---------------------------------------------------------------------- the pgqueuer floor alone
+
+
+async def measure_pgqueuer(run: Run) -> None:
+    """The PostgreSQL drain floor on its own: pgqueuer as `drain` compares to it, and beside it
+    with a bigger dequeue batch, to show how much its batch size moves it (rounds alternate)."""
+    s = run.settings
+    results: dict[int, list[dict[str, Any]]] = {s.pgq_batch: [], PGQUEUER_BIG_BATCH: []}
+    for number in range(s.rounds):
+        for batch in list(results) if number % 2 == 0 else list(results)[::-1]:
+            results[batch].append(await pgqueuer_drain(run, batch=batch))
+    note = f"median of {s.rounds}" if s.rounds > 1 else ""
+    for batch, rounds in results.items():
+        rates = [float(r["rate"]) for r in rounds]
+        key = "pgqueuer" if batch == s.pgq_batch else f"pgqueuer_batch_{batch}"
+        label = (f"pgqueuer drain of {s.drain_jobs:,} prefilled noop jobs" if batch == s.pgq_batch
+                 else f"  pgqueuer with batch {batch}")
+        run.add(Figure(key, label, "jobs/s", median(rates), note=f"{pgqueuer_label(run, batch)}; {note}".rstrip("; "),
+                       extra={"rounds": [round(r) for r in rates], "settings": rounds[-1]["settings"],
+                              "loop": rounds[-1]["loop"], "log_flushes": rounds[-1]["log_flushes"]}))

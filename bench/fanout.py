@@ -24,7 +24,7 @@ from typing import Any
 from jobwire_server.domain.models import Event, NewJob
 from jobwire_server.domain.states import EventType
 
-from bench.common import Failed, Figure, LoadClient, Run, Target, make_app, percentile, rss_bytes, stop_app
+from bench.common import Failed, Figure, LoadClient, Run, Target, make_app, percentile, rss_bytes, start_app, stop_app
 from bench.echo import EchoServer
 
 TARGET_KIB = 50.0
@@ -60,7 +60,7 @@ async def _watch(run: Run, port: int, method: str, job_id: str, streams: int, tr
 async def _real(run: Run, streams: int) -> dict[str, Any]:
     s = run.settings
     per_channel = s.streams_per_channel
-    app = make_app(s, run.directory(f"fanout-{streams}"), max_concurrent_streams=2 * per_channel,
+    app = make_app(s, await run.db(f"fanout-{streams}"), max_concurrent_streams=2 * per_channel,
                    max_watch_streams=streams + 100)
     commit: dict[str, float] = {}
 
@@ -70,7 +70,7 @@ async def _real(run: Run, streams: int) -> dict[str, Any]:
                 commit[event.job_id] = app.writer.last_commit_at
 
     app.hub.add_listener(published)
-    await app.start()
+    await start_app(app)
     try:
         (result,) = await app.service.enqueue(
             [NewJob("default", "noop", b"x", 5, time.time() + 3600, 1, 0.0, ("run",))])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.common import Figure, Run, Target, make_app, stop_app
+from bench.common import Figure, Run, Target, make_app, start_app, stop_app
 from bench.echo import EchoServer
 
 TARGET_PERCENT = 1.0
@@ -22,8 +22,8 @@ async def _idle_percent(seconds: float) -> float:
 
 async def measure(run: Run) -> None:
     s = run.settings
-    app = make_app(s, run.directory("idle"))
-    await app.start()
+    app = make_app(s, await run.db("idle"))
+    await start_app(app)
     try:
         busy = await _idle_percent(s.idle_seconds)
     finally:

@@ -14,6 +14,10 @@ Modes:
 ``watch``  Open `streams` server streams (WatchJob, or the echo floor's Watch) over `channels`
            connections, wait for each stream's first message, print ``{"ready": ...}``, then record
            when each stream's next message arrives and print the receipt times.
+``events`` Open one WatchEvents stream (filtered by `queues`, `kinds`, `types`) on each of
+           `targets`, print ``{"ready": ...}``, then one line per event as it arrives: the stream's
+           index, the job id, the event type and the receipt time; for `timeout` seconds at most
+           (the bench ends it sooner).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from jobwire.v1 import jobwire_pb2
 ENQUEUE = "/jobwire.v1.JobService/Enqueue"
 ENQUEUE_BATCH = "/jobwire.v1.JobService/EnqueueBatch"
 WATCH_JOB = "/jobwire.v1.JobService/WatchJob"
+WATCH_EVENTS = "/jobwire.v1.JobService/WatchEvents"
 ECHO = "/bench.Echo/Echo"
 ECHO_WATCH = "/bench.Echo/Watch"
 #: Streams opened at once while building up a fan-out (the rest wait their turn).
@@ -180,7 +185,39 @@ async def run_watch(spec: dict[str, Any]) -> dict[str, Any]:
     return {"receipts": receipts, "errors": errors, "sample": sample.hex()}
 
 
-MODES = {"unary": run_unary, "batch": run_batch, "watch": run_watch}
+async def run_events(spec: dict[str, Any]) -> dict[str, Any]:
+    request = jobwire_pb2.WatchEventsRequest(
+        queues=spec.get("queues", []), kinds=spec.get("kinds", []),
+        types=[jobwire_pb2.EventType.Value(f"EVENT_TYPE_{name}") for name in spec.get("types", [])])
+    received = [0] * len(spec["targets"])
+
+    async def watch(index: int, channel: aio.Channel) -> None:
+        call = channel.unary_stream(WATCH_EVENTS, request_serializer=jobwire_pb2.WatchEventsRequest.SerializeToString,
+                                    response_deserializer=jobwire_pb2.JobEvent.FromString)
+        async for event in call(request):
+            at = time.perf_counter()
+            received[index] += 1
+            _emit({"stream": index, "job_id": event.job_id, "type": jobwire_pb2.EventType.Name(event.type)[11:],
+                   "at": at})
+
+    pool = [_channel(target, i) for i, target in enumerate(spec["targets"])]
+    try:
+        for channel in pool:
+            await asyncio.wait_for(channel.channel_ready(), 10)
+        tasks = [asyncio.create_task(watch(i, channel)) for i, channel in enumerate(pool)]
+        _emit({"ready": True})
+        done, _ = await asyncio.wait(tasks, timeout=float(spec["timeout"]), return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # a stream that failed is the result
+        for task in tasks:
+            task.cancel()
+    finally:
+        for channel in pool:
+            await channel.close(None)
+    return {"received": received}
+
+
+MODES = {"unary": run_unary, "batch": run_batch, "watch": run_watch, "events": run_events}
 
 
 def main() -> None:
