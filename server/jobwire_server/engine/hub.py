@@ -96,7 +96,6 @@ class WatchHub:
         self._tap = tap
         self._delivered: OrderedDict[str, int] = OrderedDict()  # job id → last sequence delivered
         self._waiting: dict[str, dict[int, Event]] = {}  # job id → events ahead of a missing one
-        self._remote_listeners: list[Callable[[Sequence[Event]], None]] = []
         #: Called when an event waits for its predecessors (the tailer should look now).
         self.on_waiting: Callable[[], None] | None = None
         self._by_job: dict[str, set[Subscription]] = {}
@@ -108,10 +107,6 @@ class WatchHub:
     def add_listener(self, listener: Callable[[Sequence[Event]], None]) -> None:
         """Call `listener` with every published batch (in-process consumers: the webhook sender)."""
         self._listeners.append(listener)
-
-    def add_remote_listener(self, listener: Callable[[Sequence[Event]], None]) -> None:
-        """Call `listener` with the other replicas' events as they are tailed (shared store)."""
-        self._remote_listeners.append(listener)
 
     def subscribe_job(self, job_id: str) -> Subscription:
         sub = Subscription(self, self.capacity, job_id, None)
@@ -151,9 +146,8 @@ class WatchHub:
         self._fan_out(events)
 
     def deliver_remote(self, events: Sequence[Event]) -> None:
-        """Events tailed from the shared store (every replica's, this one's included)."""
-        for listener in self._remote_listeners:
-            listener(events)
+        """Events tailed from the shared store (every replica's, this one's included, some more
+        than once)."""
         self._fan_out(self._sequence(events, local=False))
 
     @property

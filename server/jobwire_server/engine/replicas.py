@@ -26,6 +26,10 @@ log = logging.getLogger("jobwire.replicas")
 
 #: Events read per tail query.
 TAIL_BATCH = 2000
+#: After a notification, further tail passes this many seconds apart: an event committed by
+#: another replica is only read once every transaction that began before it has ended (see
+#: `tail_events`), which may be just after the pass the notification started.
+FOLLOW_UPS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 #: Seconds a leadership lease lasts; renewed every third of it.
 LEADER_TTL = 15.0
 
@@ -87,13 +91,19 @@ class ReplicaLink:
         self.kick()
 
     async def _run(self) -> None:
+        follow_ups = 0  # passes left after the last notification, while streams want events
         while True:
             told = False
+            wait = FOLLOW_UPS[len(FOLLOW_UPS) - follow_ups] if follow_ups else self._poll
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), self._poll)
+                await asyncio.wait_for(self._kicked.wait(), wait)
                 told = True
             self._kicked.clear()
-            if not told:  # a look of our own: what lost notifications would have said
+            if told:
+                follow_ups = len(FOLLOW_UPS) if self._hub.wanted() != frozenset() else 0
+            elif follow_ups:
+                follow_ups -= 1
+            else:  # a look of our own: what lost notifications would have said
                 self._wake_claims()
                 self._wake_webhooks()
             try:
@@ -107,11 +117,12 @@ class ReplicaLink:
         while True:
             wanted = self._hub.wanted()
             ids = None if wanted is None else sorted(wanted)  # none wanted: only the cursor moves
+            before = self._cursor
             events, self._cursor = await self._store.tail_events(self._cursor, TAIL_BATCH, ids)
             if events:
-                self._hub.deliver_remote(events)
-            if len(events) < TAIL_BATCH:
-                break
+                self._hub.deliver_remote(events)  # it drops what it delivered already
+            if len(events) < TAIL_BATCH or self._cursor == before:
+                break  # all read, or the rest waits behind a transaction still running
         self.passes += 1
 
 

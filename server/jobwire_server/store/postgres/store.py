@@ -437,10 +437,13 @@ class PostgresJobStore:
 
     async def tail_events(self, cursor: TailCursor, limit: int,
                           job_ids: Sequence[str] | None = None) -> tuple[list[Event], TailCursor]:
-        """Events after `cursor` in (transaction, row) order, from transactions below the
-        snapshot's xmin: every transaction that could still add an event before them has ended,
-        so none is skipped. Only those of `job_ids` when given. Each event carries its job as it
-        is now. With nothing to return, the cursor still moves up to the xmin."""
+        """Every committed event after `cursor`, in (transaction, row) order, only those of
+        `job_ids` when given; each carries its job as it is now. The cursor returned moves only
+        past transactions below the snapshot's xmin: every transaction that could still add a row
+        before them has ended, so none is ever skipped (an identity column alone would skip rows
+        that commit late). Rows of later transactions already committed are returned too, so they
+        are not held up by an unrelated long transaction, and again on the next call: the caller
+        drops what it delivered already (a job's sequence numbers tell)."""
         only = "" if job_ids is None else " AND job_id = ANY($4::uuid[])"
         args: list[Any] = [str(cursor.xid), cursor.id, limit] + ([] if job_ids is None else [list(job_ids)])
         async with self._reader() as conn:
@@ -448,15 +451,15 @@ class PostgresJobStore:
                 xmin = int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
                 found = await conn.fetch(
                     "SELECT xid::text, id, job_id, seq, type, time, phase, detail FROM events "
-                    f"WHERE (xid, id) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot()){only} "
-                    "ORDER BY xid, id LIMIT $3", *args)
-            if not found:
-                return [], max(cursor, TailCursor(xmin, 0))
-            jobs = await writes.load_jobs(conn, sorted({row[2] for row in found}))
+                    f"WHERE (xid, id) > ($1::text::xid8, $2){only} ORDER BY xid, id LIMIT $3", *args)
+            jobs = await writes.load_jobs(conn, sorted({row[2] for row in found})) if found else {}
         events = [rows.event_from_row(row[2:], job.queue, job.kind, job)
                   for row in found if (job := jobs.get(row[2])) is not None]
-        last = found[-1]
-        return events, TailCursor(int(last[0]), last[1])
+        safe = TailCursor(xmin, 0)
+        if len(found) == limit:  # more to read: the next call goes on after the last row (below the xmin)
+            last = TailCursor(int(found[-1][0]), found[-1][1])
+            safe = min(safe, last)
+        return events, max(cursor, safe)
 
     async def claim_leadership(self, duty: str, holder: str, term: int, ttl: float) -> int | None:
         """Take or renew the lease row of a singleton duty. Returns the term held (a new one when
