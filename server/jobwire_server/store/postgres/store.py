@@ -58,8 +58,7 @@ from jobwire_server.store.base import (
     UpdateJob,
     WriteOp,
 )
-from jobwire_server.store.postgres import outbox, reads, writes
-from jobwire_server.store.postgres.schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+from jobwire_server.store.postgres import migrate, outbox, reads, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -206,18 +205,7 @@ class PostgresJobStore:
         return f"cannot open database {self.name}: {detail} ({hint})"
 
     async def _migrate(self, conn: Conn) -> None:
-        async with conn.transaction():
-            # Replicas starting together: one migrates, the others wait here and then see it done.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS jobwire_schema (version integer NOT NULL)")
-            version = await conn.fetchval("SELECT max(version) FROM jobwire_schema") or 0
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"database {self.name} has schema version {version}, newer than this jobwire knows "
-                    f"({SCHEMA_VERSION}); upgrade jobwire or use another database")
-            for number in range(version, SCHEMA_VERSION):
-                await conn.execute(MIGRATIONS[number])
-                await conn.execute("INSERT INTO jobwire_schema (version) VALUES ($1)", number + 1)
+        await migrate.migrate(conn, self.name)
 
     async def schema_version(self) -> int:
         async with self._reader() as conn:

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.errors import (
     JobwireError,
-    SchemaTooNew,
     StorageCorrupt,
     StorageFull,
     StorageUnavailable,
@@ -49,8 +48,7 @@ from jobwire_server.store.base import (
     UpdateJob,
     WriteOp,
 )
-from jobwire_server.store.sqlite import outbox, reads, writes
-from jobwire_server.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
+from jobwire_server.store.sqlite import migrate, outbox, reads, writes
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
 Conn = sqlite3.Connection
@@ -108,20 +106,7 @@ class SqliteJobStore:
                              "(see docs/operations.md), or move it aside to start empty")
 
     def _migrate(self, conn: Conn) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0] or 0)
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"database {self.path} has schema version {version}, newer than this jobwire knows "
-                f"({SCHEMA_VERSION}); upgrade jobwire or use another file")
-        for number in range(version, SCHEMA_VERSION):
-            # One script per migration, schema change and version bump in one transaction.
-            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
-            try:
-                conn.executescript(script)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        migrate.migrate(conn, self.path)
 
     async def close(self) -> None:
         for thread in (self._reader, self._writer):
