@@ -1,4 +1,5 @@
-"""The server half of the `jobwire` command: `jobwire serve` and `jobwire hash-token`.
+"""The server half of the `jobwire` command: `jobwire serve`, `jobwire hash-token`, and the database
+command `jobwire migrate` (in `db_cli`).
 
 The command itself is :func:`jobwire.cli.main`, which mounts these when the server extra is installed.
 """
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from jobwire_server.config import ConfigError, ServerConfig, add_serve_arguments, load_config
+from jobwire_server.db_cli import add_database_commands
 from jobwire_server.logs import configure_logging
 
 log = logging.getLogger("jobwire")
@@ -25,7 +27,8 @@ EXIT_FAILURE = 1
 
 
 def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``serve`` and ``hash-token`` to the ``jobwire`` command's parser (built by :mod:`jobwire.cli`)."""
+    """Add ``serve``, ``hash-token`` and ``migrate`` to the ``jobwire`` command's parser (built by
+    :mod:`jobwire.cli`)."""
     serve = commands.add_parser(
         "serve", help="run the service",
         description="Run the jobwire service. Settings come from flags, then JOBWIRE_* environment variables, "
@@ -55,6 +58,7 @@ def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hash_token.set_defaults(func=_hash_token)
+    add_database_commands(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Client-side commands of the ``jobwire`` command line.
 
-:func:`main` is the ``jobwire`` command. It adds ``serve`` and ``hash-token`` from the server package
-when the ``jobwire[server]`` extra is installed (otherwise stand-ins that say so), then the client
-commands; each command sets ``args.func``, which returns the exit code.
+:func:`main` is the ``jobwire`` command. It adds ``serve``, ``hash-token`` and ``migrate``
+from the server package when the ``jobwire[server]`` extra is installed (otherwise stand-ins that say
+so), then the client commands; each command sets ``args.func``, which returns the exit code.
 
 Output is for people by default and one JSON object per line with ``--json``. Errors print one line
 ``error: <message> (<CODE>)`` on stderr.
@@ -789,7 +789,8 @@ _SERVER_HINT = ("`jobwire {command}` is part of the server, which is not install
 
 
 def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``serve`` and ``hash-token`` from the server package, or stand-ins that say how to install it."""
+    """The server package's commands (``serve``, ``hash-token``, ``migrate``), or stand-ins that say
+    how to install it."""
     try:
         from jobwire_server.cli import add_server_commands  # noqa: PLC0415 - the server extra is optional
     except ModuleNotFoundError as exc:
@@ -800,7 +801,8 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         add_server_commands(commands)
         return
     for name, summary in (("serve", "run the service (needs jobwire[server])"),
-                          ("hash-token", "hash a bearer token for the tokens file (needs jobwire[server])")):
+                          ("hash-token", "hash a bearer token for the tokens file (needs jobwire[server])"),
+                          ("migrate", "apply database migrations without serving (needs jobwire[server])")):
         p = commands.add_parser(name, help=summary, add_help=False)
         p.set_defaults(func=_needs_server, hint=_SERVER_HINT.format(command=name, missing=missing))
 
