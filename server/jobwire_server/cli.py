@@ -1,5 +1,5 @@
 """The server half of the `jobwire` command: `jobwire serve`, `jobwire hash-token`, and the database
-command `jobwire migrate` (in `db_cli`).
+commands `jobwire migrate` and `jobwire copy` (in `db_cli`).
 
 The command itself is :func:`jobwire.cli.main`, which mounts these when the server extra is installed.
 """
@@ -27,7 +27,7 @@ EXIT_FAILURE = 1
 
 
 def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``serve``, ``hash-token`` and ``migrate`` to the ``jobwire`` command's parser (built by
+    """Add ``serve``, ``hash-token``, ``migrate`` and ``copy`` to the ``jobwire`` command's parser (built by
     :mod:`jobwire.cli`)."""
     serve = commands.add_parser(
         "serve", help="run the service",

@@ -1,6 +1,6 @@
 """Client-side commands of the ``jobwire`` command line.
 
-:func:`main` is the ``jobwire`` command. It adds ``serve``, ``hash-token`` and ``migrate``
+:func:`main` is the ``jobwire`` command. It adds ``serve``, ``hash-token``, ``migrate`` and ``copy``
 from the server package when the ``jobwire[server]`` extra is installed (otherwise stand-ins that say
 so), then the client commands; each command sets ``args.func``, which returns the exit code.
 
@@ -789,7 +789,7 @@ _SERVER_HINT = ("`jobwire {command}` is part of the server, which is not install
 
 
 def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The server package's commands (``serve``, ``hash-token``, ``migrate``), or stand-ins that say
+    """The server package's commands (``serve``, ``hash-token``, ``migrate``, ``copy``), or stand-ins that say
     how to install it."""
     try:
         from jobwire_server.cli import add_server_commands  # noqa: PLC0415 - the server extra is optional
@@ -802,7 +802,8 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         return
     for name, summary in (("serve", "run the service (needs jobwire[server])"),
                           ("hash-token", "hash a bearer token for the tokens file (needs jobwire[server])"),
-                          ("migrate", "apply database migrations without serving (needs jobwire[server])")):
+                          ("migrate", "apply database migrations without serving (needs jobwire[server])"),
+                          ("copy", "copy a SQLite database into PostgreSQL (needs jobwire[server])")):
         p = commands.add_parser(name, help=summary, add_help=False)
         p.set_defaults(func=_needs_server, hint=_SERVER_HINT.format(command=name, missing=missing))
 
