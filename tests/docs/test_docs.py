@@ -12,7 +12,9 @@ ones in this module, each for a reason:
 - in docs/api.md the two example job ids become jobs made for the purpose (one finished, one
   waiting);
 - in docs/operations.md the example paths ``/data/jobwire.db`` and ``/backup/`` become the live
-  server's database and a folder of the test.
+  server's database and a folder of the test;
+- the example PostgreSQL URL becomes a new, empty database on the test server (tests/pg.py), made for the
+  page and dropped after it.
 
 `grpcurl` is the stand-in in tests/docs/grpcurl.py (reflection v1, proto3 JSON).
 """
@@ -34,10 +36,12 @@ from jobwire.sync import Client
 
 from tests.conftest import REPO, ServerProcess, free_port
 from tests.docs.markdown import PYTHON, SHELL, Block, blocks
+from tests.pg import create_database, drop_database, url_of
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 EXAMPLE_FINISHED_JOB = "01a205ce-80e1-70f5-ad86-4a0062fd01dd"
 EXAMPLE_WAITING_JOB = "01a205ce-a03c-711e-bd98-cca0901f41ba"
+EXAMPLE_POSTGRES_URL = "postgresql://jobwire@db.internal:5432/jobwire"
 LOOKS_LIKE_A_COMMAND = ("jobwire ", "grpcurl ", "make ", "sqlite3 ", "$ ", "pip ", ".venv/")
 PAGE_TIMEOUT = 600.0
 
@@ -175,7 +179,14 @@ def test_docs_page_runs_against_a_live_server(path: Path, server: ServerProcess,
                      ("/backup/", f"{tmp_path / 'backup'}/")]
     path_var = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = clean_env(JOBWIRE_TARGET=server.target, PATH=path_var)
-    run_page(path, page, tmp_path, env, substitutions, sys.executable)
+    database = create_database() if EXAMPLE_POSTGRES_URL in path.read_text() else None
+    try:
+        if database is not None:
+            substitutions.append((EXAMPLE_POSTGRES_URL, url_of(database)))
+        run_page(path, page, tmp_path, env, substitutions, sys.executable)
+    finally:
+        if database is not None:
+            drop_database(database)
 
 
 def test_json_shapes_in_the_cli_reference_match_the_sdk() -> None:
