@@ -93,7 +93,7 @@ async def copy_database(source: str, target_url: str, *, batch: int = DEFAULT_BA
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreError(f"cannot write database {target}: {admin.one_line(exc)}") from None
         finally:
-            await conn.close()
+            await admin.close(conn)
     finally:
         src.close()
     return CopyReport(source, target, before, tuple(migrated), copied, time.monotonic() - started, running, live)

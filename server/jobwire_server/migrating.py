@@ -69,7 +69,7 @@ async def _migrate_postgres(url: str, dry_run: bool) -> SchemaMigration:
     try:
         before, pending = await migrate.migrate(conn, name, dry_run=dry_run)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        raise StoreError(f"cannot migrate database {name}: {admin.one_line(exc)}") from None
+        raise StoreError(admin.open_error(url, exc)) from None
     finally:
-        await conn.close()
+        await admin.close(conn)
     return SchemaMigration(name, before, tuple(pending), SCHEMA_VERSION, dry_run)

@@ -16,7 +16,7 @@ from jobwire_server.store.sqlite import SqliteJobStore
 from jobwire_server.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from jobwire_server.store.sqlite.schema import SCHEMA_VERSION as SQLITE_VERSION
 
-from tests.pg import create_database, drop_database, url_of
+from tests.pg import admin_async, create_database, drop_database, url_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +192,24 @@ def test_sqlite_newer_schema_and_bad_files_are_refused(tmp_path: Path, capsys: C
     monkeypatch.setenv("JOBWIRE_DB", str(tmp_path / "from-env.db"))
     code, out, _ = jobwire(capsys, "migrate")
     assert code == 0 and out.startswith(f"{tmp_path / 'from-env.db'}: schema version 0 →")
+
+
+def test_a_role_without_rights_is_a_one_line_error_and_nothing_is_applied(empty_url: str, capsys: Captured) -> None:
+    async def setup() -> None:
+        await admin_async("DROP ROLE IF EXISTS jobwire_migrate_ro", "CREATE ROLE jobwire_migrate_ro LOGIN")
+        conn = await asyncpg.connect(empty_url)
+        try:
+            await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    try:
+        code, _, err = jobwire(capsys, "migrate", "--db", empty_url.replace("postgres@", "jobwire_migrate_ro@"))
+        assert code == 1 and "\n" not in err
+        assert err.startswith("jobwire: error: cannot open database ") and "permission denied" in err
+        assert "the role needs CREATE on the database's schema" in err
+        assert public_tables(empty_url) == 0
+    finally:
+        drop_database(empty_url.rsplit("/", 1)[1])
+        asyncio.run(admin_async("DROP ROLE IF EXISTS jobwire_migrate_ro"))

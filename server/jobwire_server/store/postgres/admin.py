@@ -3,6 +3,9 @@ up as the store's connections are."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import asyncpg
 
 from jobwire_server.store.base import StoreError
@@ -21,7 +24,7 @@ async def connect(url: str) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(dsn, server_settings=settings, timeout=CONNECT_TIMEOUT)
     except Exception as exc:
-        raise StoreError(PostgresJobStore(url)._open_error(exc)) from None
+        raise StoreError(open_error(url, exc)) from None
     try:
         await _setup_connection(conn)
     except BaseException:
@@ -30,6 +33,22 @@ async def connect(url: str) -> asyncpg.Connection:
     return conn
 
 
+def open_error(url: str, exc: Exception) -> str:
+    """The one line `jobwire serve` prints when it cannot open (and migrate) the database: what
+    failed and what to check."""
+    return PostgresJobStore(url)._open_error(exc)
+
+
 def one_line(exc: BaseException) -> str:
     """An error's message on one line (PostgreSQL's carry details on further lines)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+async def close(conn: asyncpg.Connection) -> None:
+    """Close politely, without hiding the error that ended the work: a connection the server
+    dropped is only let go."""
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except Exception:
+        with contextlib.suppress(Exception):
+            conn.terminate()
