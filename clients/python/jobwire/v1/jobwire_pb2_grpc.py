@@ -32,6 +32,8 @@ class JobServiceStub:
     - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
     - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
     - `admin`: every RPC.
+    - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
+    ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -45,6 +47,8 @@ class JobServiceStub:
     - SHUTTING_DOWN (UNAVAILABLE): the server is shutting down; retry against another replica or later.
     Open streams are ended with this status too.
     - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
+    - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
+    (FAILED_PRECONDITION): see the schedule RPCs.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -110,6 +114,46 @@ class JobServiceStub:
                 request_serializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsRequest.SerializeToString,
                 response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/CreateSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/GetSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/jobwire.v1.JobService/ListSchedules',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/UpdateSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/DeleteSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/PauseSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/ResumeSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/jobwire.v1.JobService/TriggerSchedule',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -119,6 +163,8 @@ class JobServiceServicer:
     - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
     - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
     - `admin`: every RPC.
+    - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
+    ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -132,6 +178,8 @@ class JobServiceServicer:
     - SHUTTING_DOWN (UNAVAILABLE): the server is shutting down; retry against another replica or later.
     Open streams are ended with this status too.
     - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
+    - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
+    (FAILED_PRECONDITION): see the schedule RPCs.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -285,6 +333,95 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """CreateSchedule stores a schedule: a job template and when to enqueue it (a cron expression in a
+        time zone, or a fixed interval). Each firing enqueues one job whose request id is made from the
+        schedule id and the firing's time, so a firing is never enqueued twice. The reply comes after
+        the commit. Needs `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (with field violations: a bad id, cron expression, time zone,
+        interval, jitter or template; UNKNOWN_KIND for a template kind with no handler),
+        ALREADY_EXISTS (SCHEDULE_EXISTS), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule returns one schedule with its next firing times. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules returns schedules by id, one page at a time. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """UpdateSchedule replaces a schedule's spec and returns the schedule after the change. Its
+        paused state, last firing and last job are kept; when the timing (cron, time zone or
+        interval) is unchanged the next firing is kept too, otherwise it is the first time of the new
+        timing after now. Needs `schedules:write`.
+
+        Errors: as CreateSchedule; NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+        (SCHEDULE_FROM_CONFIG: the schedule is declared in the server's config file).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule deletes a schedule. Jobs it already enqueued are left alone. Needs
+        `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+        (SCHEDULE_FROM_CONFIG), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule's firings until ResumeSchedule; pausing a paused schedule
+        changes nothing. Needs `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule lets a paused schedule fire again, from its first time after now: firings
+        that fell while it was paused are not made up. Resuming a running schedule changes nothing.
+        Needs `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """TriggerSchedule fires a schedule once now (paused or not), outside its timing: one job from
+        its template, without jitter, under its overlap policy. Its next firing is unchanged. Needs
+        `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
+        (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -343,6 +480,46 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsRequest.FromString,
                     response_serializer=jobwire_dot_v1_dot_jobwire__pb2.PruneJobsResponse.SerializeToString,
             ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.GetScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Schedule.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'jobwire.v1.JobService', rpc_method_handlers)
@@ -358,6 +535,8 @@ class JobService:
     - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
     - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
     - `admin`: every RPC.
+    - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
+    ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -371,6 +550,8 @@ class JobService:
     - SHUTTING_DOWN (UNAVAILABLE): the server is shutting down; retry against another replica or later.
     Open streams are ended with this status too.
     - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
+    - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
+    (FAILED_PRECONDITION): see the schedule RPCs.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -662,6 +843,222 @@ class JobService:
             '/jobwire.v1.JobService/PruneJobs',
             jobwire_dot_v1_dot_jobwire__pb2.PruneJobsRequest.SerializeToString,
             jobwire_dot_v1_dot_jobwire__pb2.PruneJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/CreateSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.CreateScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/GetSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.GetScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/ListSchedules',
+            jobwire_dot_v1_dot_jobwire__pb2.ListSchedulesRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/UpdateSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.UpdateScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/DeleteSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.DeleteScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/PauseSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.PauseScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/ResumeSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.ResumeScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/TriggerSchedule',
+            jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

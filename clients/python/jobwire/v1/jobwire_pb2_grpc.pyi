@@ -46,6 +46,8 @@ class JobServiceStub:
       - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
       - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
       - `admin`: every RPC.
+      - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
+        ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -59,6 +61,8 @@ class JobServiceStub:
       - SHUTTING_DOWN (UNAVAILABLE): the server is shutting down; retry against another replica or later.
         Open streams are ended with this status too.
       - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
+      - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
+        (FAILED_PRECONDITION): see the schedule RPCs.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -172,6 +176,63 @@ class JobServiceStub:
 
     Errors: UNAVAILABLE (SHUTTING_DOWN).
     """
+    CreateSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.CreateScheduleRequest, _jobwire_pb2.Schedule]
+    """CreateSchedule stores a schedule: a job template and when to enqueue it (a cron expression in a
+    time zone, or a fixed interval). Each firing enqueues one job whose request id is made from the
+    schedule id and the firing's time, so a firing is never enqueued twice. The reply comes after
+    the commit. Needs `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (with field violations: a bad id, cron expression, time zone,
+    interval, jitter or template; UNKNOWN_KIND for a template kind with no handler),
+    ALREADY_EXISTS (SCHEDULE_EXISTS), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.GetScheduleRequest, _jobwire_pb2.Schedule]
+    """GetSchedule returns one schedule with its next firing times. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND).
+    """
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.ListSchedulesRequest, _jobwire_pb2.ListSchedulesResponse]
+    """ListSchedules returns schedules by id, one page at a time. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+    """
+    UpdateSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.UpdateScheduleRequest, _jobwire_pb2.Schedule]
+    """UpdateSchedule replaces a schedule's spec and returns the schedule after the change. Its
+    paused state, last firing and last job are kept; when the timing (cron, time zone or
+    interval) is unchanged the next firing is kept too, otherwise it is the first time of the new
+    timing after now. Needs `schedules:write`.
+
+    Errors: as CreateSchedule; NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+    (SCHEDULE_FROM_CONFIG: the schedule is declared in the server's config file).
+    """
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.DeleteScheduleRequest, _jobwire_pb2.DeleteScheduleResponse]
+    """DeleteSchedule deletes a schedule. Jobs it already enqueued are left alone. Needs
+    `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+    (SCHEDULE_FROM_CONFIG), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.PauseScheduleRequest, _jobwire_pb2.Schedule]
+    """PauseSchedule stops a schedule's firings until ResumeSchedule; pausing a paused schedule
+    changes nothing. Needs `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.ResumeScheduleRequest, _jobwire_pb2.Schedule]
+    """ResumeSchedule lets a paused schedule fire again, from its first time after now: firings
+    that fell while it was paused are not made up. Resuming a running schedule changes nothing.
+    Needs `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    TriggerSchedule: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.TriggerScheduleRequest, _jobwire_pb2.TriggerScheduleResponse]
+    """TriggerSchedule fires a schedule once now (paused or not), outside its timing: one job from
+    its template, without jitter, under its overlap policy. Its next firing is unchanged. Needs
+    `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
+    (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -181,6 +242,8 @@ class JobServiceAsyncStub(JobServiceStub):
       - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
       - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
       - `admin`: every RPC.
+      - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
+        ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -194,6 +257,8 @@ class JobServiceAsyncStub(JobServiceStub):
       - SHUTTING_DOWN (UNAVAILABLE): the server is shutting down; retry against another replica or later.
         Open streams are ended with this status too.
       - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
+      - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
+        (FAILED_PRECONDITION): see the schedule RPCs.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -304,6 +369,63 @@ class JobServiceAsyncStub(JobServiceStub):
 
     Errors: UNAVAILABLE (SHUTTING_DOWN).
     """
+    CreateSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.CreateScheduleRequest, _jobwire_pb2.Schedule]  # type: ignore[assignment]
+    """CreateSchedule stores a schedule: a job template and when to enqueue it (a cron expression in a
+    time zone, or a fixed interval). Each firing enqueues one job whose request id is made from the
+    schedule id and the firing's time, so a firing is never enqueued twice. The reply comes after
+    the commit. Needs `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (with field violations: a bad id, cron expression, time zone,
+    interval, jitter or template; UNKNOWN_KIND for a template kind with no handler),
+    ALREADY_EXISTS (SCHEDULE_EXISTS), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.GetScheduleRequest, _jobwire_pb2.Schedule]  # type: ignore[assignment]
+    """GetSchedule returns one schedule with its next firing times. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND).
+    """
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.ListSchedulesRequest, _jobwire_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules returns schedules by id, one page at a time. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+    """
+    UpdateSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.UpdateScheduleRequest, _jobwire_pb2.Schedule]  # type: ignore[assignment]
+    """UpdateSchedule replaces a schedule's spec and returns the schedule after the change. Its
+    paused state, last firing and last job are kept; when the timing (cron, time zone or
+    interval) is unchanged the next firing is kept too, otherwise it is the first time of the new
+    timing after now. Needs `schedules:write`.
+
+    Errors: as CreateSchedule; NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+    (SCHEDULE_FROM_CONFIG: the schedule is declared in the server's config file).
+    """
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.DeleteScheduleRequest, _jobwire_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
+    """DeleteSchedule deletes a schedule. Jobs it already enqueued are left alone. Needs
+    `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+    (SCHEDULE_FROM_CONFIG), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.PauseScheduleRequest, _jobwire_pb2.Schedule]  # type: ignore[assignment]
+    """PauseSchedule stops a schedule's firings until ResumeSchedule; pausing a paused schedule
+    changes nothing. Needs `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.ResumeScheduleRequest, _jobwire_pb2.Schedule]  # type: ignore[assignment]
+    """ResumeSchedule lets a paused schedule fire again, from its first time after now: firings
+    that fell while it was paused are not made up. Resuming a running schedule changes nothing.
+    Needs `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    TriggerSchedule: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.TriggerScheduleRequest, _jobwire_pb2.TriggerScheduleResponse]  # type: ignore[assignment]
+    """TriggerSchedule fires a schedule once now (paused or not), outside its timing: one job from
+    its template, without jitter, under its overlap policy. Its next firing is unchanged. Needs
+    `schedules:write`.
+
+    Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
+    (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService creates, inspects, watches, cancels and retries jobs.
@@ -312,6 +434,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
       - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
       - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
       - `admin`: every RPC.
+      - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
+        ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -325,6 +449,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
       - SHUTTING_DOWN (UNAVAILABLE): the server is shutting down; retry against another replica or later.
         Open streams are ended with this status too.
       - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
+      - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
+        (FAILED_PRECONDITION): see the schedule RPCs.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -498,6 +624,111 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         do. Retention also runs on its own schedule. Needs `admin`.
 
         Errors: UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateSchedule(
+        self,
+        request: _jobwire_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Schedule, _abc.Awaitable[_jobwire_pb2.Schedule]]:
+        """CreateSchedule stores a schedule: a job template and when to enqueue it (a cron expression in a
+        time zone, or a fixed interval). Each firing enqueues one job whose request id is made from the
+        schedule id and the firing's time, so a firing is never enqueued twice. The reply comes after
+        the commit. Needs `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (with field violations: a bad id, cron expression, time zone,
+        interval, jitter or template; UNKNOWN_KIND for a template kind with no handler),
+        ALREADY_EXISTS (SCHEDULE_EXISTS), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _jobwire_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Schedule, _abc.Awaitable[_jobwire_pb2.Schedule]]:
+        """GetSchedule returns one schedule with its next firing times. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _jobwire_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.ListSchedulesResponse, _abc.Awaitable[_jobwire_pb2.ListSchedulesResponse]]:
+        """ListSchedules returns schedules by id, one page at a time. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSchedule(
+        self,
+        request: _jobwire_pb2.UpdateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Schedule, _abc.Awaitable[_jobwire_pb2.Schedule]]:
+        """UpdateSchedule replaces a schedule's spec and returns the schedule after the change. Its
+        paused state, last firing and last job are kept; when the timing (cron, time zone or
+        interval) is unchanged the next firing is kept too, otherwise it is the first time of the new
+        timing after now. Needs `schedules:write`.
+
+        Errors: as CreateSchedule; NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+        (SCHEDULE_FROM_CONFIG: the schedule is declared in the server's config file).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _jobwire_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.DeleteScheduleResponse, _abc.Awaitable[_jobwire_pb2.DeleteScheduleResponse]]:
+        """DeleteSchedule deletes a schedule. Jobs it already enqueued are left alone. Needs
+        `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), FAILED_PRECONDITION
+        (SCHEDULE_FROM_CONFIG), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _jobwire_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Schedule, _abc.Awaitable[_jobwire_pb2.Schedule]]:
+        """PauseSchedule stops a schedule's firings until ResumeSchedule; pausing a paused schedule
+        changes nothing. Needs `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _jobwire_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Schedule, _abc.Awaitable[_jobwire_pb2.Schedule]]:
+        """ResumeSchedule lets a paused schedule fire again, from its first time after now: firings
+        that fell while it was paused are not made up. Resuming a running schedule changes nothing.
+        Needs `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id), NOT_FOUND (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def TriggerSchedule(
+        self,
+        request: _jobwire_pb2.TriggerScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.TriggerScheduleResponse, _abc.Awaitable[_jobwire_pb2.TriggerScheduleResponse]]:
+        """TriggerSchedule fires a schedule once now (paused or not), outside its timing: one job from
+        its template, without jitter, under its overlap policy. Its next firing is unchanged. Needs
+        `schedules:write`.
+
+        Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
+        (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
