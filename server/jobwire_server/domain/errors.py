@@ -66,6 +66,33 @@ class ShuttingDown(JobwireError):
         super().__init__("the server is shutting down; try another replica or retry shortly")
 
 
+class ScheduleNotFound(JobwireError):
+    reason = "SCHEDULE_NOT_FOUND"
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"schedule {schedule_id} not found")
+        self.schedule_id = schedule_id
+
+
+class ScheduleExists(JobwireError):
+    reason = "SCHEDULE_EXISTS"
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"schedule {schedule_id} already exists")
+        self.schedule_id = schedule_id
+
+
+class ScheduleFromConfig(JobwireError):
+    """The schedule is declared in the server's config file: only the file changes it."""
+
+    reason = "SCHEDULE_FROM_CONFIG"
+
+    def __init__(self, schedule_id: str, action: str) -> None:
+        super().__init__(f"cannot {action} schedule {schedule_id}: it is declared in the server's config file; "
+                         "change it there")
+        self.schedule_id, self.action = schedule_id, action
+
+
 class SchemaTooNew(JobwireError):
     reason = "SCHEMA_TOO_NEW"
 
