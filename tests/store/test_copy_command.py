@@ -22,9 +22,10 @@ from jobwire_server.domain.actions import plan_cancel, plan_retry
 from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Verdict
 from jobwire_server.domain.models import Job, JobError, PendingEvent, Webhook
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.schedules import CatchupPolicy, JobTemplate, OverlapPolicy, ScheduleSpec, new_schedule
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.domain.transitions import fail, finish_phase, report_progress, retry_after_failure
-from jobwire_server.store.base import ClaimParams
+from jobwire_server.store.base import ChangeSchedule, ClaimParams, CreateSchedule
 from jobwire_server.store.postgres import PostgresJobStore
 from jobwire_server.store.postgres.store import _setup_connection
 from jobwire_server.store.sqlite import SqliteJobStore, dump
@@ -134,6 +135,18 @@ async def build_source(path: Path, now: float = T, lease: float = 30.0) -> dict[
         await store.record_delivery_attempt(
             AttemptOutcome(taken[(ids["failed"], "STARTED")], gone, Verdict.GONE), now + 5,
             PendingEvent(EventType.WEBHOOK_FAILED, detail="HTTP 410"))
+
+        # A schedule that fired (its last job is the succeeded one), and a paused one from the config file.
+        template = JobTemplate(queue="default", kind="copy.ok", payload=b"\x00{}", priority=9, max_attempts=2,
+                               timeout=1.5, phase_names=("fetch", "resize"), labels={"team": "web"},
+                               webhook=Webhook(HOOK, (EventType.SUCCEEDED,)))
+        spec = ScheduleSpec(template=template, cron="30 2 * * *", time_zone="Europe/Paris", jitter=2.5,
+                            overlap=OverlapPolicy.SKIP, catchup=CatchupPolicy.RUN_ONCE, description="nightly")
+        await store.write([CreateSchedule(new_schedule("nightly", spec, now)),
+                           CreateSchedule(new_schedule("paused", replace(spec, cron="", interval=60), now,
+                                                       paused=True, from_config=True))])
+        await store.write([ChangeSchedule("nightly", lambda s: replace(s, last_fire=now + 0.5,
+                                                                       last_job_id=ids["succeeded"]))])
     finally:
         await store.close()
     return ids
@@ -227,6 +240,8 @@ async def test_copy_reads_back_the_same_through_the_postgres_store(tmp_path: Pat
         assert pg_stats.oldest_queued_age == pytest.approx(sqlite_stats.oldest_queued_age, abs=1e-6)
         assert await pg_store.next_wakeup() == pytest.approx(await sqlite_store.next_wakeup(), abs=1e-6)
         assert await pg_store.next_lease_expiry() == pytest.approx(await sqlite_store.next_lease_expiry(), abs=1e-6)
+        for name in ("nightly", "paused"):
+            assert micro(await pg_store.get_schedule(name)) == micro(await sqlite_store.get_schedule(name))
         # The stores go on from where the source left off: the next event is numbered after the copied ones.
         (cancelled,) = await pg_store.apply_changes([plan_cancel(await pg_store.get_job(ids["queued"]), "x", now)])
         assert cancelled is not None
@@ -242,7 +257,7 @@ async def test_every_column_of_every_row_is_copied(tmp_path: Path, empty_url: st
     assert await asyncio.to_thread(main, ["copy", "--from", str(source), "--to", empty_url]) == 0
     expected = sqlite_rows(source)
     assert {t: len(rows) for t, rows in expected.items()} == {
-        "jobs": 7, "phases": 12, "events": 32, "requests": 2, "deliveries": 5, "delivery_attempts": 3}
+        "jobs": 7, "phases": 12, "events": 32, "requests": 2, "deliveries": 5, "delivery_attempts": 3, "schedules": 2}
     assert await postgres_rows(empty_url) == expected
 
 
@@ -254,11 +269,12 @@ def test_the_output_counts_each_table_and_says_the_copy_was_checked(tmp_path: Pa
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"copying {source} into {empty_url}"
-    assert lines[1:7] == [f"  {'jobs':<18} {7:>10} rows", f"  {'phases':<18} {12:>10} rows",
+    assert lines[1:8] == [f"  {'jobs':<18} {7:>10} rows", f"  {'phases':<18} {12:>10} rows",
                           f"  {'events':<18} {32:>10} rows", f"  {'requests':<18} {2:>10} rows",
-                          f"  {'deliveries':<18} {5:>10} rows", f"  {'delivery_attempts':<18} {3:>10} rows"]
-    assert "the target was migrated first, from schema version 0 to 1" in out
-    assert "copied 61 rows in 6 tables" in out
+                          f"  {'deliveries':<18} {5:>10} rows", f"  {'delivery_attempts':<18} {3:>10} rows",
+                          f"  {'schedules':<18} {2:>10} rows"]
+    assert "the target was migrated first, from schema version 0 to 2" in out
+    assert "copied 63 rows in 7 tables" in out
     assert ("  jobs by state: CANCELLED 1, FAILED 1, QUEUED 2, RUNNING 1, SCHEDULED 1, SUCCEEDED 1" in lines)
     assert "  deliveries by state: DELIVERED 1, FAILED 1, PENDING 1, STOPPED 2" in lines
     assert "verified: the target holds as many rows as the source in every table" in out
@@ -294,7 +310,7 @@ def test_a_second_copy_into_the_same_target_is_refused(tmp_path: Path, empty_url
     assert jobwire(capsys, "copy", "--from", str(source), "--to", empty_url)[0] == 0
     code, _, err = jobwire(capsys, "copy", "--from", str(source), "--to", empty_url)
     assert code == 1 and "is not empty (it holds 7 jobs, 12 phases, 32 events, 2 requests, 5 deliveries, " \
-                          "3 delivery_attempts)" in err
+                          "3 delivery_attempts, 2 schedules)" in err
 
 
 def test_a_value_postgresql_refuses_rolls_the_whole_copy_back(tmp_path: Path, empty_url: str,

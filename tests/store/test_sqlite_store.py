@@ -14,12 +14,13 @@ from jobwire_server.store.sqlite.schema import SCHEMA_VERSION
 from jobwire_server.store.sqlite.store import StoreError
 
 from tests.store.conformance import StoreConformance, insert, nj
+from tests.store.schedule_conformance import ScheduleConformance
 
 #: A hang fails the test instead of blocking the run.
 pytestmark = pytest.mark.timeout(60)
 
 
-class TestSqliteStore(StoreConformance):
+class TestSqliteStore(StoreConformance, ScheduleConformance):
     @pytest.fixture
     def db_path(self, tmp_path: Path) -> Path:
         return tmp_path / "store.db"

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.schedules import Firing, Schedule
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
 
@@ -188,8 +189,98 @@ class PruneRequests:
     limit: int
 
 
+# ---------------------------------------------------------------------- schedules
+# Refused on their own like InsertJobs and UpdateJob (ScheduleNotFound, ScheduleExists, what a
+# builder raises).
+
+
+@dataclass(frozen=True, slots=True)
+class FirePlan:
+    """How to fire one schedule: the request id its firing would use (None: nothing to fire), and
+    the firing itself from the schedule, its previous firing's job and whether that request id is
+    known already. Both are pure (`domain.schedules`)."""
+
+    key: Callable[[Schedule], str | None]
+    plan: Callable[[Schedule, Job | None, bool], Firing | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    #: The schedule as written after the firing.
+    schedule: Schedule
+    #: The job enqueued, or the one its request id or dedupe key returned; None when none ran.
+    inserted: InsertResult | None
+    #: The previous job's cancel (overlap policy CANCEL_PREVIOUS).
+    cancelled: Committed | None
+    #: The overlap policy SKIP enqueued nothing: `previous` is still active.
+    skipped: bool
+    previous: Job | None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulesFired:
+    fired: list[Fired]
+    #: The earliest `next_fire` of any schedule after the firings.
+    next_due: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FireSchedules:
+    """→ SchedulesFired. Fire every due schedule (`next_fire <= now`, earliest first, at most
+    `limit`), or with `schedule_id` that one whatever its timing (TriggerSchedule; ScheduleNotFound).
+    Each firing (its job inserted as InsertJobs does, the previous job's cancel, the schedule's new
+    row) is written in this transaction, so it can be neither lost nor doubled."""
+
+    now: float
+    plan: FirePlan
+    request_ttl: float
+    limit: int = 100
+    schedule_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSchedule:
+    """→ Schedule. ScheduleExists when the id is taken."""
+
+    schedule: Schedule
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSchedule:
+    """→ Schedule. Read the schedule (ScheduleNotFound), build its new row, write it."""
+
+    schedule_id: str
+    build: Callable[[Schedule], Schedule]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSchedule:
+    """→ Schedule (as it was). `check` may refuse by raising."""
+
+    schedule_id: str
+    check: Callable[[Schedule], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSchedules:
+    """→ SchedulesSynced. Read every schedule; `plan` returns the rows to write (created or
+    replaced) and the ids to delete."""
+
+    plan: Callable[[Sequence[Schedule]], tuple[Sequence[Schedule], Sequence[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulesSynced:
+    written: list[Schedule]
+    deleted: list[str]
+    next_due: float | None
+
+
+ScheduleOp = FireSchedules | CreateSchedule | ChangeSchedule | DeleteSchedule | SyncSchedules
+
 WriteOp = (InsertJobs | UpdateJob | ApplyChange | ClaimJobs | RenewLeases | TakeDeliveries | RecordDeliveryAttempt
-           | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests)
+           | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests
+           | ScheduleOp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,3 +382,18 @@ class JobStore(Protocol):
     async def retention_preview(
         self, finished_before: Mapping[JobState, float], stale_before: float | None, log_before: float | None
     ) -> RetentionCounts: ...
+
+    # Schedules: written by the operations above (FireSchedules, CreateSchedule…).
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """The schedule, or ScheduleNotFound."""
+        ...
+
+    async def list_schedules(self, after_id: str, limit: int) -> tuple[list[Schedule], str | None]:
+        """One page by id, after `after_id` (all when empty), and the id to continue after (None on
+        the last page)."""
+        ...
+
+    async def next_schedule_fire(self) -> float | None:
+        """The earliest `next_fire` of any schedule (paused ones have none)."""
+        ...

@@ -133,6 +133,21 @@ MIGRATIONS: tuple[str, ...] = (
         expires  timestamptz NOT NULL
     );
     """,
+    # 2: schedules (a job template and when to enqueue it); `next_fire` is NULL while paused.
+    """
+    CREATE TABLE schedules (
+        id           text PRIMARY KEY,
+        spec         jsonb NOT NULL,
+        paused       boolean NOT NULL DEFAULT false,
+        from_config  boolean NOT NULL DEFAULT false,
+        next_fire    timestamptz,
+        last_fire    timestamptz,
+        last_job_id  uuid,
+        create_time  timestamptz NOT NULL,
+        update_time  timestamptz NOT NULL
+    );
+    CREATE INDEX schedules_due ON schedules (next_fire) WHERE next_fire IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

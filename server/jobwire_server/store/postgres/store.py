@@ -32,6 +32,7 @@ from jobwire_server.domain.errors import (
 )
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store import rows
@@ -43,6 +44,7 @@ from jobwire_server.store.base import (
     ClaimResult,
     Committed,
     DeleteStale,
+    FireSchedules,
     InsertJobs,
     InsertResult,
     LeaseRenewal,
@@ -53,12 +55,14 @@ from jobwire_server.store.base import (
     ReleaseDeliveryLeases,
     RenewLeases,
     RetentionCounts,
+    ScheduleOp,
+    SchedulesFired,
     StoreError,
     TakeDeliveries,
     UpdateJob,
     WriteOp,
 )
-from jobwire_server.store.postgres import migrate, outbox, reads, writes
+from jobwire_server.store.postgres import migrate, outbox, reads, schedules, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -318,8 +322,7 @@ class PostgresJobStore:
 
     def _announce(self, ops: Sequence[WriteOp], results: Sequence[Any]) -> None:
         """Tell the other replicas, after the commit, what it did (debounced)."""
-        events = work = False
-        cancelled: list[str] = []
+        events, work, cancelled = _schedule_news(ops, results)
         for op, result in zip(ops, results, strict=True):
             if result is None or isinstance(result, JobwireError):
                 continue
@@ -552,6 +555,43 @@ class PostgresJobStore:
     ) -> RetentionCounts:
         return await self._read(reads.retention_preview, finished_before, stale_before, log_before)
 
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return await self._read(schedules.get, schedule_id)
+
+    async def list_schedules(self, after_id: str, limit: int) -> tuple[list[Schedule], str | None]:
+        return await self._read(schedules.list_page, after_id, limit)
+
+    async def next_schedule_fire(self) -> float | None:
+        return await self._read(schedules.next_due)
+
+
+def _schedule_news(ops: Sequence[WriteOp], results: Sequence[Any]) -> tuple[bool, bool, list[str]]:
+    """What a batch's schedule operations tell the other replicas: (events written, work made
+    ready, jobs whose cancel was requested). Any schedule write is work: the replica leading
+    schedules then looks at their next firing again."""
+    events = work = False
+    cancelled: list[str] = []
+    for op, result in zip(ops, results, strict=True):
+        if not isinstance(op, ScheduleOp) or isinstance(result, JobwireError):
+            continue
+        work = True
+        if isinstance(op, FireSchedules):
+            jobs = _fired_jobs(result)
+            events = events or bool(jobs)
+            cancelled += [c.job.id for c in jobs if any(e.type is EventType.CANCEL_REQUESTED for e in c.events)]
+    return events, work, cancelled
+
+
+def _fired_jobs(result: SchedulesFired) -> list[Committed]:
+    """The jobs a firing pass created or cancelled, with their events."""
+    out: list[Committed] = []
+    for fired in result.fired:
+        if fired.inserted is not None and fired.inserted.created:
+            out.append(Committed(fired.inserted.job, fired.inserted.events))
+        if fired.cancelled is not None:
+            out.append(fired.cancelled)
+    return out
+
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _conn: event.set()
@@ -574,7 +614,7 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
             results.extend(await writes.apply_changes(conn, pending, changes))
             index = end
             continue
-        if isinstance(op, InsertJobs | UpdateJob):
+        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp):
             results.append(await _refusable(conn, pending, op))
         else:
             if not isinstance(op, ClaimJobs | RenewLeases):
@@ -584,7 +624,7 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
     return results
 
 
-async def _refusable(conn: Conn, pending: writes.Pending, op: InsertJobs | UpdateJob) -> Any:
+async def _refusable(conn: Conn, pending: writes.Pending, op: InsertJobs | UpdateJob | ScheduleOp) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits. A conflict with another
     replica's commit (a request id or dedupe key it took meanwhile) runs it again, and then it
@@ -606,8 +646,10 @@ async def _refusable(conn: Conn, pending: writes.Pending, op: InsertJobs | Updat
     raise StorageUnavailable("(shared)", "a write kept conflicting with other replicas' commits; retry it")
 
 
-def _may_read_pending(pending: writes.Pending, op: InsertJobs | UpdateJob) -> bool:
+def _may_read_pending(pending: writes.Pending, op: InsertJobs | UpdateJob | ScheduleOp) -> bool:
     """Whether `op` may read phases still pending (which a read writes first)."""
+    if isinstance(op, ScheduleOp):
+        return True  # a firing reads and writes jobs; schedule operations are rare
     if isinstance(op, UpdateJob):
         return pending.touches([op.job_id])
     # An enqueue reads existing jobs only when a request id or dedupe key returns one.
@@ -640,7 +682,7 @@ async def _run_one(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
             return await outbox.prune_log(conn, before, limit)
         case PruneRequests(now, limit):
             return await writes.prune_requests(conn, now, limit)
-    raise TypeError(f"unknown write operation {op!r}")
+    return await schedules.run(conn, pending, op)  # the schedule operations (anything else: TypeError)
 
 
 async def _record_delivery_attempt(conn: Conn, outcome: AttemptOutcome, now: float,

@@ -116,6 +116,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_finished ON jobs (finish_time) WHERE state IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
     CREATE INDEX jobs_stale ON jobs (update_time) WHERE state = 'STALE';
     """,
+    # 3: schedules (a job template and when to enqueue it); `next_fire` is NULL while paused.
+    """
+    CREATE TABLE schedules (
+        id           TEXT PRIMARY KEY,
+        spec         TEXT NOT NULL,
+        paused       INTEGER NOT NULL DEFAULT 0,
+        from_config  INTEGER NOT NULL DEFAULT 0,
+        next_fire    REAL,
+        last_fire    REAL,
+        last_job_id  TEXT,
+        create_time  REAL NOT NULL,
+        update_time  REAL NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules (next_fire) WHERE next_fire IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -23,6 +23,7 @@ from jobwire_server.domain.errors import (
 )
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store.base import (
@@ -43,12 +44,13 @@ from jobwire_server.store.base import (
     ReleaseDeliveryLeases,
     RenewLeases,
     RetentionCounts,
+    ScheduleOp,
     StoreError,
     TakeDeliveries,
     UpdateJob,
     WriteOp,
 )
-from jobwire_server.store.sqlite import migrate, outbox, reads, writes
+from jobwire_server.store.sqlite import migrate, outbox, reads, schedules, writes
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
 Conn = sqlite3.Connection
@@ -255,6 +257,15 @@ class SqliteJobStore:
         """What one full retention pass would do now, counted without writing."""
         return await self._read(reads.retention_preview, finished_before, stale_before, log_before)
 
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return await self._read(schedules.get, schedule_id)
+
+    async def list_schedules(self, after_id: str, limit: int) -> tuple[list[Schedule], str | None]:
+        return await self._read(schedules.list_page, after_id, limit)
+
+    async def next_schedule_fire(self) -> float | None:
+        return await self._read(schedules.next_due)
+
 
 # ---------------------------------------------------------------------- one transaction
 
@@ -302,7 +313,7 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
             results.extend(writes.apply_changes(conn, [o.change for o in ops[index:end]]))  # type: ignore[union-attr]
             index = end
             continue
-        if isinstance(op, InsertJobs | UpdateJob):
+        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp):
             results.append(_refusable(conn, op))
         else:
             results.append(_run_one(conn, op))
@@ -310,7 +321,7 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
-def _refusable(conn: Conn, op: InsertJobs | UpdateJob) -> Any:
+def _refusable(conn: Conn, op: InsertJobs | UpdateJob | ScheduleOp) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits."""
     conn.execute("SAVEPOINT op")
@@ -350,7 +361,7 @@ def _run_one(conn: Conn, op: WriteOp) -> Any:
             return outbox.prune_log(conn, before, limit)
         case PruneRequests(now, limit):
             return writes.prune_requests(conn, now, limit)
-    raise TypeError(f"unknown write operation {op!r}")
+    return schedules.run(conn, op)  # the schedule operations (anything else: TypeError)
 
 
 def _record_delivery_attempt(conn: Conn, outcome: AttemptOutcome, now: float,
