@@ -21,12 +21,13 @@ from jobwire_server.api.decoding import DecodeGuardInterceptor
 from jobwire_server.api.ports import port_in_use
 from jobwire_server.api.reflection import enable_reflection
 from jobwire_server.api.rpc_metrics import RpcMetricsInterceptor
+from jobwire_server.api.schedule_validation import declared_specs
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
 from jobwire_server.config import ServerConfig, is_postgres_url
 from jobwire_server.domain.clock import Clock, SystemClock
-from jobwire_server.domain.errors import StorageCorrupt, StorageError
+from jobwire_server.domain.errors import InvalidArgument, ScheduleExists, StorageCorrupt, StorageError
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.dispatcher import Dispatcher
@@ -35,6 +36,7 @@ from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.leases import LeaseKeeper
 from jobwire_server.engine.replicas import Leadership, ReplicaLink
 from jobwire_server.engine.retention import Retention, RetentionPolicy
+from jobwire_server.engine.schedules import Scheduler, ScheduleService
 from jobwire_server.engine.service import JobService
 from jobwire_server.engine.webhooks.guard import AddressGuard
 from jobwire_server.engine.webhooks.http import WebhookClient
@@ -148,16 +150,28 @@ class App:
         self.hub.add_listener(self._published)
         self.replicas: ReplicaLink | None = None
         self.retention_lease: Leadership | None = None
+        self.schedule_lease: Leadership | None = None
         if self.shared is not None:
-            self.replicas = ReplicaLink(self.shared, self.hub, wake_claims=self.dispatcher.wake,
+            self.replicas = ReplicaLink(self.shared, self.hub, wake_claims=self._work_elsewhere,
                                         wake_webhooks=self.webhooks.kick, cancel=self._cancel_requested_elsewhere)
             self.retention_lease = Leadership(self.shared, "retention", self.owner)
+            self.schedule_lease = Leadership(self.shared, "schedules", self.owner)
         self.retention = Retention(self.store, self.writer, self.clock, RetentionPolicy(
             stale_after=config.stale_after, delete_after=config.delete_after,
             stale_after_state={JobState(k): v for k, v in config.stale_after_state.items()},
             delivery_log_keep=config.delivery_log_keep, interval=config.retention_interval,
             batch=config.retention_batch),
             may_run=self.retention_lease.is_held if self.retention_lease is not None else _always)
+        self.scheduler = Scheduler(self.store, self.writer, self.clock, arm=self.dispatcher.note_wakeup,
+                                   request_ttl=config.request_id_ttl, on_cancel=self.executor.request_cancel,
+                                   may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always)
+        self.dispatcher.on_timer.append(self.scheduler.tick)
+        self.schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
+                                         request_ttl=config.request_id_ttl, check_open=self.service.check_open)
+        try:
+            self.declared_schedules = declared_specs(config.schedules, self.registry)
+        except InvalidArgument as exc:
+            raise StartupError(f"config file schedules: {exc}") from None
         self.health = health.aio.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
@@ -189,11 +203,14 @@ class App:
         if self.replicas is not None and self.retention_lease is not None:
             await self.replicas.start()
             self.retention_lease.start()
+        if self.schedule_lease is not None:
+            self.schedule_lease.start()
         try:
             await self.webhooks.start()  # the first write: storage that cannot write fails the start
         except StorageError as exc:
             await self.stop()
             raise StartupError(str(exc)) from None
+        await self._start_schedules()
         self.retention.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -260,7 +277,7 @@ class App:
         servicer = JobServicer(self.service, self.registry, self.clock,
                                Limits(max_payload_bytes=cfg.max_payload_bytes),
                                max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
-                               retention=self.retention)
+                               retention=self.retention, schedules=self.schedules)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
@@ -302,6 +319,7 @@ class App:
             self.service.accepting = False
             self.writer.begin_shutdown()
             await self.dispatcher.stop_claiming()
+            await self.scheduler.stop()
             cfg = self.config
             drain = max(0.0, cfg.shutdown_grace - min(cfg.cancel_grace, cfg.shutdown_grace / 2))
             await self.executor.drain(drain)
@@ -310,6 +328,8 @@ class App:
                 await self.server.stop(SERVER_STOP_GRACE)
             await self.leases.stop()
             await self.retention.stop()
+            if self.schedule_lease is not None:
+                await self.schedule_lease.stop()
             if self.replicas is not None and self.retention_lease is not None:
                 await self.retention_lease.stop()
                 await self.replicas.stop()
@@ -363,6 +383,27 @@ class App:
             return
         if job.cancel_requested:
             self.executor.request_cancel(job_id, job.cancel_reason)
+
+    async def _start_schedules(self) -> None:
+        """Make the stored config schedules match the file, then fire from the dispatcher's timer."""
+        try:
+            synced = await self.schedules.sync(self.declared_schedules)
+        except (ScheduleExists, StorageError) as exc:
+            await self.stop()
+            if isinstance(exc, ScheduleExists):
+                raise StartupError(f"the config file declares schedule {exc.schedule_id!r}, which was created through "
+                                   "the API: delete it (jobwire schedules delete) or give the declaration another "
+                                   "id") from None
+            raise StartupError(str(exc)) from None
+        if synced.written or synced.deleted:
+            log.info("config file schedules: %d created or changed, %d deleted", len(synced.written),
+                     len(synced.deleted))
+        self.scheduler.start()
+
+    def _work_elsewhere(self) -> None:
+        """Another replica made work ready or wrote schedules (or the slow look of our own)."""
+        self.dispatcher.wake()
+        self.scheduler.refresh()
 
     def _slot_freed(self) -> None:
         if self.service.accepting:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from jobwire_server.engine.webhooks.signing import check_secret
+from jobwire_server.schedule_file import DeclaredSchedule, ScheduleFileError, parse_schedules
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 LOG_FORMATS = ("text", "json")
@@ -79,6 +80,8 @@ class ServerConfig:
     retention_batch: int = 500
     #: HOST:PORT of the Prometheus endpoint; empty means off.
     metrics_listen: str = ""
+    #: The config file's ``[[schedules]]`` (file only: no flag, no environment variable).
+    schedules: tuple[DeclaredSchedule, ...] = ()
 
     @property
     def host(self) -> str:
@@ -303,6 +306,14 @@ def _queue_limits(name: str, value: Any) -> dict[str, int]:
     return {str(queue): _positive_int(f"{name}[{queue}]", limit) for queue, limit in pairs}
 
 
+def _schedules(name: str, value: Any) -> tuple[DeclaredSchedule, ...]:
+    origin = name.partition(" ")[2]  # "(from FILE)"
+    try:
+        return parse_schedules("schedules", value, _duration)
+    except (ScheduleFileError, ConfigError) as exc:
+        raise ConfigError(f"{exc} {origin}".rstrip()) from None
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "listen": _listen,
     "db": _database,
@@ -345,6 +356,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "retention_interval": _duration,
     "retention_batch": _positive_int,
     "metrics_listen": _listen_or_off,
+    "schedules": _schedules,
 }
 
 _HELP: dict[str, str] = {
@@ -397,6 +409,8 @@ _HELP: dict[str, str] = {
     "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
 }
 
+#: Settings only the config file can give.
+_FILE_ONLY = {"schedules"}
 _REPEATABLE = {"handlers", "queue_concurrency", "webhook_secret", "webhook_allow", "stale_after_state"}
 _FLAGS_ONLY_BOOL = {"builtin_kinds", "allow_unauthenticated", "integrity_check", "queue_concurrency_global"}
 
@@ -408,7 +422,7 @@ def env_name(setting: str) -> str:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; defaults stay None so unset flags don't mask env or file."""
     parser.add_argument("--config", metavar="FILE", help="TOML settings file (env JOBWIRE_CONFIG)")
-    for setting in _PARSERS:
+    for setting in (s for s in _PARSERS if s not in _FILE_ONLY):
         flag = "--" + setting.replace("_", "-")
         help_text = f"{_HELP[setting]} [env {env_name(setting)}]"
         if setting in _FLAGS_ONLY_BOOL:
@@ -430,11 +444,11 @@ def load_config(
     if path:
         for key, value in _read_toml(path).items():
             values[key], sources[key] = value, f"{path}"
-    for setting in _PARSERS:
+    for setting in (s for s in _PARSERS if s not in _FILE_ONLY):
         if env_name(setting) in environ:
             values[setting], sources[setting] = environ[env_name(setting)], f"env {env_name(setting)}"
     for setting, given in flags.items():
-        if setting in _PARSERS and given is not None:
+        if setting in _PARSERS and setting not in _FILE_ONLY and given is not None:
             joined = ",".join(given) if setting in _REPEATABLE and isinstance(given, list) else given
             values[setting], sources[setting] = joined, "--" + setting.replace("_", "-")
     return build_config(values, sources)
@@ -476,6 +490,8 @@ def _read_toml(path: str) -> dict[str, Any]:
     section = data.get("server", data)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [server] must be a table")
+    if section is not data and "schedules" in data:  # [[schedules]] beside [server]
+        section = {**section, "schedules": data["schedules"]}
     known = {f.name for f in fields(ServerConfig)}
     normalized: dict[str, Any] = {}
     for key, value in section.items():

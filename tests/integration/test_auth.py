@@ -35,6 +35,7 @@ from tests.conftest import REPO, START_TIMEOUT, ServerProcess, StartServer, free
 from tests.testkit import running
 
 READER, WRITER, ADMIN = "reader-secret-1", "writer-secret-2", "admin-secret-3"
+SCHEDULER = "scheduler-secret-4"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 TIMEOUT = 10.0
 
@@ -53,6 +54,11 @@ scopes = ["jobs:write"]
 name = "root"
 sha256 = "{hash_token(ADMIN).upper()}"
 scopes = ["admin"]
+
+[[token]]
+name = "scheduler"
+sha256 = "{hash_token(SCHEDULER)}"
+scopes = ["schedules:write"]
 """
 
 
@@ -227,6 +233,35 @@ def test_prune_needs_admin_and_deliveries_need_read(stub: jobwire_pb2_grpc.JobSe
                         denied) == "PERMISSION_DENIED"
     reply = stub.PruneJobs(jobwire_pb2.PruneJobsRequest(dry_run=True), timeout=TIMEOUT, metadata=_bearer(ADMIN))
     assert reply.dry_run
+
+
+def test_schedules_are_written_with_schedules_write_and_read_with_jobs_read(
+        stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    spec = jobwire_pb2.ScheduleSpec(template=jobwire_pb2.EnqueueRequest(kind="noop"), cron="@daily")
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    for token in (READER, WRITER):
+        assert _refused(lambda token=token: stub.CreateSchedule(jobwire_pb2.CreateScheduleRequest(id="s", spec=spec),
+                                                                timeout=TIMEOUT, metadata=_bearer(token)),
+                        denied) == "PERMISSION_DENIED"
+    writes = [lambda md: stub.CreateSchedule(jobwire_pb2.CreateScheduleRequest(id="s", spec=spec), timeout=TIMEOUT,
+                                             metadata=md),
+              lambda md: stub.UpdateSchedule(jobwire_pb2.UpdateScheduleRequest(id="s", spec=spec), timeout=TIMEOUT,
+                                             metadata=md),
+              lambda md: stub.PauseSchedule(jobwire_pb2.PauseScheduleRequest(id="s"), timeout=TIMEOUT, metadata=md),
+              lambda md: stub.ResumeSchedule(jobwire_pb2.ResumeScheduleRequest(id="s"), timeout=TIMEOUT, metadata=md),
+              lambda md: stub.TriggerSchedule(jobwire_pb2.TriggerScheduleRequest(id="s"), timeout=TIMEOUT,
+                                              metadata=md)]
+    for write in writes:
+        write(_bearer(SCHEDULER))
+        assert _refused(lambda write=write: write(_bearer(WRITER)), denied) == "PERMISSION_DENIED"
+    assert _refused(lambda: stub.GetSchedule(jobwire_pb2.GetScheduleRequest(id="s"), timeout=TIMEOUT,
+                                             metadata=_bearer(SCHEDULER)), denied) == "PERMISSION_DENIED"
+    assert stub.GetSchedule(jobwire_pb2.GetScheduleRequest(id="s"), timeout=TIMEOUT, metadata=_bearer(READER)).id == "s"
+    listed = stub.ListSchedules(jobwire_pb2.ListSchedulesRequest(), timeout=TIMEOUT, metadata=_bearer(READER))
+    assert [s.id for s in listed.schedules] == ["s"]
+    assert _refused(lambda: stub.DeleteSchedule(jobwire_pb2.DeleteScheduleRequest(id="s"), timeout=TIMEOUT,
+                                                metadata=_bearer(READER)), denied) == "PERMISSION_DENIED"
+    stub.DeleteSchedule(jobwire_pb2.DeleteScheduleRequest(id="s"), timeout=TIMEOUT, metadata=_bearer(ADMIN))
 
 
 def test_domain_errors_still_come_through_once_authorized(stub: jobwire_pb2_grpc.JobServiceStub) -> None:

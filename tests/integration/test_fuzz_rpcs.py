@@ -124,7 +124,64 @@ BATCH = st.one_of(
 ).map(lambda requests: jobwire_pb2.EnqueueBatchRequest(requests=requests))
 
 
+#: A schedule's template: an enqueue without run_at, delay and request_id.
+VALID_TEMPLATE = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["noop", "sleep"])},
+    optional={k: v for k, v in VALID_ENQUEUE.items() if k not in ("kind", "run_at", "delay", "request_id")},
+).map(lambda values: jobwire_pb2.EnqueueRequest(**values))
+CRON = st.sampled_from(["* * * * *", "*/5 * * * *", "0 9 * * MON-FRI", "@daily", "@hourly", "30 2 * * *",
+                        "0 0 L * *", "0 0 * * 1#2", "0 0 29 2 *", "59 23 31 12 *", "0 0 31 2 *", "@reboot"])
+ZONES = st.sampled_from(["", "UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Pacific/Apia",
+                         "Asia/Kathmandu", "Mars/Base"])
+VALID_SPEC: dict[str, st.SearchStrategy[Any]] = {
+    "template": VALID_TEMPLATE,
+    "cron": CRON,
+    "time_zone": ZONES,
+    "jitter": st.builds(duration_pb2.Duration, seconds=st.integers(0, 86_400)),
+    "overlap_policy": st.integers(0, 3),
+    "catchup_policy": st.integers(0, 2),
+    "description": st.text(max_size=50),
+}
+WILD_SPEC: dict[str, st.SearchStrategy[Any]] = {
+    "template": ENQUEUE, "cron": TEXT, "time_zone": TEXT, "interval": DURATION, "jitter": DURATION,
+    "overlap_policy": INT32, "catchup_policy": INT32, "description": TEXT,
+}
+SCHEDULE_SPEC = st.one_of(
+    st.fixed_dictionaries({"template": VALID_TEMPLATE, "cron": CRON},
+                          optional={k: v for k, v in VALID_SPEC.items() if k not in ("template", "cron")}
+                          ).map(lambda values: jobwire_pb2.ScheduleSpec(**values)),
+    _mutated(jobwire_pb2.ScheduleSpec, VALID_SPEC, WILD_SPEC))
+SCHEDULE_IDS = {"id": st.one_of(st.sampled_from(["s1", "s2", "nightly"]),
+                                st.from_regex(r"[a-z]{1,12}", fullmatch=True))}
+WILD_SCHEDULE_IDS = {"id": TEXT}
+
+
+def _schedule_requests(method: str) -> st.SearchStrategy[Any]:
+    return {
+        "CreateSchedule": st.one_of(
+            st.builds(jobwire_pb2.CreateScheduleRequest, id=SCHEDULE_IDS["id"], spec=SCHEDULE_SPEC,
+                      paused=st.booleans()),
+            _mutated(jobwire_pb2.CreateScheduleRequest, {**SCHEDULE_IDS, "spec": SCHEDULE_SPEC},
+                     {**WILD_SCHEDULE_IDS, "spec": SCHEDULE_SPEC})),
+        "UpdateSchedule": st.one_of(
+            st.builds(jobwire_pb2.UpdateScheduleRequest, id=SCHEDULE_IDS["id"], spec=SCHEDULE_SPEC),
+            _mutated(jobwire_pb2.UpdateScheduleRequest, {**SCHEDULE_IDS, "spec": SCHEDULE_SPEC},
+                     {**WILD_SCHEDULE_IDS, "spec": SCHEDULE_SPEC})),
+        "GetSchedule": _mutated(jobwire_pb2.GetScheduleRequest, SCHEDULE_IDS, WILD_SCHEDULE_IDS),
+        "ListSchedules": _mutated(jobwire_pb2.ListSchedulesRequest, {"page_size": st.integers(0, 2000)},
+                                  {"page_size": INT32, "page_token": _page_token()}),
+        "DeleteSchedule": _mutated(jobwire_pb2.DeleteScheduleRequest, SCHEDULE_IDS, WILD_SCHEDULE_IDS),
+        "PauseSchedule": _mutated(jobwire_pb2.PauseScheduleRequest, SCHEDULE_IDS, WILD_SCHEDULE_IDS),
+        "ResumeSchedule": _mutated(jobwire_pb2.ResumeScheduleRequest, SCHEDULE_IDS, WILD_SCHEDULE_IDS),
+        "TriggerSchedule": _mutated(jobwire_pb2.TriggerScheduleRequest,
+                                    {**SCHEDULE_IDS, "request_id": st.sampled_from(["", "r1"])},
+                                    {**WILD_SCHEDULE_IDS, "request_id": TEXT}),
+    }[method]
+
+
 def _requests(method: str, known: list[str]) -> st.SearchStrategy[Any]:
+    if method.endswith(("Schedule", "Schedules")):
+        return _schedule_requests(method)
     ids = {"id": st.sampled_from(known)}
     wild_ids = {"id": st.one_of(st.uuids().map(str), st.uuids(version=4).map(str), TEXT)}
     return {
@@ -156,7 +213,8 @@ def _requests(method: str, known: list[str]) -> st.SearchStrategy[Any]:
 
 
 UNARY = ["Enqueue", "EnqueueBatch", "GetJob", "ListJobs", "CancelJob", "RetryJob", "GetQueueStats",
-         "ListWebhookDeliveries", "PruneJobs"]
+         "ListWebhookDeliveries", "PruneJobs", "CreateSchedule", "UpdateSchedule", "GetSchedule", "ListSchedules",
+         "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "TriggerSchedule"]
 STREAMS = ["WatchJob", "WatchEvents"]
 
 

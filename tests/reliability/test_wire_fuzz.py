@@ -50,6 +50,17 @@ TEMPLATES: dict[str, list[Message]] = {
     "WatchJob": [pb.WatchJobRequest(id=JOB_ID, after_sequence=1)],
     "WatchEvents": [pb.WatchEventsRequest(queues=["fuzz"], kinds=["noop"], types=[1, 2])],
     "Check": [health_pb2.HealthCheckRequest(service="jobwire.v1.JobService")],
+    "CreateSchedule": [pb.CreateScheduleRequest(id="fuzz", spec=pb.ScheduleSpec(
+        template=pb.EnqueueRequest(kind="noop", queue="fuzz", labels={"a": "b"}), cron="0 3 * * *",
+        time_zone="Europe/Paris", jitter=duration_pb2.Duration(seconds=30), overlap_policy=2, catchup_policy=2))],
+    "UpdateSchedule": [pb.UpdateScheduleRequest(id="fuzz", spec=pb.ScheduleSpec(
+        template=pb.EnqueueRequest(kind="noop"), interval=duration_pb2.Duration(seconds=3600)))],
+    "GetSchedule": [pb.GetScheduleRequest(id="fuzz")],
+    "ListSchedules": [pb.ListSchedulesRequest(page_size=5)],
+    "DeleteSchedule": [pb.DeleteScheduleRequest(id="gone")],
+    "PauseSchedule": [pb.PauseScheduleRequest(id="fuzz")],
+    "ResumeSchedule": [pb.ResumeScheduleRequest(id="fuzz")],
+    "TriggerSchedule": [pb.TriggerScheduleRequest(id="fuzz", request_id="r")],
 }
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "METHOD_SCOPES",
     "OPEN_PREFIXES",
     "READ",
+    "SCHEDULES",
     "SCOPES",
     "TOKEN_PATTERN",
     "WRITE",
@@ -60,7 +61,9 @@ __all__ = [
 READ: Final = "jobs:read"
 WRITE: Final = "jobs:write"
 ADMIN: Final = "admin"
-SCOPES: Final = frozenset({READ, WRITE, ADMIN})
+#: Creating, changing and firing schedules: a schedule enqueues jobs on its own, for as long as it lives.
+SCHEDULES: Final = "schedules:write"
+SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES})
 
 _SERVICE: Final = "/jobwire.v1.JobService/"
 #: The scope each JobService method needs; ``admin`` grants every method, listed here or not.
@@ -68,6 +71,9 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
     **{_SERVICE + name: WRITE for name in ("Enqueue", "EnqueueBatch", "CancelJob", "RetryJob")},
     **{_SERVICE + name: READ for name in ("GetJob", "ListJobs", "WatchJob", "WatchEvents", "GetQueueStats",
                                              "ListWebhookDeliveries")},
+    **{_SERVICE + name: READ for name in ("GetSchedule", "ListSchedules")},
+    **{_SERVICE + name: SCHEDULES for name in ("CreateSchedule", "UpdateSchedule", "DeleteSchedule",
+                                               "PauseSchedule", "ResumeSchedule", "TriggerSchedule")},
 }
 #: Methods under these prefixes need no token: load balancers probe health, tools list services.
 OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")

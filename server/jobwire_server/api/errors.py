@@ -8,8 +8,10 @@ trailer (grpcio-status), where ``rpc_status.from_call`` on the client reads them
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any, Final, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
@@ -23,13 +25,16 @@ from jobwire_server.domain.errors import (
     JobNotFound,
     PayloadTooLarge,
     RequestIdReused,
+    ScheduleExists,
+    ScheduleFromConfig,
+    ScheduleNotFound,
     ShuttingDown,
     StorageCorrupt,
     StorageError,
     StorageFull,
 )
 
-__all__ = ["DOMAIN", "INTERNAL_REASON", "abort", "abort_with", "status_with", "to_status"]
+__all__ = ["DOMAIN", "INTERNAL_REASON", "abort", "abort_with", "status_with", "to_status", "unary"]
 
 DOMAIN: Final = "jobwire"
 INTERNAL_REASON: Final = "INTERNAL"
@@ -77,6 +82,13 @@ def to_status(exc: BaseException) -> grpc.Status:
     if isinstance(exc, InvalidTransition):
         return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
                       {"job_id": exc.job_id, "state": str(exc.state), "action": exc.action})
+    if isinstance(exc, ScheduleNotFound):
+        return _build(grpc.StatusCode.NOT_FOUND, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
+    if isinstance(exc, ScheduleExists):
+        return _build(grpc.StatusCode.ALREADY_EXISTS, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
+    if isinstance(exc, ScheduleFromConfig):
+        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
+                      {"schedule_id": exc.schedule_id, "action": exc.action})
     if isinstance(exc, RequestIdReused):
         return _build(grpc.StatusCode.ALREADY_EXISTS, str(exc), exc.reason,
                       {"request_id": _clip(exc.request_id, 200)})
@@ -102,3 +114,23 @@ async def abort_with(context: aio.ServicerContext[Any, Any], status: grpc.Status
 async def abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     """End the call with the status :func:`to_status` gives for `exc` (raises; never returns)."""
     await context.abort_with_status(to_status(exc))
+
+
+_Self = TypeVar("_Self")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+def unary(method: Callable[[_Self, _Req, Any], Awaitable[_Resp]]) -> Callable[[_Self, _Req, Any], Awaitable[_Resp]]:
+    """Map domain errors to statuses in one place for unary RPCs."""
+
+    @functools.wraps(method)
+    async def call(self: _Self, request: _Req, context: aio.ServicerContext[Any, Any]) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except aio.AbortError:
+            raise
+        except Exception as exc:  # domain errors get their status; anything else is INTERNAL, logged
+            await abort(context, exc)
+
+    return call

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -21,6 +20,8 @@ from jobwire_server.api.convert import (
     stats_to_proto,
 )
 from jobwire_server.api.errors import abort, abort_with, status_with
+from jobwire_server.api.errors import unary as _unary
+from jobwire_server.api.schedules import ScheduleMethods
 from jobwire_server.api.validation import (
     Limits,
     encode_page_token,
@@ -36,37 +37,23 @@ from jobwire_server.domain.queries import filters_digest
 from jobwire_server.domain.states import FINAL_EVENTS, TERMINAL_STATES, JobState
 from jobwire_server.engine.hub import EventFilter, Subscription
 from jobwire_server.engine.retention import Retention
+from jobwire_server.engine.schedules import ScheduleService
 from jobwire_server.engine.service import JobService
 from jobwire_server.engine.webhooks.guard import AddressGuard, AddressRefused
 from jobwire_server.handlers.kind import NAME_PATTERN
 from jobwire_server.handlers.registry import Registry
 from jobwire_server.telemetry import ATTR_JOB_ID, ATTR_KIND, ATTR_QUEUE, enqueue_traceparent
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 Context = aio.ServicerContext[Any, Any]
 
 
-def _unary(method: Callable[[Any, Req, Context], Awaitable[Resp]]) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
-    """Map domain errors to statuses in one place for unary RPCs."""
-
-    @functools.wraps(method)
-    async def call(self: Any, request: Req, context: Context) -> Resp:
-        try:
-            return await method(self, request, context)
-        except aio.AbortError:
-            raise
-        except Exception as exc:  # domain errors get their status; anything else is INTERNAL, logged
-            await abort(context, exc)
-
-    return call
-
-
-class JobServicer(jobwire_pb2_grpc.JobServiceServicer):
+class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
     def __init__(self, service: JobService, registry: Registry, clock: Clock, limits: Limits, *,
                  max_watch_streams: int, page_secret: bytes | None = None,
-                 webhook_guard: AddressGuard | None = None, retention: Retention | None = None) -> None:
+                 webhook_guard: AddressGuard | None = None, retention: Retention | None = None,
+                 schedules: ScheduleService | None = None) -> None:
         self._service = service
+        self._schedules = schedules
         self._guard = webhook_guard or AddressGuard()
         self._retention = retention
         self._registry = registry

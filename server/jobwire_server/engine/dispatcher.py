@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobwire_server.domain.clock import Clock
@@ -19,7 +19,15 @@ from jobwire_server.domain.models import Job
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.writer import Writer
-from jobwire_server.store.base import ApplyChange, ClaimParams, ClaimResult, InsertJobs, UpdateJob, WriteOp
+from jobwire_server.store.base import (
+    ApplyChange,
+    ClaimParams,
+    ClaimResult,
+    FireSchedules,
+    InsertJobs,
+    UpdateJob,
+    WriteOp,
+)
 
 MAX_CLAIM = 256
 
@@ -40,6 +48,8 @@ class Dispatcher:
         #: Counts claim cycles; `claimed` is set after each (tests wait on it instead of sleeping).
         self.rounds = 0
         self.claimed = asyncio.Event()
+        #: Called when the timer fires, after the wake-up: other duties share the timer (schedules).
+        self.on_timer: list[Callable[[], None]] = []
         writer.claimer = self
 
     def start(self) -> None:
@@ -65,6 +75,8 @@ class Dispatcher:
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, math.inf
         self.wake()
+        for listener in self.on_timer:
+            listener()
 
     async def stop_claiming(self) -> None:
         """Stop taking new jobs (first step of shutdown); running ones are the executor's."""
@@ -141,7 +153,7 @@ _WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 def _may_ready(op: WriteOp) -> bool:
     if isinstance(op, InsertJobs):
         return any(job.run_at <= op.now for job in op.jobs)
-    return isinstance(op, UpdateJob)
+    return isinstance(op, UpdateJob | FireSchedules)
 
 
 def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
@@ -154,4 +166,8 @@ def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
         return [r.job for r in result if r.created]
     if isinstance(op, UpdateJob) and result[1] is not None:
         return [result[0]]
+    if isinstance(op, FireSchedules):
+        return [job for f in result.fired for job in (
+            *([f.cancelled.job] if f.cancelled is not None else ()),
+            *([f.inserted.job] if f.inserted is not None and f.inserted.created else ()))]
     return []

@@ -39,6 +39,7 @@ from jobwire_server.store.base import (
     ClaimResult,
     Committed,
     DeleteStale,
+    FireSchedules,
     InsertJobs,
     JobStore,
     MarkStale,
@@ -358,4 +359,6 @@ _EVENTS: dict[type, Callable[[Any], Iterable[Event]]] = {
     MarkStale: lambda committed: (e for c in committed for e in c.events),
     DeleteStale: lambda events: events,
     RecordDeliveryAttempt: lambda event: (event,),
+    FireSchedules: lambda result: (e for f in result.fired for e in (
+        *(f.cancelled.events if f.cancelled is not None else ()), *(f.inserted.events if f.inserted else ()))),
 }
