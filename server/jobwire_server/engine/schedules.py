@@ -162,14 +162,19 @@ class Scheduler:
             return
         plan = FirePlan(key=lambda s: firing_key_at(s, now),
                         plan=lambda s, previous, made: plan_firing(s, previous, now, made))
-        result: SchedulesFired = await self._writer.write(FireSchedules(now, plan, self._request_ttl, FIRE_BATCH))
+        # A periodic duty: on a storage fault it fails at once (and is tried again) rather than being held.
+        result: SchedulesFired = await self._writer.write(FireSchedules(now, plan, self._request_ttl, FIRE_BATCH),
+                                                          fail_fast=True)
         self.fired(result.fired)
         self._next = result.next_due
-        if self._next is not None:
-            if self._next <= now:
-                self._wake.set()  # more were due than one batch holds
-            else:
-                self._arm(self._next)
+        if self._next is None:
+            return
+        if len(result.fired) == FIRE_BATCH:
+            self._wake.set()  # more were due than one batch holds
+        else:
+            # Still due after a pass that was not full: another transaction holds that row (another
+            # replica's write, on a shared store). Look again shortly rather than at once.
+            self._arm(self._next if self._next > now else now + RETRY_AFTER)
 
     def fired(self, fired: Sequence[Fired]) -> None:
         """After the commit: a running job a firing cancelled is asked to stop; each firing is logged."""
