@@ -10,6 +10,7 @@ import jobwire.sync
 
 EXPECTED = [
     "AlreadyExists",
+    "CatchupPolicy",
     "Client",
     "EnqueueSpec",
     "EventType",
@@ -24,6 +25,7 @@ EXPECTED = [
     "JobNotFound",
     "JobState",
     "JobwireError",
+    "OverlapPolicy",
     "PermissionDenied",
     "Phase",
     "PhaseState",
@@ -32,7 +34,12 @@ EXPECTED = [
     "QueueStats",
     "ResourceExhausted",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleFromConfig",
+    "ScheduleNotFound",
+    "ScheduleSpec",
     "TLSConfig",
+    "TriggerResult",
     "Unauthenticated",
     "Unavailable",
     "Webhook",

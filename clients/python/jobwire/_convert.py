@@ -10,27 +10,33 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped,unused-ignore]
 from grpc import aio
 
 from jobwire.errors import JobwireError, error_class_for
 from jobwire.models import (
+    CatchupPolicy,
     EnqueueSpec,
     EventType,
     Job,
     JobError,
     JobEvent,
     JobState,
+    OverlapPolicy,
     Payload,
     Phase,
     PhaseState,
     Progress,
     PruneResult,
     QueueStats,
+    Schedule,
+    ScheduleSpec,
+    TriggerResult,
     Webhook,
     WebhookAttempt,
     WebhookDelivery,
@@ -38,6 +44,7 @@ from jobwire.models import (
 from jobwire.v1 import jobwire_pb2 as pb
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_P = TypeVar("_P", OverlapPolicy, CatchupPolicy)
 
 _JOB_STATE_PREFIX = "JOB_STATE_"
 _PHASE_STATE_PREFIX = "PHASE_STATE_"
@@ -317,6 +324,123 @@ def watch_events_request(
     return pb.WatchEventsRequest(queues=list(queues), kinds=list(kinds), types=[event_type_to_proto(t) for t in types])
 
 
+# --- schedules ---------------------------------------------------------------------------------
+
+
+def schedule_spec_to_proto(spec: ScheduleSpec) -> pb.ScheduleSpec:
+    """The ``ScheduleSpec`` message; a spec with both or neither of cron and interval is sent as it
+    is, for the server to refuse."""
+    template = pb.EnqueueRequest(
+        queue=spec.queue,
+        kind=spec.kind,
+        payload=encode_payload(spec.payload),
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        dedupe_key=spec.dedupe_key,
+        labels=dict(spec.labels),
+    )
+    if spec.timeout is not None:
+        template.timeout.CopyFrom(to_duration(spec.timeout))
+    if spec.webhook_url or spec.webhook_events:
+        template.webhook.CopyFrom(
+            pb.WebhookConfig(url=spec.webhook_url, events=[event_type_to_proto(e) for e in spec.webhook_events])
+        )
+    message = pb.ScheduleSpec(
+        template=template,
+        time_zone=spec.time_zone,
+        description=spec.description,
+        overlap_policy=cast(pb.OverlapPolicy, pb.OverlapPolicy.Value(_policy_name("OVERLAP_POLICY_",
+                                                                                  spec.overlap_policy))),
+        catchup_policy=cast(pb.CatchupPolicy, pb.CatchupPolicy.Value(_policy_name("CATCHUP_POLICY_",
+                                                                                  spec.catchup_policy))),
+    )
+    if spec.cron or spec.interval is None:
+        message.cron = spec.cron
+    if spec.interval is not None:
+        message.interval.CopyFrom(to_duration(spec.interval))
+    if spec.jitter is not None:
+        message.jitter.CopyFrom(to_duration(spec.jitter))
+    return message
+
+
+def _policy_name(prefix: str, value: str) -> str:
+    """A policy (member or name: ``"skip"``, ``"cancel-previous"``, ``"OVERLAP_POLICY_SKIP"``) as its proto name."""
+    return _prefixed(prefix, str(value).replace("-", "_"))
+
+
+def schedule_spec_from_proto(message: pb.ScheduleSpec) -> ScheduleSpec:
+    t = message.template
+    return ScheduleSpec(
+        kind=t.kind,
+        cron=message.cron,
+        interval=_duration(message.interval) if message.HasField("interval") else None,
+        time_zone=message.time_zone,
+        payload=t.payload,
+        queue=t.queue,
+        priority=t.priority,
+        max_attempts=t.max_attempts,
+        timeout=_duration(t.timeout) if t.HasField("timeout") else None,
+        dedupe_key=t.dedupe_key,
+        labels=dict(t.labels),
+        webhook_url=t.webhook.url,
+        webhook_events=tuple(event_type_from_proto(e) for e in t.webhook.events),
+        jitter=_duration(message.jitter) if message.HasField("jitter") else None,
+        overlap_policy=_policy(OverlapPolicy, pb.OverlapPolicy.Name(message.overlap_policy), "OVERLAP_POLICY_"),
+        catchup_policy=_policy(CatchupPolicy, pb.CatchupPolicy.Name(message.catchup_policy), "CATCHUP_POLICY_"),
+        description=message.description,
+    )
+
+
+def _policy(enum: type[_P], name: str, prefix: str) -> _P:
+    try:
+        return enum(name.removeprefix(prefix))
+    except ValueError:
+        return enum("UNSPECIFIED")
+
+
+def schedule_from_proto(message: pb.Schedule) -> Schedule:
+    """A ``jobwire.v1.Schedule`` message as a :class:`Schedule`."""
+    return Schedule(
+        id=message.id,
+        spec=schedule_spec_from_proto(message.spec),
+        paused=message.paused,
+        from_config=message.from_config,
+        next_fire_times=tuple(t.ToDatetime(tzinfo=UTC) for t in message.next_fire_times),
+        last_fire_time=message.last_fire_time.ToDatetime(tzinfo=UTC) if message.HasField("last_fire_time") else None,
+        last_job_id=message.last_job_id,
+        create_time=message.create_time.ToDatetime(tzinfo=UTC) if message.HasField("create_time") else None,
+        update_time=message.update_time.ToDatetime(tzinfo=UTC) if message.HasField("update_time") else None,
+    )
+
+
+def create_schedule_request(schedule_id: str, spec: ScheduleSpec, paused: bool) -> pb.CreateScheduleRequest:
+    return pb.CreateScheduleRequest(id=schedule_id, spec=schedule_spec_to_proto(spec), paused=paused)
+
+
+def update_schedule_request(schedule_id: str, spec: ScheduleSpec) -> pb.UpdateScheduleRequest:
+    return pb.UpdateScheduleRequest(id=schedule_id, spec=schedule_spec_to_proto(spec))
+
+
+def schedule_id_request(method: str, schedule_id: str) -> Message:
+    """The request of GetSchedule, DeleteSchedule, PauseSchedule or ResumeSchedule."""
+    request: Message = getattr(pb, f"{method}Request")(id=schedule_id)
+    return request
+
+
+def list_schedules_request(page_size: int, page_token: str) -> pb.ListSchedulesRequest:
+    return pb.ListSchedulesRequest(page_size=page_size, page_token=page_token)
+
+
+def trigger_schedule_request(schedule_id: str, request_id: str) -> pb.TriggerScheduleRequest:
+    """A missing ``request_id`` is generated here, once, so retries of the call never fire twice."""
+    return pb.TriggerScheduleRequest(id=schedule_id, request_id=request_id or new_request_id())
+
+
+def trigger_from_proto(message: pb.TriggerScheduleResponse) -> TriggerResult:
+    return TriggerResult(job=job_from_proto(message.job) if message.HasField("job") else None,
+                         skipped=message.skipped)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -347,7 +471,7 @@ def error_from_status(code: grpc.StatusCode, message: str, status: status_pb2.St
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations.extend((v.field, v.description) for v in bad.field_violations)
-    return error_class_for(code)(code, message, reason, metadata, violations)
+    return error_class_for(code, reason)(code, message, reason, metadata, violations)
 
 
 def error_from_rpc(error: aio.AioRpcError | grpc.RpcError) -> JobwireError:

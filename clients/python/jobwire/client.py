@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from jobwire import _convert
+from jobwire._schedules import ScheduleCalls
 from jobwire.errors import (
     JobCancelled,
     JobFailed,
@@ -113,7 +114,7 @@ class RetryPolicy:
         return ceiling * random.uniform(0.5, 1.0)
 
 
-class Client:
+class Client(ScheduleCalls):
     """An asynchronous connection to a jobwire server.
 
     Use it as an async context manager (``async with Client(...) as client``) or call

@@ -69,12 +69,22 @@ class InvalidTransition(JobwireError):
     """FAILED_PRECONDITION: the job's current state does not allow the operation."""
 
 
+class ScheduleNotFound(JobwireError):
+    """NOT_FOUND with reason SCHEDULE_NOT_FOUND: no schedule with that id."""
+
+
+class ScheduleFromConfig(JobwireError):
+    """FAILED_PRECONDITION with reason SCHEDULE_FROM_CONFIG: the schedule is declared in the server's
+    config file, so only that file changes or deletes it."""
+
+
 class InvalidArgument(JobwireError):
     """INVALID_ARGUMENT: bad input; ``violations`` names each bad field (reason may be UNKNOWN_KIND)."""
 
 
 class AlreadyExists(JobwireError):
-    """ALREADY_EXISTS: a ``request_id`` was reused for a different request (REQUEST_ID_REUSED)."""
+    """ALREADY_EXISTS: a ``request_id`` was reused for a different request (REQUEST_ID_REUSED), or a
+    schedule id is taken (SCHEDULE_EXISTS)."""
 
 
 class ResourceExhausted(JobwireError):
@@ -134,6 +144,13 @@ _BY_CODE: Mapping[grpc.StatusCode, type[JobwireError]] = {
 }
 
 
-def error_class_for(code: grpc.StatusCode) -> type[JobwireError]:
-    """The exception class the SDK raises for a status code (``JobwireError`` when none is specific)."""
-    return _BY_CODE.get(code, JobwireError)
+_BY_REASON: Mapping[str, type[JobwireError]] = {
+    "SCHEDULE_NOT_FOUND": ScheduleNotFound,
+    "SCHEDULE_FROM_CONFIG": ScheduleFromConfig,
+}
+
+
+def error_class_for(code: grpc.StatusCode, reason: str = "") -> type[JobwireError]:
+    """The exception class the SDK raises for a status code and ErrorInfo reason (``JobwireError``
+    when none is specific)."""
+    return _BY_REASON.get(reason) or _BY_CODE.get(code, JobwireError)

@@ -278,3 +278,76 @@ class EnqueueSpec:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     webhook_url: str = ""
     webhook_events: tuple[EventType, ...] = ()
+
+
+class OverlapPolicy(StrEnum):
+    """What a schedule's firing does while the previous firing's job is still active."""
+
+    #: Not given: the server uses ALLOW.
+    UNSPECIFIED = "UNSPECIFIED"
+    ALLOW = "ALLOW"
+    SKIP = "SKIP"
+    CANCEL_PREVIOUS = "CANCEL_PREVIOUS"
+
+
+class CatchupPolicy(StrEnum):
+    """What a schedule does about firing times it missed (the server was down)."""
+
+    #: Not given: the server uses SKIP.
+    UNSPECIFIED = "UNSPECIFIED"
+    SKIP = "SKIP"
+    RUN_ONCE = "RUN_ONCE"
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """What a schedule does and when: the job to enqueue (fields as in ``Client.enqueue``) and exactly
+    one of ``cron`` (read in ``time_zone``, UTC by default) and ``interval``.
+
+    Durations take a ``timedelta`` or seconds. The server returns the spec with its effective values:
+    ``payload`` as bytes, durations as ``timedelta``, the kind's defaults and the policies filled in.
+    """
+
+    kind: str
+    cron: str = ""
+    interval: timedelta | float | None = None
+    time_zone: str = ""
+    payload: Payload = None
+    queue: str = ""
+    priority: int = 0
+    max_attempts: int = 0
+    timeout: timedelta | float | None = None
+    dedupe_key: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    webhook_url: str = ""
+    webhook_events: tuple[EventType, ...] = ()
+    jitter: timedelta | float | None = None
+    overlap_policy: OverlapPolicy = OverlapPolicy.UNSPECIFIED
+    catchup_policy: CatchupPolicy = CatchupPolicy.UNSPECIFIED
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A stored schedule and where it stands."""
+
+    id: str
+    spec: ScheduleSpec
+    paused: bool = False
+    #: Declared in the server's config file: it can be paused and triggered, not updated or deleted.
+    from_config: bool = False
+    #: Its next firing times (at most 5), the earliest first; empty while paused.
+    next_fire_times: tuple[datetime, ...] = ()
+    last_fire_time: datetime | None = None
+    last_job_id: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """What ``trigger_schedule`` did: the job it enqueued, or with ``skipped`` (overlap policy SKIP)
+    the previous firing's job, still active."""
+
+    job: Job | None
+    skipped: bool = False

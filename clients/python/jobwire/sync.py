@@ -32,6 +32,9 @@ from jobwire.models import (
     Payload,
     PruneResult,
     QueueStats,
+    Schedule,
+    ScheduleSpec,
+    TriggerResult,
     WebhookDelivery,
 )
 
@@ -277,6 +280,42 @@ class Client:
     def prune(self, dry_run: bool = False) -> PruneResult:
         """Run retention now, or with ``dry_run`` count what it would do."""
         return self._runner.run(self._client.prune(dry_run))
+
+    # --- schedules (see jobwire.Client) -----------------------------------------------------------
+
+    def create_schedule(self, schedule_id: str, spec: ScheduleSpec, *, paused: bool = False) -> Schedule:
+        """Store a schedule; see :meth:`jobwire.Client.create_schedule`."""
+        return self._runner.run(self._client.create_schedule(schedule_id, spec, paused=paused))
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        """The schedule with its next firing times."""
+        return self._runner.run(self._client.get_schedule(schedule_id))
+
+    def list_schedules_page(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[Schedule], str]:
+        """One page of schedules by id and the next page's token."""
+        return self._runner.run(self._client.list_schedules_page(page_size=page_size, page_token=page_token))
+
+    def list_schedules(self, *, page_size: int = 0) -> Generator[Schedule, None, None]:
+        """Every schedule by id, across pages."""
+        return self._runner.iterate(self._client.list_schedules(page_size=page_size))
+
+    def update_schedule(self, schedule_id: str, spec: ScheduleSpec) -> Schedule:
+        """Replace the schedule's spec."""
+        return self._runner.run(self._client.update_schedule(schedule_id, spec))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete the schedule (its jobs are left alone)."""
+        self._runner.run(self._client.delete_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        return self._runner.run(self._client.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        return self._runner.run(self._client.resume_schedule(schedule_id))
+
+    def trigger_schedule(self, schedule_id: str, *, request_id: str = "") -> TriggerResult:
+        """Fire the schedule once now; see :meth:`jobwire.Client.trigger_schedule`."""
+        return self._runner.run(self._client.trigger_schedule(schedule_id, request_id=request_id))
 
 
 class JobHandle:
