@@ -61,7 +61,8 @@ class UsageError(Exception):
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune and health to a parser."""
+    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune, schedules and health to a
+    parser."""
     common = _common_flags()
 
     def command(name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -157,7 +158,15 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--queue", default="", help="only this queue (default: every queue holding jobs)")
     p.set_defaults(func=cmd_stats)
     _add_webhook_and_retention_commands(command)
+    _add_schedule_commands(subparsers, common)
     _add_health_command(command)
+
+
+def _add_schedule_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                           common: argparse.ArgumentParser) -> None:
+    from jobwire.cli_schedules import add_schedule_commands  # noqa: PLC0415 - it builds on this module
+
+    add_schedule_commands(subparsers, common)
 
 
 def _add_health_command(command: Callable[..., argparse.ArgumentParser]) -> None:
