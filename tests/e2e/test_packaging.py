@@ -49,7 +49,8 @@ def test_wheel_metadata(wheel: tuple[Path, str]) -> None:
             "standardwebhooks", "prometheus_client"} <= server
     for requirement in requires:  # every dependency has a tested lower bound and an upper bound
         spec = requirement.split(";")[0]
-        if "jobwire" not in spec and "types-" not in spec and "setuptools" not in spec:
+        # tzdata is data, not an API: a version is a year's time zone rules, and newer is always right.
+        if not spec.startswith(("jobwire", "types-", "setuptools", "tzdata")):
             assert ">=" in spec and "<" in spec, requirement
     assert meta["License-Expression"] == "Apache-2.0"
     assert "deprecat" not in log.lower(), log
