@@ -150,6 +150,65 @@ export interface EnqueueOptions {
   webhook?: WebhookConfig;
 }
 
+export type OverlapPolicy =
+  | 'OVERLAP_POLICY_UNSPECIFIED' | 'OVERLAP_POLICY_ALLOW' | 'OVERLAP_POLICY_SKIP' | 'OVERLAP_POLICY_CANCEL_PREVIOUS';
+export type CatchupPolicy = 'CATCHUP_POLICY_UNSPECIFIED' | 'CATCHUP_POLICY_SKIP' | 'CATCHUP_POLICY_RUN_ONCE';
+
+/**
+ * What a schedule does and when: the job template (as `enqueue`'s options) and exactly one of `cron`
+ * (read in `timeZone`, UTC by default) and `intervalSeconds`. Policies may be given as their short
+ * names ('skip', 'cancel-previous', 'run-once').
+ */
+export interface ScheduleSpecInput {
+  kind: string;
+  payload?: Buffer | Uint8Array | string | unknown;
+  queue?: string;
+  priority?: number;
+  maxAttempts?: number;
+  timeoutSeconds?: number;
+  labels?: Record<string, string>;
+  dedupeKey?: string;
+  webhook?: WebhookConfig;
+  cron?: string;
+  timeZone?: string;
+  intervalSeconds?: number;
+  jitterSeconds?: number;
+  overlapPolicy?: OverlapPolicy | string;
+  catchupPolicy?: CatchupPolicy | string;
+  description?: string;
+}
+
+/** jobwire.v1.ScheduleSpec as the server returns it (effective values filled in). */
+export interface ScheduleSpec {
+  template: {
+    queue: string; kind: string; payload: Buffer; priority: number; maxAttempts: number; timeout: Duration | null;
+    dedupeKey: string; labels: Record<string, string>; webhook: Required<WebhookConfig> | null;
+  };
+  /** Which timing is set. */
+  timing: 'cron' | 'interval';
+  cron?: string;
+  interval?: Duration | null;
+  timeZone: string;
+  jitter: Duration | null;
+  overlapPolicy: OverlapPolicy;
+  catchupPolicy: CatchupPolicy;
+  description: string;
+}
+
+export interface Schedule {
+  id: string;
+  spec: ScheduleSpec;
+  paused: boolean;
+  /** Declared in the server's config file: it can be paused and triggered, not updated or deleted. */
+  fromConfig: boolean;
+  /** The next firing times (at most 5), the earliest first; empty while paused. */
+  nextFireTimes: Timestamp[];
+  lastFireTime: Timestamp | null;
+  lastJobId: string;
+  createTime: Timestamp | null;
+  updateTime: Timestamp | null;
+}
+
 export interface EventStream extends AsyncIterableIterator<JobEvent> {
   /** Cancels the call; the iterator then ends without an error. */
   cancel(): void;
@@ -194,6 +253,16 @@ export class JobwireClient {
    * ends the stream with UNAVAILABLE or RESOURCE_EXHAUSTED (TOO_MANY_STREAMS, WATCH_TOO_SLOW).
    */
   watch(id: string, options?: WatchOptions): EventStream;
+  createSchedule(id: string, spec: ScheduleSpecInput, options?: { paused?: boolean }): Promise<Schedule>;
+  getSchedule(id: string): Promise<Schedule>;
+  listSchedules(options?: { pageSize?: number; pageToken?: string }): Promise<{ schedules: Schedule[]; nextPageToken: string }>;
+  /** Replaces the spec as a whole. */
+  updateSchedule(id: string, spec: ScheduleSpecInput): Promise<Schedule>;
+  deleteSchedule(id: string): Promise<void>;
+  pauseSchedule(id: string): Promise<Schedule>;
+  resumeSchedule(id: string): Promise<Schedule>;
+  /** `job`: the job enqueued, or with `skipped` the previous firing's job, still active. */
+  triggerSchedule(id: string, options?: { requestId?: string }): Promise<{ job: Job | null; skipped: boolean }>;
   close(): void;
 }
 

@@ -225,6 +225,41 @@ function toTimestamp(value) {
   return { seconds: String(secs), nanos: Math.round((ms - secs * 1000) * 1e6) };
 }
 
+function policy(prefix, value) {
+  if (value === undefined || value === null || value === '') return `${prefix}UNSPECIFIED`;
+  const name = String(value).toUpperCase().replace(/-/g, '_');
+  return name.startsWith(prefix) ? name : prefix + name;
+}
+
+/** A schedule spec as the client takes it (flat, like `enqueue`'s options plus the timing) -> ScheduleSpec. */
+function toScheduleSpec({
+  kind, payload, queue, priority, maxAttempts, timeoutSeconds, labels, dedupeKey, webhook,
+  cron, timeZone, intervalSeconds, jitterSeconds, overlapPolicy, catchupPolicy, description,
+} = {}) {
+  const spec = {
+    template: {
+      kind: kind ?? '',
+      queue: queue ?? '',
+      payload: toPayload(payload),
+      priority: priority ?? 0,
+      maxAttempts: maxAttempts ?? 0,
+      timeout: toDuration(timeoutSeconds, 'timeoutSeconds'),
+      dedupeKey: dedupeKey ?? '',
+      labels: labels ?? {},
+      webhook: webhook ? { url: webhook.url, events: webhook.events ?? [] } : null,
+    },
+    timeZone: timeZone ?? '',
+    jitter: toDuration(jitterSeconds, 'jitterSeconds'),
+    overlapPolicy: policy('OVERLAP_POLICY_', overlapPolicy),
+    catchupPolicy: policy('CATCHUP_POLICY_', catchupPolicy),
+    description: description ?? '',
+  };
+  // One field of the `timing` oneof; a spec with neither (or both) is sent for the server to refuse.
+  if (intervalSeconds !== undefined && intervalSeconds !== null) spec.interval = toDuration(intervalSeconds, 'intervalSeconds');
+  if (cron !== undefined && cron !== null) spec.cron = cron;
+  return spec;
+}
+
 /** Converts a proto Timestamp ({seconds, nanos}) to a Date; null when unset. */
 export function timestampToDate(ts) {
   if (!ts) return null;
@@ -361,6 +396,58 @@ export class JobwireClient {
     const policy = retry === undefined ? this._retry : retryPolicy(retry);
     const open = (after) => new EventStream(this._stub.WatchJob({ id, afterSequence: String(after) }, this._metadata()));
     return new ResumingEventStream(open, BigInt(afterSequence), policy, onRetry ?? null);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Schedules: writes need the `schedules:write` scope, reads `jobs:read`.
+
+  /**
+   * Creates schedule `id`: a job template and exactly one of `cron` (read in `timeZone`, UTC by
+   * default) and `intervalSeconds`. Resolves to the Schedule (with its `nextFireTimes`).
+   */
+  createSchedule(id, spec, { paused = false } = {}) {
+    return this._unary('CreateSchedule', { id, spec: toScheduleSpec(spec), paused: Boolean(paused) });
+  }
+
+  /** Resolves to the schedule with its next firing times. */
+  getSchedule(id) {
+    return this._unary('GetSchedule', { id });
+  }
+
+  /** One page of schedules by id: `{schedules, nextPageToken}` ("" on the last page). */
+  async listSchedules({ pageSize = 0, pageToken = '' } = {}) {
+    const res = await this._unary('ListSchedules', { pageSize, pageToken });
+    return { schedules: res.schedules, nextPageToken: res.nextPageToken };
+  }
+
+  /** Replaces the schedule's spec (its paused state and last firing are kept). */
+  updateSchedule(id, spec) {
+    return this._unary('UpdateSchedule', { id, spec: toScheduleSpec(spec) });
+  }
+
+  /** Deletes the schedule; the jobs it enqueued are left alone. */
+  async deleteSchedule(id) {
+    await this._unary('DeleteSchedule', { id });
+  }
+
+  /** Stops the schedule's firings until it is resumed. */
+  pauseSchedule(id) {
+    return this._unary('PauseSchedule', { id });
+  }
+
+  /** Fires again from the first time after now (what fell while paused is not made up). */
+  resumeSchedule(id) {
+    return this._unary('ResumeSchedule', { id });
+  }
+
+  /**
+   * Fires the schedule once now, paused or not, under its overlap policy. Resolves to
+   * `{job, skipped}`: the job enqueued, or with `skipped` the previous firing's job, still active.
+   * A `requestId` makes a retried call return the job the first call enqueued.
+   */
+  async triggerSchedule(id, { requestId = '' } = {}) {
+    const res = await this._unary('TriggerSchedule', { id, requestId });
+    return { job: res.job, skipped: res.skipped };
   }
 
   /** Closes the channel. Calls still in flight are cancelled. */
