@@ -368,6 +368,11 @@ async def test_config_file_schedules_are_synced_at_start(harness: Harness) -> No
     await app.schedules.create("from-api", ScheduleSpec(template=template(), interval=60))
     await harness.stop_all()
 
+    clock.advance(10)
+    app = await start(harness, clock, db="config.db", schedules=[declared(), hourly])
+    assert (await app.schedules.get("other")).update_time == DAY0, "an unchanged declaration is not rewritten"
+    await harness.stop_all()
+
     app = await start(harness, clock, db="config.db", schedules=[declared(cron="0 4 * * *")])
     changed = await app.schedules.get("nightly")
     assert changed.spec.cron == "0 4 * * *" and changed.paused  # the paused state is the operators'
