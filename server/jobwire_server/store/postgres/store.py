@@ -58,7 +58,7 @@ from jobwire_server.store.base import (
     UpdateJob,
     WriteOp,
 )
-from jobwire_server.store.postgres import migrate, outbox, reads, writes
+from jobwire_server.store.postgres import batch, migrate, outbox, reads, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -653,8 +653,8 @@ async def _record_delivery_attempt(conn: Conn, outcome: AttemptOutcome, now: flo
     seq = await conn.fetchval("UPDATE jobs SET seq = seq + 1 WHERE id = $1 RETURNING seq", job_id)
     if seq is None:
         return None
-    await conn.execute(writes.INSERT_EVENTS, [job_id], [seq], [event.type.value], [now], [event.phase],
-                       [event.detail])
+    await conn.execute(writes.INSERT_EVENTS.format(rows=batch.rows_of(1, writes.EVENT_ROW)),
+                       batch.encode([(job_id, seq, event.type.value, now, event.phase, event.detail)]))
     job = (await writes.load_jobs(conn, [job_id]))[job_id]
     return Event(job_id, seq, event.type, now, job.queue, job.kind, event.phase, event.detail, job)
 
