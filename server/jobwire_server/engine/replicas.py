@@ -89,8 +89,11 @@ class ReplicaLink:
     async def _run(self) -> None:
         while True:
             told = False
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation (stop())
+            # that arrives with a kick, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._kicked.wait()
                 told = True
             self._kicked.clear()
             if not told:  # a look of our own: what lost notifications would have said
