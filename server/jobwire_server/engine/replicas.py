@@ -110,7 +110,11 @@ class ReplicaLink:
         while True:
             wanted = self._hub.wanted()
             ids = None if wanted is None else sorted(wanted)  # none wanted: only the cursor moves
-            events, self._cursor = await self._store.tail_events(self._cursor, TAIL_BATCH, ids)
+            events, cursor = await self._store.tail_events(self._cursor, TAIL_BATCH, ids)
+            now = self._hub.wanted()
+            if wanted is not None and (now is None or not now <= wanted):
+                continue  # a watch started during the read, which skipped its job's events: read again
+            self._cursor = cursor
             if events:
                 self._hub.deliver_remote(events)
             if len(events) < TAIL_BATCH:
