@@ -77,6 +77,12 @@ CONNECT_TIMEOUT = 10.0
 #: Times a batch is run again after a deadlock or serialization failure (another replica's
 #: transaction touched the same rows in another order); each run starts from scratch.
 TRANSIENT_RETRIES = 5
+#: A replica frozen inside a transaction (SIGSTOP, a paused VM) keeps its row locks, and every
+#: other replica's writer waits on them: nothing commits, leases are not renewed, nobody is
+#: rescued. The database ends such a session after this long, so the others go on (the frozen
+#: replica's transaction rolls back; its jobs are rescued when their leases expire). Keep it
+#: well under lease_ttl (the others' own leases lapse while they wait).
+IDLE_IN_TRANSACTION_TIMEOUT = "5s"
 _EPOCH_2000 = 946_684_800.0
 
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -132,10 +138,13 @@ def display_url(url: str) -> str:
 
 
 def connection_settings(url: str) -> tuple[str, dict[str, Any]]:
-    """The DSN asyncpg takes, and server settings: `application_name` defaults to "jobwire"."""
+    """The DSN asyncpg takes, and server settings: `application_name` defaults to "jobwire" and
+    `idle_in_transaction_session_timeout` to IDLE_IN_TRANSACTION_TIMEOUT (both may be set in the URL)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    settings = {"application_name": query.pop("application_name", "jobwire")}
+    settings = {"application_name": query.pop("application_name", "jobwire"),
+                "idle_in_transaction_session_timeout": query.pop("idle_in_transaction_session_timeout",
+                                                                 IDLE_IN_TRANSACTION_TIMEOUT)}
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
     return dsn, settings
 
