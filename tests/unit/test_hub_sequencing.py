@@ -6,6 +6,7 @@ from __future__ import annotations
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import EventType
 from jobwire_server.engine.hub import EventFilter, Subscription, WatchHub
+from jobwire_server.engine.replicas import _by_job_sequence
 
 JOB = "01890000-0000-7000-8000-00000000000a"
 OTHER = "01890000-0000-7000-8000-00000000000b"
@@ -82,3 +83,8 @@ async def test_an_unshared_hub_publishes_as_it_always_did() -> None:
     sub = hub.subscribe_all(EventFilter())
     hub.publish([ev(5), ev(3)])
     assert drained(sub) == [("a", 5), ("a", 3)]
+
+
+def test_a_tail_batch_is_put_in_each_jobs_sequence_order() -> None:
+    batch = [ev(6), ev(1, OTHER), ev(5), ev(2, OTHER)]  # 6 was written by the transaction that began first
+    assert [(e.job_id[-1], e.sequence) for e in _by_job_sequence(batch)] == [("a", 5), ("a", 6), ("b", 1), ("b", 2)]

@@ -127,10 +127,19 @@ class ReplicaLink:
                 continue  # a watch started during the read, which skipped its job's events: read again
             self._cursor = cursor
             if events:
-                self._hub.deliver_remote(events)  # it drops what it delivered already
+                self._hub.deliver_remote(_by_job_sequence(events))  # it drops what it delivered already
             if len(events) < TAIL_BATCH or self._cursor == before:
                 break  # all read, or the rest waits behind a transaction still running
         self.passes += 1
+
+
+def _by_job_sequence(events: list[Event]) -> list[Event]:
+    """Each job's events in sequence order. Rows come in transaction order, and a transaction that
+    began first may have committed a job's later event (it took the row lock second)."""
+    first: dict[str, int] = {}
+    for index, event in enumerate(events):
+        first.setdefault(event.job_id, index)
+    return sorted(events, key=lambda e: (first[e.job_id], e.sequence))
 
 
 class Leadership:
