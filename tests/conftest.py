@@ -34,7 +34,8 @@ def free_port() -> int:
 class ServerProcess:
     process: subprocess.Popen[bytes]
     target: str
-    db_path: Path
+    #: The SQLite file, or the PostgreSQL URL, the server was started on.
+    db_path: Path | str
     log_path: Path
 
     def log(self) -> str:
@@ -68,10 +69,11 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Factory: start_server(db=None, **flags) → a serving ServerProcess; all are stopped after the test."""
+    """Factory: start_server(db=None, **flags) → a serving ServerProcess; all are stopped after the test.
+    `db` is a SQLite file (a fresh one in tmp_path when None) or a PostgreSQL URL (see `pg_url`)."""
     started: list[ServerProcess] = []
 
-    def start(db: Path | None = None, env: dict[str, str] | None = None, **flags: object) -> ServerProcess:
+    def start(db: Path | str | None = None, env: dict[str, str] | None = None, **flags: object) -> ServerProcess:
         port = free_port()
         db_path = db or tmp_path / f"jobwire-{len(started)}.db"
         args = [sys.executable, "-m", "jobwire_server", "serve", "--listen", f"127.0.0.1:{port}", "--db", str(db_path)]
@@ -95,6 +97,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     yield start
     for server in started:
         if server.process.poll() is None:
+            server.process.send_signal(signal.SIGCONT)  # a test may have left it stopped (SIGSTOP)
             server.process.send_signal(signal.SIGTERM)
             try:
                 server.process.wait(30)

@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 import pytest
+from jobwire_server.domain.models import JobError
+from jobwire_server.domain.states import JobState
+from jobwire_server.domain.transitions import fail
 from jobwire_server.store.postgres import PostgresJobStore
 from jobwire_server.store.postgres.schema import SCHEMA_VERSION
 from jobwire_server.store.postgres.store import StoreError, display_url
 
 from tests.pg import admin_async, create_database, drop_database, url_of
-from tests.store.conformance import StoreConformance, insert, nj
+from tests.store.conformance import T0, StoreConformance, claim_one, insert, nj
 from tests.store.schedule_conformance import ScheduleConformance
 
 pytestmark = pytest.mark.timeout(60)
@@ -131,3 +134,20 @@ async def test_events_restored_from_a_server_further_ahead_are_marked_past(pg_ur
         assert [e.sequence for e in await again.events_after(job.id, 0, 10)] == [1]
     finally:
         await again.close()
+
+
+async def test_text_holding_nul_is_stored_with_a_replacement_character(pg_url: str) -> None:
+    # PostgreSQL text cannot hold NUL: a handler's error message with one must not fail the batch.
+    store = PostgresJobStore(pg_url)
+    await store.open()
+    try:
+        await insert(store, nj(phases=("only",)))
+        running = await claim_one(store)
+        boom = JobError("bad \x00 byte", "ValueError", False, "only", 1, False, T0 + 1)
+        (done,) = await store.apply_changes([fail(running, boom, T0 + 1)])
+        assert done is not None
+        stored = await store.get_job(running.id)
+        assert stored.state is JobState.FAILED
+        assert stored.error is not None and stored.error.message == "bad \ufffd byte"
+    finally:
+        await store.close()

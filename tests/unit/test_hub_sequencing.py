@@ -6,6 +6,7 @@ from __future__ import annotations
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import EventType
 from jobwire_server.engine.hub import EventFilter, Subscription, WatchHub
+from jobwire_server.engine.replicas import _by_job_sequence
 
 JOB = "01890000-0000-7000-8000-00000000000a"
 OTHER = "01890000-0000-7000-8000-00000000000b"
@@ -47,13 +48,15 @@ async def test_a_local_event_of_an_unknown_watched_job_waits_for_the_tail() -> N
     assert drained(sub) == [("a", 4), ("a", 5), ("a", 6)]
 
 
-async def test_a_job_nobody_watches_is_not_held_back() -> None:
+async def test_a_job_nobody_watches_leaves_nothing_behind() -> None:
     hub = WatchHub(shared=True)
-    hub.publish([ev(7)])
+    hub.publish([ev(7)])  # nobody watches: nothing is held or remembered
     assert hub.pending == 0 and hub.wanted() == frozenset()
     sub = hub.subscribe_all(EventFilter())
-    hub.publish([ev(8)])
-    assert drained(sub) == [("a", 8)]
+    hub.publish([ev(8)])  # its 7 may be on its way from another replica: 8 waits for the tail
+    assert drained(sub) == [] and hub.pending == 1
+    hub.deliver_remote([ev(8)])
+    assert drained(sub) == [("a", 8)] and hub.pending == 0
 
 
 async def test_tailed_events_out_of_order_across_jobs_are_each_sequenced() -> None:
@@ -80,3 +83,8 @@ async def test_an_unshared_hub_publishes_as_it_always_did() -> None:
     sub = hub.subscribe_all(EventFilter())
     hub.publish([ev(5), ev(3)])
     assert drained(sub) == [("a", 5), ("a", 3)]
+
+
+def test_a_tail_batch_is_put_in_each_jobs_sequence_order() -> None:
+    batch = [ev(6), ev(1, OTHER), ev(5), ev(2, OTHER)]  # 6 was written by the transaction that began first
+    assert [(e.job_id[-1], e.sequence) for e in _by_job_sequence(batch)] == [("a", 5), ("a", 6), ("b", 1), ("b", 2)]

@@ -127,12 +127,18 @@ class WatchHub:
         sub._ready.set()
         if sub.job_id is None:
             self._firehose.discard(sub)
+            if not self._firehose:
+                for job_id in [*self._delivered, *self._waiting]:
+                    if job_id not in self._by_job:
+                        self._forget(job_id)
         else:
             subs = self._by_job.get(sub.job_id)
             if subs is not None:
                 subs.discard(sub)
                 if not subs:
                     del self._by_job[sub.job_id]
+                    if not self._firehose:
+                        self._forget(sub.job_id)
         self._signal()
 
     def publish(self, events: Sequence[Event]) -> None:
@@ -169,6 +175,8 @@ class WatchHub:
         job starts its sequence (nobody watching it can miss what came before)."""
         ready: list[Event] = []
         for event in events:
+            if not self._watched(event.job_id):
+                continue  # nobody to show it to (and the tail does not bring an unwatched job's events)
             last = self._delivered.get(event.job_id)
             if last is None:
                 if local and event.sequence > 1 and self._watched(event.job_id):
@@ -195,6 +203,12 @@ class WatchHub:
                     del waiting[seq]
             self._remember(event.job_id, last)
         return ready
+
+    def _forget(self, job_id: str) -> None:
+        """A job nobody watches any more: the tail stops bringing its events, so what the hub
+        knows of it would go stale and make a later watcher wait for events long gone by."""
+        self._delivered.pop(job_id, None)
+        self._waiting.pop(job_id, None)
 
     def _watched(self, job_id: str) -> bool:
         return bool(self._firehose) or job_id in self._by_job

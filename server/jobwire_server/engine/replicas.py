@@ -95,8 +95,11 @@ class ReplicaLink:
         while True:
             told = False
             wait = FOLLOW_UPS[len(FOLLOW_UPS) - follow_ups] if follow_ups else self._poll
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation (stop())
+            # that arrives with a kick, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._kicked.wait()
                 told = True
             self._kicked.clear()
             if told:
@@ -118,12 +121,25 @@ class ReplicaLink:
             wanted = self._hub.wanted()
             ids = None if wanted is None else sorted(wanted)  # none wanted: only the cursor moves
             before = self._cursor
-            events, self._cursor = await self._store.tail_events(self._cursor, TAIL_BATCH, ids)
+            events, cursor = await self._store.tail_events(self._cursor, TAIL_BATCH, ids)
+            now = self._hub.wanted()
+            if wanted is not None and (now is None or not now <= wanted):
+                continue  # a watch started during the read, which skipped its job's events: read again
+            self._cursor = cursor
             if events:
-                self._hub.deliver_remote(events)  # it drops what it delivered already
+                self._hub.deliver_remote(_by_job_sequence(events))  # it drops what it delivered already
             if len(events) < TAIL_BATCH or self._cursor == before:
                 break  # all read, or the rest waits behind a transaction still running
         self.passes += 1
+
+
+def _by_job_sequence(events: list[Event]) -> list[Event]:
+    """Each job's events in sequence order. Rows come in transaction order, and a transaction that
+    began first may have committed a job's later event (it took the row lock second)."""
+    first: dict[str, int] = {}
+    for index, event in enumerate(events):
+        first.setdefault(event.job_id, index)
+    return sorted(events, key=lambda e: (first[e.job_id], e.sequence))
 
 
 class Leadership:

@@ -23,14 +23,15 @@ Conn = asyncpg.Connection
 
 # A job whose receiver answered 410 Gone for this URL gets no new deliveries to it: they are
 # written STOPPED, so the log still shows them.
+#: Columns of a delivery row (`delivery_rows`), read by `INSERT` from its `{rows}`.
+DELIVERY_ROW = ("text", "uuid", "int4", "text", "text", "bytea", "timestamptz")
 INSERT = """
 INSERT INTO deliveries (id, job_id, event_seq, event_type, url, body, state, next_at, create_time, update_time)
 SELECT d.id, d.job_id, d.event_seq, d.event_type, d.url, d.body,
        CASE WHEN EXISTS (SELECT 1 FROM deliveries g WHERE g.job_id = d.job_id AND g.url = d.url AND g.gone)
             THEN 'STOPPED' ELSE 'PENDING' END,
        d.time, d.time, d.time
-FROM unnest($1::text[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::bytea[], $7::timestamptz[])
-    AS d(id, job_id, event_seq, event_type, url, body, time)
+FROM {rows} AS d(id, job_id, event_seq, event_type, url, body, time)
 """
 
 _FINAL_STATE = {

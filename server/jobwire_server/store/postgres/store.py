@@ -62,7 +62,7 @@ from jobwire_server.store.base import (
     UpdateJob,
     WriteOp,
 )
-from jobwire_server.store.postgres import migrate, outbox, reads, schedules, writes
+from jobwire_server.store.postgres import batch, migrate, outbox, reads, schedules, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -81,6 +81,12 @@ CONNECT_TIMEOUT = 10.0
 #: Times a batch is run again after a deadlock or serialization failure (another replica's
 #: transaction touched the same rows in another order); each run starts from scratch.
 TRANSIENT_RETRIES = 5
+#: A replica frozen inside a transaction (SIGSTOP, a paused VM) keeps its row locks, and every
+#: other replica's writer waits on them: nothing commits, leases are not renewed, nobody is
+#: rescued. The database ends such a session after this long, so the others go on (the frozen
+#: replica's transaction rolls back; its jobs are rescued when their leases expire). Keep it
+#: well under lease_ttl (the others' own leases lapse while they wait).
+IDLE_IN_TRANSACTION_TIMEOUT = "5s"
 _EPOCH_2000 = 946_684_800.0
 
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -136,10 +142,13 @@ def display_url(url: str) -> str:
 
 
 def connection_settings(url: str) -> tuple[str, dict[str, Any]]:
-    """The DSN asyncpg takes, and server settings: `application_name` defaults to "jobwire"."""
+    """The DSN asyncpg takes, and server settings: `application_name` defaults to "jobwire" and
+    `idle_in_transaction_session_timeout` to IDLE_IN_TRANSACTION_TIMEOUT (both may be set in the URL)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    settings = {"application_name": query.pop("application_name", "jobwire")}
+    settings = {"application_name": query.pop("application_name", "jobwire"),
+                "idle_in_transaction_session_timeout": query.pop("idle_in_transaction_session_timeout",
+                                                                 IDLE_IN_TRANSACTION_TIMEOUT)}
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
     return dsn, settings
 
@@ -695,8 +704,8 @@ async def _record_delivery_attempt(conn: Conn, outcome: AttemptOutcome, now: flo
     seq = await conn.fetchval("UPDATE jobs SET seq = seq + 1 WHERE id = $1 RETURNING seq", job_id)
     if seq is None:
         return None
-    await conn.execute(writes.INSERT_EVENTS, [job_id], [seq], [event.type.value], [now], [event.phase],
-                       [event.detail])
+    await conn.execute(writes.INSERT_EVENTS.format(rows=batch.rows_of(1, writes.EVENT_ROW)),
+                       batch.encode([(job_id, seq, event.type.value, now, event.phase, event.detail)]))
     job = (await writes.load_jobs(conn, [job_id]))[job_id]
     return Event(job_id, seq, event.type, now, job.queue, job.kind, event.phase, event.detail, job)
 

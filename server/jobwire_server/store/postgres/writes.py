@@ -30,7 +30,7 @@ from jobwire_server.store.base import (
     InsertResult,
     LeaseRenewal,
 )
-from jobwire_server.store.postgres import outbox
+from jobwire_server.store.postgres import batch, outbox
 
 Conn = asyncpg.Connection
 
@@ -43,39 +43,34 @@ _JOB_TYPES = (
     "timestamptz", "timestamptz",
 )
 _INSERT_JOBS = (
-    f"INSERT INTO jobs ({rows.JOB_SELECT}) SELECT * FROM unnest("
-    + ", ".join(f"${n}::{t}[]" for n, t in enumerate(_JOB_TYPES, 1))
-    + f") ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ({ACTIVE_SQL}) DO NOTHING"
-    " RETURNING id"
+    f"INSERT INTO jobs ({rows.JOB_SELECT}) SELECT * FROM {batch.rows_of(1, _JOB_TYPES)} AS u "
+    f"ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ({ACTIVE_SQL}) DO NOTHING "
+    "RETURNING id"
 )
-_INSERT_PHASES = (
-    "INSERT INTO phases (job_id, idx, name, state) "
-    "SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[])"
-)
-INSERT_EVENTS = (
-    "INSERT INTO events (job_id, seq, type, time, phase, detail) "
-    "SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])"
-)
+_PHASE_ROW = ("uuid", "int4", "text", "text")
+_INSERT_PHASES = "INSERT INTO phases (job_id, idx, name, state) SELECT * FROM {rows} AS u"
+EVENT_ROW = ("uuid", "int4", "text", "timestamptz", "text", "text")
+#: `{rows}`: a `batch.rows_of` subquery of `EVENT_ROW` columns.
+INSERT_EVENTS = "INSERT INTO events (job_id, seq, type, time, phase, detail) SELECT * FROM {rows} AS u"
+_PHASE_UPDATE_ROW = ("text", "float8", "text", "bytea", "jsonb", "timestamptz", "timestamptz", "uuid", "int4")
 _UPDATE_PHASES = """
 UPDATE phases AS p SET state = u.state, progress_pct = u.pct, progress_msg = u.msg, result = u.result,
     error = u.error, start_time = u.start_time, finish_time = u.finish_time
-FROM unnest($1::text[], $2::float8[], $3::text[], $4::bytea[], $5::jsonb[], $6::timestamptz[],
-            $7::timestamptz[], $8::uuid[], $9::int4[])
-    AS u(state, pct, msg, result, error, start_time, finish_time, job_id, idx)
+FROM {rows} AS u(state, pct, msg, result, error, start_time, finish_time, job_id, idx)
 WHERE p.job_id = u.job_id AND p.idx = u.idx
 """
 # The rows are locked by the caller and checked against each change's guard; the WHERE repeats
 # the guard so a row that moved anyway is left alone.
-_APPLY_CHANGES = """
+_CHANGE_ROW = ("uuid", "text", "int4", "int4", "float8", "text", "jsonb", "jsonb", "timestamptz", "timestamptz",
+               "timestamptz", "timestamptz", "int4", "bool", "text", "text", "int4")
+_APPLY_CHANGES = f"""
 UPDATE jobs AS j SET state = u.state, attempt = u.attempt, uncounted_attempts = u.uncounted,
     progress_pct = u.pct, progress_msg = u.msg, error = u.error, error_history = u.history, run_at = u.run_at,
     start_time = u.start_time, finish_time = u.finish_time, update_time = u.update_time, seq = u.seq,
     cancel_requested = u.cancel_requested, cancel_reason = u.cancel_reason,
     lease_owner = CASE WHEN u.state = 'RUNNING' THEN j.lease_owner END,
     lease_expires = CASE WHEN u.state = 'RUNNING' THEN j.lease_expires END
-FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::float8[], $6::text[], $7::jsonb[], $8::jsonb[],
-            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::int4[], $14::bool[],
-            $15::text[], $16::text[], $17::int4[])
+FROM {batch.rows_of(1, _CHANGE_ROW)}
     AS u(id, state, attempt, uncounted, pct, msg, error, history, run_at, start_time, finish_time, update_time, seq,
          cancel_requested, cancel_reason, old_state, old_attempt)
 WHERE j.id = u.id AND j.state = u.old_state AND j.attempt = u.old_attempt
@@ -113,32 +108,26 @@ class Pending:
         a phase is never inserted and updated in one flush: a read in between flushes first)."""
         parts: list[str] = []
         args: list[Any] = []
+
+        def part(sql: str, types: Sequence[str], table: Sequence[Sequence[Any]]) -> None:
+            args.append(batch.encode(table))
+            parts.append(sql.format(rows=batch.rows_of(len(args), types)))
+
         if self.new_phases:
-            parts.append(_cte(len(args), _INSERT_PHASES, 4))
-            args += _columns(self.new_phases, 4)
+            part(_INSERT_PHASES, _PHASE_ROW, self.new_phases)
         if self.phase_updates:
             last = {(r[7], r[8]): r for r in self.phase_updates}  # the last write of a phase wins
-            parts.append(_cte(len(args), _UPDATE_PHASES, 9))
-            args += _columns(list(last.values()), 9)
+            part(_UPDATE_PHASES, _PHASE_UPDATE_ROW, list(last.values()))
         if self.events:
-            parts.append(_cte(len(args), INSERT_EVENTS, 6))
-            args += _columns(self.events, 6)
+            part(INSERT_EVENTS, EVENT_ROW, self.events)
         deliveries = outbox.delivery_rows(self.outbox)
         if deliveries:
-            parts.append(_cte(len(args), outbox.INSERT, 7))
-            args += _columns(deliveries, 7)
+            part(outbox.INSERT, outbox.DELIVERY_ROW, deliveries)
         self.new_phases, self.phase_updates, self.events, self.outbox = [], [], [], []
         if parts:
             names = [f"w{n}" for n in range(len(parts))]
             await conn.execute("WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in zip(names, parts, strict=True))
                                + " SELECT 1", *args)
-
-
-def _cte(offset: int, sql: str, width: int) -> str:
-    """`sql` with its parameters $1…$width renumbered after `offset` ones."""
-    for n in range(width, 0, -1):
-        sql = sql.replace(f"${n}::", f"${n + offset}::")
-    return sql
 
 
 class Conflict(Exception):
@@ -201,13 +190,6 @@ def write_details(pending: Pending, written: Sequence[tuple[JobChange, Job]]) ->
             pending.outbox.extend(events)
         committed.append(Committed(job, events))
     return committed
-
-
-def _columns(table: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows → one list per column (the arrays `unnest` takes)."""
-    if not table:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*table, strict=True)]
 
 
 # ---------------------------------------------------------------------- enqueue
@@ -281,7 +263,7 @@ async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
     """Insert jobs and remembered request ids; `Conflict` when another transaction committed an
     active job with one of their dedupe keys, or one of their request ids, since they were read."""
     if jobs:
-        inserted = await conn.fetch(_INSERT_JOBS, *_columns([_job_params(job) for job in jobs], len(_JOB_TYPES)))
+        inserted = await conn.fetch(_INSERT_JOBS, batch.encode([_job_params(job) for job in jobs]))
         if len(inserted) != len(jobs):
             raise Conflict
         pending.new_phases.extend((job.id, i, p.name, p.state.value) for job in jobs for i, p in enumerate(job.phases))
@@ -290,10 +272,10 @@ async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
         # An expired row is replaced; a live one that appeared since the read is a conflict.
         claimed = await conn.fetch(
             "INSERT INTO requests (request_id, fingerprint, job_id, expires) "
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[]) "
+            f"SELECT * FROM {batch.rows_of(1, ('text', 'text', 'uuid', 'timestamptz'))} AS u "
             "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, job_id = excluded.job_id, "
-            "expires = excluded.expires WHERE requests.expires <= $5 RETURNING request_id",
-            *_columns(request_rows, 4), now)
+            "expires = excluded.expires WHERE requests.expires <= $2 RETURNING request_id",
+            batch.encode(request_rows), now)
         if len(claimed) != len(request_rows):
             raise Conflict
 
@@ -358,8 +340,8 @@ async def apply_changes(conn: Conn, pending: Pending, changes: Sequence[JobChang
             job = evolve(job, cancel_requested=requested, cancel_reason=reason, last_sequence=seq)
         finals.append((change, job))
         last_write[job.id] = job
-    await conn.execute(_APPLY_CHANGES, *_columns(
-        [_change_params(job, *before[job.id]) for job in last_write.values()], 17))
+    await conn.execute(_APPLY_CHANGES, batch.encode([_change_params(job, *before[job.id])
+                                                     for job in last_write.values()]))
     committed = write_details(pending, finals)
     for (index, _, _), item in zip(written, committed, strict=True):
         results[index] = item
@@ -368,7 +350,7 @@ async def apply_changes(conn: Conn, pending: Pending, changes: Sequence[JobChang
 
 async def _apply_each_once(conn: Conn, pending: Pending, changes: Sequence[JobChange]) -> list[Committed | None]:
     params = sorted((_guarded_params(c) for c in changes), key=lambda row: row[0])  # rows locked in id order
-    found = await conn.fetch(_APPLY_GUARDED, *_columns(params, 18))
+    found = await conn.fetch(_APPLY_GUARDED, batch.encode(params))
     written = {row[0]: row for row in found}
     finals: list[tuple[JobChange, Job]] = []
     results: list[Committed | None] = [None] * len(changes)
@@ -396,7 +378,8 @@ def _guarded_params(change: JobChange) -> tuple[Any, ...]:
 # A guarded change of a job changed once in its batch: the guard (states, attempt) is checked on
 # the row under its lock, the sequence advanced by the change's events, the cancel flags written
 # only by the changes that set them; the row as written comes back (none: the guard failed).
-_APPLY_GUARDED = """
+_GUARDED_ROW = (*_CHANGE_ROW[:12], "bool", "bool", "text", "text", "int4", "int4")
+_APPLY_GUARDED = f"""
 UPDATE jobs AS j SET state = u.state, attempt = u.attempt, uncounted_attempts = u.uncounted,
     progress_pct = u.pct, progress_msg = u.msg, error = u.error, error_history = u.history, run_at = u.run_at,
     start_time = u.start_time, finish_time = u.finish_time, update_time = u.update_time, seq = j.seq + u.events,
@@ -404,9 +387,7 @@ UPDATE jobs AS j SET state = u.state, attempt = u.attempt, uncounted_attempts = 
     cancel_reason = CASE WHEN u.writes_cancel THEN u.cancel_reason ELSE j.cancel_reason END,
     lease_owner = CASE WHEN u.state = 'RUNNING' THEN j.lease_owner END,
     lease_expires = CASE WHEN u.state = 'RUNNING' THEN j.lease_expires END
-FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::float8[], $6::text[], $7::jsonb[], $8::jsonb[],
-            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::bool[], $14::bool[],
-            $15::text[], $16::text[], $17::int4[], $18::int4[])
+FROM {batch.rows_of(1, _GUARDED_ROW)}
     AS u(id, state, attempt, uncounted, pct, msg, error, history, run_at, start_time, finish_time, update_time,
          writes_cancel, cancel_requested, cancel_reason, guard, fence, events)
 WHERE j.id = u.id AND j.state = ANY(string_to_array(u.guard, ',')) AND (u.fence IS NULL OR j.attempt = u.fence)
