@@ -56,9 +56,10 @@ from jobwire_server.store.base import (
     StoreError,
     TakeDeliveries,
     UpdateJob,
+    UpdateJobs,
     WriteOp,
 )
-from jobwire_server.store.postgres import migrate, outbox, reads, writes
+from jobwire_server.store.postgres import bulk, migrate, outbox, reads, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -327,9 +328,8 @@ class PostgresJobStore:
                 case InsertJobs():
                     events = events or any(r.created for r in result)
                     work = work or any(r.created and r.job.state is JobState.QUEUED for r in result)
-                case UpdateJob() | ApplyChange():
-                    committed = result[1] if isinstance(op, UpdateJob) else result
-                    if committed is not None:
+                case UpdateJob() | ApplyChange() | UpdateJobs():
+                    for committed in _changes_of(op, result):
                         events = True
                         work = work or committed.job.state is JobState.QUEUED
                         if any(e.type is EventType.CANCEL_REQUESTED for e in committed.events):
@@ -484,6 +484,10 @@ class PostgresJobStore:
         result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
         return result
 
+    async def update_jobs(self, job_ids: Sequence[str], build: ChangeBuilder) -> list[Any]:
+        result: list[Any] = await self._one(UpdateJobs(job_ids, build))
+        return result
+
     async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
         result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
         return result.renewed
@@ -526,6 +530,12 @@ class PostgresJobStore:
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
         return await self._read(reads.list_jobs, query)
 
+    async def list_job_ids(self, query: JobQuery) -> list[str]:
+        return await self._read(reads.list_job_ids, query)
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        return await self._read(reads.count_jobs, query)
+
     async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]:
         return await self._read(reads.events_after, job_id, sequence, limit)
 
@@ -553,6 +563,14 @@ class PostgresJobStore:
         return await self._read(reads.retention_preview, finished_before, stale_before, log_before)
 
 
+def _changes_of(op: UpdateJob | ApplyChange | UpdateJobs, result: Any) -> list[Committed]:
+    """The changes a job update committed (an UpdateJobs result holds one entry per job)."""
+    if isinstance(op, ApplyChange):
+        return [result] if result is not None else []
+    pairs = result if isinstance(op, UpdateJobs) else [result]
+    return [pair[1] for pair in pairs if isinstance(pair, tuple) and pair[1] is not None]
+
+
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _conn: event.set()
 
@@ -576,6 +594,8 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
             continue
         if isinstance(op, InsertJobs | UpdateJob):
             results.append(await _refusable(conn, pending, op))
+        elif isinstance(op, UpdateJobs):
+            results.append(await bulk.update_jobs(conn, pending, op.job_ids, op.build))
         else:
             if not isinstance(op, ClaimJobs | RenewLeases):
                 await pending.flush(conn)  # the rest read or delete rows it may hold; they are rare
