@@ -77,6 +77,8 @@ class ServerConfig:
     delivery_log_keep: float = 30 * DAY
     retention_interval: float = 60.0
     retention_batch: int = 500
+    #: Jobs a bulk action (CancelJobs, RetryJobs) changes per transaction.
+    bulk_batch: int = 200
     #: HOST:PORT of the Prometheus endpoint; empty means off.
     metrics_listen: str = ""
 
@@ -344,6 +346,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "delivery_log_keep": _duration,
     "retention_interval": _duration,
     "retention_batch": _positive_int,
+    "bulk_batch": _positive_int,
     "metrics_listen": _listen_or_off,
 }
 
@@ -394,6 +397,8 @@ _HELP: dict[str, str] = {
     "delivery_log_keep": "how long the webhook delivery log is kept; 0 keeps forever (default 30d)",
     "retention_interval": "how often retention runs (default 60s)",
     "retention_batch": "jobs retention touches per transaction (default 500)",
+    "bulk_batch": "jobs CancelJobs and RetryJobs change per transaction; other writes are committed between "
+                  "two (default 200)",
     "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
 }
 

@@ -19,7 +19,7 @@ from jobwire_server.domain.models import Job
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.writer import Writer
-from jobwire_server.store.base import ApplyChange, ClaimParams, ClaimResult, InsertJobs, UpdateJob, WriteOp
+from jobwire_server.store.base import ApplyChange, ClaimParams, ClaimResult, InsertJobs, UpdateJob, UpdateJobs, WriteOp
 
 MAX_CLAIM = 256
 
@@ -141,7 +141,7 @@ _WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 def _may_ready(op: WriteOp) -> bool:
     if isinstance(op, InsertJobs):
         return any(job.run_at <= op.now for job in op.jobs)
-    return isinstance(op, UpdateJob)
+    return isinstance(op, UpdateJob | UpdateJobs)
 
 
 def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
@@ -154,4 +154,6 @@ def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
         return [r.job for r in result if r.created]
     if isinstance(op, UpdateJob) and result[1] is not None:
         return [result[0]]
+    if isinstance(op, UpdateJobs):
+        return [item[0] for item in result if isinstance(item, tuple) and item[1] is not None]
     return []
