@@ -10,6 +10,7 @@ import jobwire.sync
 
 EXPECTED = [
     "AlreadyExists",
+    "BulkResult",
     "Client",
     "EnqueueSpec",
     "EventType",

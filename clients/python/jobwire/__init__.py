@@ -28,6 +28,7 @@ from jobwire.errors import (
     Unavailable,
 )
 from jobwire.models import (
+    BulkResult,
     EnqueueSpec,
     EventType,
     Job,
@@ -46,6 +47,7 @@ from jobwire.models import (
 
 __all__ = [
     "AlreadyExists",
+    "BulkResult",
     "Client",
     "EnqueueSpec",
     "EventType",
