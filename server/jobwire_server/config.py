@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from jobwire_server.domain.bulk import DEFAULT_BATCH
 from jobwire_server.engine.webhooks.signing import check_secret
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
@@ -78,7 +79,7 @@ class ServerConfig:
     retention_interval: float = 60.0
     retention_batch: int = 500
     #: Jobs a bulk action (CancelJobs, RetryJobs) changes per transaction.
-    bulk_batch: int = 200
+    bulk_batch: int = DEFAULT_BATCH
     #: HOST:PORT of the Prometheus endpoint; empty means off.
     metrics_listen: str = ""
 
@@ -398,7 +399,7 @@ _HELP: dict[str, str] = {
     "retention_interval": "how often retention runs (default 60s)",
     "retention_batch": "jobs retention touches per transaction (default 500)",
     "bulk_batch": "jobs CancelJobs and RetryJobs change per transaction; other writes are committed between "
-                  "two (default 200)",
+                  "two (default 100)",
     "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
 }
 

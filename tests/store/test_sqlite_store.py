@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -194,3 +195,24 @@ def test_label_and_finish_filters_are_answered_from_their_indexes(tmp_path: Path
     assert "jobs_by_finish (state=? AND finish_time>? AND finish_time<?)" in finished
     created = plan_of(JobQuery(created_after=T0))
     assert "sqlite_autoindex_jobs_1 (id>?)" in created
+
+
+async def test_a_common_label_with_a_narrower_queue_is_listed_from_the_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search, "COMMON_LABEL", 2)  # "common" from three jobs on
+    store = SqliteJobStore(str(tmp_path / "queue.db"))
+    await store.open()
+    try:
+        wide = await insert(store, *[nj(queue="wide", labels={"team": "web"}, payload=bytes([i])) for i in range(4)])
+        narrow = await insert(store, nj(queue="narrow", labels={"team": "web"}), nj(queue="narrow"),
+                              nj(queue="narrow", labels={"team": "db"}))
+        query = JobQuery(queue="narrow", labels=MappingProxyType({"team": "web"}))
+        with sqlite3.connect(tmp_path / "queue.db") as conn:
+            assert search._queue_is_narrower(conn, query, search._driver(query))  # type: ignore[arg-type]
+        assert await store.list_job_ids(query) == [narrow[0].id]
+        assert await store.list_job_ids(replace(query, labels=MappingProxyType({}),
+                                                label_keys=frozenset({"team"}))) == [narrow[2].id, narrow[0].id]
+        assert await store.list_job_ids(replace(query, queue="wide", page_size=2)) == [wide[3].id, wide[2].id]
+        assert await store.count_jobs(query) == 1
+    finally:
+        await store.close()

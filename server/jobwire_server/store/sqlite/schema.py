@@ -119,7 +119,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: label search and finish-time ranges. `job_labels` holds each label of each job as a row,
     # written by a trigger when the job is inserted (labels never change) and deleted with the job;
     # ListJobs reads a label filter's matches from its indexes in job id order. Finished jobs (STALE
-    # ones too) are indexed by state and finish time, which retention reads as well.
+    # ones too) are indexed by state and finish time (with the id, so a range is read from the index
+    # alone), which retention reads as well.
     """
     CREATE TABLE job_labels (
         job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -136,7 +137,7 @@ MIGRATIONS: tuple[str, ...] = (
     END;
 
     DROP INDEX jobs_finished;
-    CREATE INDEX jobs_by_finish ON jobs (state, finish_time) WHERE finish_time IS NOT NULL;
+    CREATE INDEX jobs_by_finish ON jobs (state, finish_time, id) WHERE finish_time IS NOT NULL;
     """,
 )
 

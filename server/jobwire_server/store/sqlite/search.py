@@ -10,7 +10,9 @@ page over a million jobs costs a bounded number of index steps rather than a sca
 - otherwise a label filter drives: its rows in `job_labels` come in job id order from
   `job_labels_value` (key, value, job_id) for an exact label, one merged stream per value for an
   any-of filter, or `job_labels_key` (key, job_id) for a key that must be present; each candidate's
-  other filters are checked on its row;
+  other filters are checked on its row. When the label is common and a queue is given, the two are
+  counted (up to `QUEUE_SCAN_LIMIT`) and the queue's jobs (`jobs_by_state`: queue, state) are read
+  and sorted instead if they are fewer;
 - otherwise the jobs are read in id order (from `created_after`'s first possible id, when given).
 """
 
@@ -28,6 +30,9 @@ Conn = sqlite3.Connection
 
 #: A finish-time range holding at most this many jobs is read from its index; see the module.
 FINISH_RANGE_LIMIT = 50_000
+#: A label filter matching more jobs than this is compared with the queue filter; see the module.
+COMMON_LABEL = 2_000
+QUEUE_SCAN_LIMIT = 20_000
 
 _HAS_LABEL = "EXISTS (SELECT 1 FROM job_labels AS x WHERE x.job_id = j.id AND x.key = ?"
 
@@ -64,9 +69,10 @@ def job_ids(conn: Conn, query: JobQuery, limit: int) -> list[str]:
         sql = f"SELECT j.id FROM jobs AS j INDEXED BY jobs_by_finish WHERE {where.sql} ORDER BY j.id DESC LIMIT ?"
         return [row[0] for row in conn.execute(sql, (*where.params, limit))]
     driver = _driver(query)
-    if driver is None:
+    if driver is None or _queue_is_narrower(conn, query, driver):
         where = _conditions(query, None, cursor=True)
-        sql = f"SELECT j.id FROM jobs AS j WHERE {where.sql} ORDER BY j.id DESC LIMIT ?"
+        index = "INDEXED BY jobs_by_state " if driver is not None else ""
+        sql = f"SELECT j.id FROM jobs AS j {index}WHERE {where.sql} ORDER BY j.id DESC LIMIT ?"
         return [row[0] for row in conn.execute(sql, (*where.params, limit))]
     sql, params = _label_select(query, driver, cursor=True)
     return [row[0] for row in conn.execute(f"{sql} ORDER BY 1 DESC LIMIT ?", (*params, limit))]
@@ -102,6 +108,21 @@ def _finish_range_is_narrow(conn: Conn, query: JobQuery) -> bool:
         f"SELECT count(*) FROM (SELECT 1 FROM jobs AS j INDEXED BY jobs_by_finish WHERE {where.sql} LIMIT ?)",
         (*where.params, FINISH_RANGE_LIMIT)).fetchone()[0]
     return int(found) < FINISH_RANGE_LIMIT
+
+
+def _queue_is_narrower(conn: Conn, query: JobQuery, driver: _Driver) -> bool:
+    """Whether the queue (and states) filter holds fewer jobs than a common driving label."""
+    if not query.queue:
+        return False
+    labelled, params = _label_select(query, driver, cursor=False, bare=True)
+    count = "SELECT count(*) FROM (SELECT 1 FROM ({}) LIMIT ?)"
+    matches = int(conn.execute(count.format(labelled), (*params, QUEUE_SCAN_LIMIT)).fetchone()[0])
+    if matches <= COMMON_LABEL:
+        return False
+    states = f" AND state IN ({_states_sql(query)})" if query.finish_states else ""
+    in_queue = int(conn.execute(count.format(f"SELECT 1 FROM jobs INDEXED BY jobs_by_state WHERE queue = ?{states}"),
+                                (query.queue, matches)).fetchone()[0])
+    return in_queue < matches
 
 
 def _finish_terms(query: JobQuery, where: _Where) -> None:
@@ -170,13 +191,15 @@ def _label_terms(query: JobQuery, driver: _Driver | None, where: _Where) -> None
             where.add(f"{_HAS_LABEL})", key)
 
 
-def _label_select(query: JobQuery, driver: _Driver, *, cursor: bool) -> tuple[str, list[Any]]:
+def _label_select(query: JobQuery, driver: _Driver, *, cursor: bool, bare: bool = False) -> tuple[str, list[Any]]:
     """SELECT of the matching ids driven by one label filter's index, in job id order per arm (an
-    any-of filter has one arm per value, merged by the caller's ORDER BY)."""
-    where = _conditions(query, driver, cursor=cursor, id_column="l.job_id")
+    any-of filter has one arm per value, merged by the caller's ORDER BY). `bare`: the label's own
+    rows only, the other filters left out."""
+    where = _Where() if bare else _conditions(query, driver, cursor=cursor, id_column="l.job_id")
     arms: list[str] = []
     params: list[Any] = []
-    head = "SELECT l.job_id AS id FROM job_labels AS l CROSS JOIN jobs AS j ON j.id = l.job_id WHERE l.key = ?"
+    head = ("SELECT l.job_id AS id FROM job_labels AS l WHERE l.key = ?" if bare else
+            "SELECT l.job_id AS id FROM job_labels AS l CROSS JOIN jobs AS j ON j.id = l.job_id WHERE l.key = ?")
     if driver.kind == "key":
         arms.append(f"{head} AND {where.sql}")
         params += [driver.key, *where.params]
