@@ -21,9 +21,12 @@ from jobwire.v1 import jobwire_pb2 as pb
 from jobwire.v1 import jobwire_pb2_grpc
 from jobwire_server.app import App
 from jobwire_server.config import build_config
+from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.states import EventType
 from jobwire_server.store.base import UpdateJobs, WriteOp
 
 from tests.conftest import StartServer
+from tests.testkit import Gate, Harness, Recorder, enqueue, gate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -303,3 +306,25 @@ async def test_enqueue_p99_stays_under_50_ms_while_2500_jobs_are_cancelled(start
             if p99 < 0.050:
                 return
     pytest.fail("enqueue p99 while cancelling 2,500 jobs: " + "; ".join(figures))
+
+
+async def test_a_job_running_on_another_replica_is_stopped_there(tmp_path: Path, pg_url: str) -> None:
+    """PostgreSQL, two replicas: CancelJobs on one, the job running on the other; the cancel request
+    reaches that replica (its notification, as for CancelJob) and its handler is stopped."""
+    harness = Harness(tmp_path)
+    try:
+        async with Gate() as gate_server:
+            runner = await harness.start(gate, db=pg_url)
+            job = await enqueue(runner, gate, gate_server.payload(), labels={"lane": "slow"})
+            call = await gate_server.next()
+            assert call.job == job.id
+            other = await harness.start(gate, db=pg_url)
+            await other.dispatcher.stop_claiming()  # the job is the runner's; this replica only cancels
+            recorder = Recorder(runner.hub)
+            summary = await other.service.cancel_jobs(JobQuery(label_keys=frozenset({"lane"})), "elsewhere")
+            assert (summary.matched, summary.changed, summary.cancel_requested) == (1, 1, 1)
+            await call.closed(within=20)
+            final = await recorder.wait_final(job.id, within=20)
+            assert final.type is EventType.CANCELLED and final.detail == "elsewhere"
+    finally:
+        await harness.stop_all()
