@@ -35,7 +35,7 @@ from typing import Any
 
 from jobwire_server.config import SYNCHRONOUS_MODES
 
-from bench import crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas
+from bench import bulk, crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas, search
 from bench.common import ROOT, STORES, Figure, Refused, Run, ServerLog, Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,6 +50,8 @@ MEASURES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "pickup": pickup.measure,
     "fanout": fanout.measure,
     "idle": idle.measure,
+    "bulk": bulk.measure,
+    "search": search.measure,
     "pgqueuer": drain.measure_pgqueuer,
     "replicas": replicas.measure,
     "crosswatch": crosswatch.measure,
@@ -61,7 +63,8 @@ NEEDS_POSTGRES_STORE = ("replicas", "crosswatch")
 
 QUICK = Settings(seconds=1.5, warmup=0.3, produce_seconds=2.0, drain_jobs=10_000, rounds=1, drain_rounds=1,
                  pickup_samples=200,
-                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0, replica_rounds=1, watch_samples=100)
+                 batch_calls=10, fanout=(1000, 10_000), idle_seconds=2.0, replica_rounds=1, watch_samples=100,
+                 search_jobs=200_000)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path]:
@@ -99,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     parser.add_argument("--pgq-batch", type=int, help="pgqueuer floor: jobs per dequeue (default 10, as `pgq run`)")
     parser.add_argument("--replica-rounds", type=int, help="rounds of (one, two) replica drains; median (default 3)")
     parser.add_argument("--watch-samples", type=int, help="cross-replica watch latency probes (default 300)")
+    parser.add_argument("--bulk-jobs", type=int, help="jobs CancelJobs cancels while enqueues go on (default 10000)")
+    parser.add_argument("--search-jobs", type=int, help="jobs ListJobs searches (default 1000000; --quick 200000)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="results file")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()

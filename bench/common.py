@@ -63,6 +63,9 @@ class Settings:
     replica_rounds: int = 3
     #: Probe jobs of the cross-replica watch latency.
     watch_samples: int = 300
+    #: Jobs one CancelJobs cancels while enqueues go on (`bulk`), and jobs ListJobs searches (`search`).
+    bulk_jobs: int = 10_000
+    search_jobs: int = 1_000_000
 
     @property
     def postgres(self) -> bool:

@@ -14,6 +14,9 @@ Modes:
 ``watch``  Open `streams` server streams (WatchJob, or the echo floor's Watch) over `channels`
            connections, wait for each stream's first message, print ``{"ready": ...}``, then record
            when each stream's next message arrives and print the receipt times.
+``bulk``   Fill queue `queue` with `jobs` SCHEDULED jobs, then keep `clients` callers enqueueing
+           (into another queue): for `baseline` seconds alone, then while one CancelJobs cancels the
+           queue's jobs. The enqueue latency percentiles of both phases, and what the cancel took.
 ``events`` Open one WatchEvents stream (filtered by `queues`, `kinds`, `types`) on each of
            `targets`, print ``{"ready": ...}``, then one line per event as it arrives: the stream's
            index, the job id, the event type and the receipt time; for `timeout` seconds at most
@@ -35,6 +38,7 @@ from jobwire.v1 import jobwire_pb2
 
 ENQUEUE = "/jobwire.v1.JobService/Enqueue"
 ENQUEUE_BATCH = "/jobwire.v1.JobService/EnqueueBatch"
+CANCEL_JOBS = "/jobwire.v1.JobService/CancelJobs"
 WATCH_JOB = "/jobwire.v1.JobService/WatchJob"
 WATCH_EVENTS = "/jobwire.v1.JobService/WatchEvents"
 ECHO = "/bench.Echo/Echo"
@@ -217,7 +221,49 @@ async def run_events(spec: dict[str, Any]) -> dict[str, Any]:
     return {"received": received}
 
 
-MODES = {"unary": run_unary, "batch": run_batch, "watch": run_watch, "events": run_events}
+async def run_bulk(spec: dict[str, Any]) -> dict[str, Any]:
+    queue, jobs, clients, baseline = spec["queue"], int(spec["jobs"]), int(spec["clients"]), float(spec["baseline"])
+    waiting = jobwire_pb2.EnqueueRequest(kind="noop", queue=queue, delay={"seconds": 86_400})
+    async with _channel(spec["target"]) as channel:
+        enqueue = channel.unary_unary(ENQUEUE, request_serializer=jobwire_pb2.EnqueueRequest.SerializeToString,
+                                      response_deserializer=jobwire_pb2.EnqueueResponse.FromString)
+        batch = channel.unary_unary(ENQUEUE_BATCH, request_serializer=jobwire_pb2.EnqueueBatchRequest.SerializeToString,
+                                    response_deserializer=jobwire_pb2.EnqueueBatchResponse.FromString)
+        cancel = channel.unary_unary(CANCEL_JOBS, request_serializer=jobwire_pb2.CancelJobsRequest.SerializeToString,
+                                     response_deserializer=jobwire_pb2.CancelJobsResponse.FromString)
+        await channel.channel_ready()
+        for start in range(0, jobs, 1000):
+            await batch(jobwire_pb2.EnqueueBatchRequest(requests=[waiting] * min(1000, jobs - start)), timeout=60)
+        other = jobwire_pb2.EnqueueRequest(kind="noop", queue=f"{queue}-other", delay={"seconds": 86_400})
+        phase: list[float] | None = None
+        done = False
+
+        async def worker() -> None:
+            while not done:
+                sent = time.perf_counter()
+                samples = phase
+                await enqueue(other, timeout=30)
+                if samples is not None:  # counted in the phase it was sent in
+                    samples.append(time.perf_counter() - sent)
+
+        workers = [asyncio.create_task(worker()) for _ in range(clients)]
+        await asyncio.sleep(0.5)  # warm up
+        phase = alone = []
+        await asyncio.sleep(baseline)
+        phase = during = []
+        started = time.perf_counter()
+        reply = await cancel(jobwire_pb2.CancelJobsRequest(filter=jobwire_pb2.JobFilter(queue=queue)), timeout=600)
+        seconds = time.perf_counter() - started
+        phase, done = None, True
+        await asyncio.gather(*workers)
+    return {"changed": reply.changed, "matched": reply.matched, "cancel_seconds": seconds,
+            "alone": len(alone), "alone_p50_ms": _percentile(alone, 0.5) * 1000,
+            "alone_p99_ms": _percentile(alone, 0.99) * 1000, "during": len(during),
+            "during_p50_ms": _percentile(during, 0.5) * 1000, "during_p99_ms": _percentile(during, 0.99) * 1000,
+            "during_max_ms": max(during, default=0.0) * 1000}
+
+
+MODES = {"unary": run_unary, "batch": run_batch, "watch": run_watch, "events": run_events, "bulk": run_bulk}
 
 
 def main() -> None:

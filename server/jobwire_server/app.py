@@ -137,7 +137,7 @@ class App:
                                   running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake,
                                   on_cancel_requested=self.executor.request_cancel)
         self.service = JobService(self.store, self.hub, self.writer, self.executor, self.clock,
-                                  request_ttl=config.request_id_ttl)
+                                  request_ttl=config.request_id_ttl, bulk_batch=config.bulk_batch)
         self.webhook_guard = AddressGuard(config.webhook_allow)
         self.webhooks = WebhookSender(
             self.store, self.writer,
@@ -249,9 +249,11 @@ class App:
             interceptors.append(TracingInterceptor(self.tracing.tracer))
         interceptors.append(DecodeGuardInterceptor())
         credentials: grpc.ServerCredentials | None = None
+        auth: TokenAuthInterceptor | None = None
         try:
             if cfg.tokens_file:
-                interceptors.append(TokenAuthInterceptor(load_tokens(cfg.tokens_file)))
+                auth = TokenAuthInterceptor(load_tokens(cfg.tokens_file))
+                interceptors.append(auth)
             if cfg.tls_cert:
                 credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         except AuthConfigError as exc:
@@ -277,7 +279,7 @@ class App:
         servicer = JobServicer(self.service, self.registry, self.clock,
                                Limits(max_payload_bytes=cfg.max_payload_bytes),
                                max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
-                               retention=self.retention, schedules=self.schedules)
+                               retention=self.retention, schedules=self.schedules, auth=auth)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

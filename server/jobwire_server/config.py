@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from jobwire_server.domain.bulk import DEFAULT_BATCH
 from jobwire_server.engine.webhooks.signing import check_secret
 from jobwire_server.schedule_file import DeclaredSchedule, ScheduleFileError, parse_schedules
 
@@ -78,6 +79,8 @@ class ServerConfig:
     delivery_log_keep: float = 30 * DAY
     retention_interval: float = 60.0
     retention_batch: int = 500
+    #: Jobs a bulk action (CancelJobs, RetryJobs) changes per transaction.
+    bulk_batch: int = DEFAULT_BATCH
     #: HOST:PORT of the Prometheus endpoint; empty means off.
     metrics_listen: str = ""
     #: The config file's ``[[schedules]]`` (file only: no flag, no environment variable).
@@ -355,6 +358,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "delivery_log_keep": _duration,
     "retention_interval": _duration,
     "retention_batch": _positive_int,
+    "bulk_batch": _positive_int,
     "metrics_listen": _listen_or_off,
     "schedules": _schedules,
 }
@@ -406,6 +410,8 @@ _HELP: dict[str, str] = {
     "delivery_log_keep": "how long the webhook delivery log is kept; 0 keeps forever (default 30d)",
     "retention_interval": "how often retention runs (default 60s)",
     "retention_batch": "jobs retention touches per transaction (default 500)",
+    "bulk_batch": "jobs CancelJobs and RetryJobs change per transaction; other writes are committed between "
+                  "two (default 100)",
     "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
 }
 

@@ -210,3 +210,56 @@ def test_retry_gives_a_fresh_attempt_budget(server: ServerProcess) -> None:
     listed = run(server, "list", "--json")
     (job,) = [json.loads(line) for line in listed.stdout.splitlines() if json.loads(line)["id"] == job_id]
     assert (job["attempt"], job["counted_attempts"], job["max_attempts"]) == (3, 1, 3)
+
+
+def test_cancel_and_retry_every_job_matching_filters(server: ServerProcess) -> None:
+    queue = f"media-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for env in ("prod", "prod", "staging"):
+        enqueued = run(server, "enqueue", "noop", "--queue", queue, "--delay", "3600", "--label", f"env={env}",
+                       "--json")
+        assert enqueued.returncode == 0, enqueued.stderr
+        ids.append(json.loads(enqueued.stdout)["job"]["id"])
+
+    dry = run(server, "cancel", "--state", "SCHEDULED", "--queue", queue, "--dry-run")
+    assert (dry.returncode, dry.stdout.strip()) == (0, "3 jobs match; nothing changed (dry run)"), dry.stderr
+    cancelled = run(server, "cancel", "--state", "SCHEDULED", "--queue", queue, "--label-in", "env=prod",
+                    "--reason", "media freeze")
+    assert (cancelled.returncode, cancelled.stdout.strip()) == (0, "cancelled 2 of 2 matching jobs"), cancelled.stderr
+    again = run(server, "cancel", "--queue", queue, "--json")
+    assert json.loads(again.stdout) == {"matched": 3, "changed": 1, "cancel_requested": 0,
+                                        "skipped": {"ALREADY_CANCELLED": 2}, "dry_run": False}
+    got = json.loads(run(server, "get", ids[0], "--json").stdout)
+    assert (got["state"], got["cancel_reason"]) == ("CANCELLED", "media freeze")
+
+    listed = run(server, "list", "--queue", queue, "--label-key", "env", "--finished-after", "1h", "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == list(reversed(ids))
+    assert run(server, "list", "--queue", queue, "--finished-before", "2000-01-01", "--json").stdout == ""
+
+    retried = run(server, "retry", "--state", "CANCELLED", "--queue", queue, "--label", "env=staging")
+    assert (retried.returncode, retried.stdout.strip()) == (0, "retried 1 of 1 matching jobs"), retried.stderr
+    assert json.loads(run(server, "get", ids[2], "--json").stdout)["state"] in ("QUEUED", "RUNNING", "SUCCEEDED")
+    skipped = run(server, "retry", "--queue", queue, "--label-key", "env")
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped.stdout
+
+
+def test_cancel_names_one_job_or_filters(server: ServerProcess) -> None:
+    nothing = run(server, "cancel")
+    assert nothing.returncode == 2 and "give a job ID, or filters" in nothing.stderr
+    both = run(server, "retry", str(uuid.uuid4()), "--state", "FAILED")
+    assert both.returncode == 2 and "not both" in both.stderr
+    bad_time = run(server, "list", "--finished-after", "last tuesday")
+    assert bad_time.returncode == 2 and "ISO 8601" in bad_time.stderr
+    everything = run(server, "retry", "--all", "--dry-run", "--json")
+    assert everything.returncode == 0 and json.loads(everything.stdout)["dry_run"] is True
+
+
+def test_bulk_cancel_of_more_than_one_job_needs_admin(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(tokens_file=write_tokens_file(tmp_path))
+    for _ in range(2):
+        assert run(server, "enqueue", "noop", "--queue", "pair", "--delay", "3600", token=WRITER).returncode == 0
+    denied = run(server, "cancel", "--queue", "pair", token=WRITER)
+    assert denied.returncode == 1
+    assert denied.stderr.strip() == ("error: token 'writer' lacks scope 'admin' needed for CancelJobs on more than "
+                                     "one job (PERMISSION_DENIED)")
+    assert run(server, "cancel", "--queue", "pair", "--dry-run", token=WRITER).returncode == 0

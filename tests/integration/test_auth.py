@@ -162,6 +162,52 @@ def test_admin_token_reads_and_writes(stub: jobwire_pb2_grpc.JobServiceStub) -> 
     assert got.id == job.id
 
 
+def _details(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR))
+    return info
+
+
+def test_bulk_actions_on_more_than_one_job_need_admin(stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    def enqueue(label: str) -> str:
+        reply = stub.Enqueue(jobwire_pb2.EnqueueRequest(kind="noop", delay={"seconds": 3600}, labels={"set": label}),
+                             timeout=TIMEOUT, metadata=_bearer(WRITER))
+        return str(reply.job.id)
+
+    pair = [enqueue("pair"), enqueue("pair")]
+    single = enqueue("single")
+
+    def cancel(label: str, token: str, *, dry_run: bool = False) -> jobwire_pb2.CancelJobsResponse:
+        request = jobwire_pb2.CancelJobsRequest(filter=jobwire_pb2.JobFilter(labels={"set": label}), dry_run=dry_run)
+        reply: jobwire_pb2.CancelJobsResponse = stub.CancelJobs(request, timeout=TIMEOUT, metadata=_bearer(token))
+        return reply
+
+    with pytest.raises(grpc.RpcError) as caught:
+        cancel("pair", WRITER)
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    info = _details(caught.value)
+    assert (info.reason, info.domain, dict(info.metadata)) == ("PERMISSION_DENIED", "jobwire", {"scope": "admin"})
+    assert caught.value.details() == "token 'writer' lacks scope 'admin' needed for CancelJobs on more than one job"
+    states = {stub.GetJob(jobwire_pb2.GetJobRequest(id=i), timeout=TIMEOUT, metadata=_bearer(ADMIN)).state
+              for i in pair}
+    assert states == {jobwire_pb2.JOB_STATE_SCHEDULED}, "nothing was cancelled"
+    assert cancel("pair", WRITER, dry_run=True).matched == 2, "a dry run needs jobs:write only"
+    reply = cancel("single", WRITER)
+    assert (reply.matched, reply.changed) == (1, 1), "one job: jobs:write is enough"
+    assert stub.GetJob(jobwire_pb2.GetJobRequest(id=single), timeout=TIMEOUT,
+                       metadata=_bearer(ADMIN)).state == jobwire_pb2.JOB_STATE_CANCELLED
+    retry = jobwire_pb2.RetryJobsRequest(filter=jobwire_pb2.JobFilter(states=[jobwire_pb2.JOB_STATE_SCHEDULED]))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RetryJobs(retry, timeout=TIMEOUT, metadata=_bearer(WRITER))
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "RetryJobs on more than one job" in (caught.value.details() or "")
+    assert cancel("pair", ADMIN).changed == 2
+    assert _refused(lambda: cancel("pair", READER, dry_run=True), grpc.StatusCode.PERMISSION_DENIED) == (
+        "PERMISSION_DENIED")
+
+
 @pytest.fixture(scope="module")
 def shared_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[jobwire_pb2_grpc.JobServiceStub]:
     """One token server for the header-syntax cases (each case is one call)."""

@@ -7,6 +7,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import jobwire
 import pytest
@@ -109,6 +110,24 @@ async def test_list_jobs_pages_through_everything(client: jobwire.Client) -> Non
     scheduled = [j.id async for j in client.list_jobs(labels={"batch": batch}, states=[JobState.SCHEDULED])]
     assert sorted(scheduled) == sorted(created)
     assert [j async for j in client.list_jobs(labels={"batch": batch}, states=["SUCCEEDED"])] == []
+
+
+async def test_cancel_jobs_and_retry_jobs_by_filter(client: jobwire.Client) -> None:
+    queue = _queue()
+    handles = [await client.enqueue("noop", queue=queue, delay=FAR, labels={"env": env})
+               for env in ("prod", "staging", "dev")]
+    counted = await client.cancel_jobs(queue=queue, label_in={"env": ["prod", "staging"]}, dry_run=True)
+    assert (counted.matched, counted.changed, counted.dry_run) == (2, 0, True)
+    done = await client.cancel_jobs(queue=queue, label_in={"env": ["prod", "staging"]}, reason="bulk")
+    assert (done.matched, done.changed, dict(done.skipped)) == (2, 2, {})
+    finished = [j.id async for j in client.list_jobs(queue=queue, label_keys=["env"],
+                                                      finished_after=datetime.now(UTC) - timedelta(minutes=5))]
+    assert finished == [handles[1].id, handles[0].id]
+    retried = await client.retry_jobs(queue=queue, states=[JobState.CANCELLED, JobState.SCHEDULED])
+    assert (retried.matched, retried.changed, dict(retried.skipped)) == (3, 2, {"STILL_ACTIVE": 1})
+    with pytest.raises(jobwire.InvalidArgument) as info:
+        await client.cancel_jobs()
+    assert [field for field, _ in info.value.violations] == ["filter"]
 
 
 async def test_watch_replays_after_a_sequence(client: jobwire.Client) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
@@ -41,12 +41,19 @@ TEMPLATES: dict[str, list[Message]] = {
                                   delay=duration_pb2.Duration(seconds=3600), request_id="r", dedupe_key="d")],
     "EnqueueBatch": [pb.EnqueueBatchRequest(requests=[pb.EnqueueRequest(kind="noop", queue="fuzz")] * 3)],
     "GetJob": [pb.GetJobRequest(id=JOB_ID)],
-    "ListJobs": [pb.ListJobsRequest(queue="fuzz", states=[1, 2], page_size=5, labels={"a": "b"})],
+    "ListJobs": [pb.ListJobsRequest(queue="fuzz", states=[1, 2], page_size=5, labels={"a": "b"}),
+                 pb.ListJobsRequest(label_keys=["a"], label_in={"b": pb.LabelValues(values=["c", "d"])},
+                                    finished_after=timestamp_pb2.Timestamp(seconds=1_700_000_000))],
     "CancelJob": [pb.CancelJobRequest(id=JOB_ID, reason="fuzz")],
     "RetryJob": [pb.RetryJobRequest(id=JOB_ID, from_start=True)],
     "GetQueueStats": [pb.GetQueueStatsRequest(queue="fuzz")],
     "ListWebhookDeliveries": [pb.ListWebhookDeliveriesRequest(job_id=JOB_ID)],
     "PruneJobs": [pb.PruneJobsRequest(dry_run=True)],
+    "CancelJobs": [pb.CancelJobsRequest(filter=pb.JobFilter(queue="fuzz", states=[2], label_keys=["a"]), dry_run=True,
+                                        reason="fuzz")],
+    "RetryJobs": [pb.RetryJobsRequest(filter=pb.JobFilter(label_in={"a": pb.LabelValues(values=["b"])},
+                                                          finished_before=timestamp_pb2.Timestamp(seconds=1)),
+                                      dry_run=True, from_start=True)],
     "WatchJob": [pb.WatchJobRequest(id=JOB_ID, after_sequence=1)],
     "WatchEvents": [pb.WatchEventsRequest(queues=["fuzz"], kinds=["noop"], types=[1, 2])],
     "Check": [health_pb2.HealthCheckRequest(service="jobwire.v1.JobService")],

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from jobwire_server.domain.actions import plan_cancel, plan_retry
+from jobwire_server.domain.bulk import Skipped, SkipReason, cancel_builder, retry_builder
 from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, DeliveryState, Verdict
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused, SchemaTooNew
 from jobwire_server.domain.models import Job, JobError, NewJob, PendingEvent, Webhook
@@ -256,6 +257,86 @@ class StoreConformance:
         assert await ids(created_after=T0 + 100) == {d.id}
         assert await ids(created_before=T0 + 100) == {a.id, b.id, c.id}
 
+    async def test_list_filters_by_label_keys_and_any_of_label_values(self, store: Store) -> None:
+        a, b, c, d = await insert(store, nj(labels={"env": "prod", "team": "x"}), nj(labels={"env": "staging"}),
+                                  nj(labels={"env": "dev", "customer": "c1"}), nj())
+
+        async def ids(**query: Any) -> list[str]:
+            listed = await store.list_job_ids(JobQuery(**query))
+            page, _ = await store.list_jobs(JobQuery(**query))
+            assert [j.id for j in page] == listed, "ListJobs and the id listing agree"
+            assert await store.count_jobs(JobQuery(**query)) == len(listed)
+            return listed
+
+        def values(**keys: set[str]) -> MappingProxyType[str, frozenset[str]]:
+            return MappingProxyType({key: frozenset(v) for key, v in keys.items()})
+
+        assert await ids(label_keys=frozenset({"team"})) == [a.id]
+        assert await ids(label_keys=frozenset({"env"})) == [c.id, b.id, a.id], "newest first"
+        assert await ids(label_keys=frozenset({"env", "customer"})) == [c.id]
+        assert await ids(label_keys=frozenset({"nope"})) == []
+        assert await ids(label_in=values(env={"prod", "staging"})) == [b.id, a.id]
+        assert await ids(label_in=values(env={"prod", "staging"}, team={"x", "y"})) == [a.id]
+        assert await ids(label_in=values(env={"prod", "dev"}), label_keys=frozenset({"customer"})) == [c.id]
+        assert await ids(label_in=values(env={"dev"}), labels=MappingProxyType({"customer": "c2"})) == []
+        assert await ids(labels=MappingProxyType({"env": "staging"}), label_keys=frozenset({"env"})) == [b.id]
+        assert await ids(label_in=values(env={"prod", "staging", "dev"}), queue="other") == []
+        assert d.id in await ids(), "no filter lists the unlabelled job too"
+
+    async def test_label_filters_page_newest_first_without_gaps(self, store: Store) -> None:
+        jobs = await insert(store, *[nj(payload=bytes([i]), labels={"env": ("prod", "dev", "qa")[i % 3]})
+                                     for i in range(10)])
+        wanted = [j.id for j in reversed(jobs) if j.labels["env"] != "qa"]
+        for query in (JobQuery(label_in=MappingProxyType({"env": frozenset({"prod", "dev"})}), page_size=3),
+                      JobQuery(label_keys=frozenset({"env"}), states=frozenset({JobState.QUEUED}), page_size=4)):
+            seen: list[str] = []
+            after: str | None = None
+            while True:
+                page, after = await store.list_jobs(replace(query, after_id=after))
+                seen += [j.id for j in page]
+                if after is None:
+                    break
+            assert seen == (wanted if query.label_in else [j.id for j in reversed(jobs)])
+
+    async def test_list_filters_by_finish_time(self, store: Store) -> None:
+        a, b, c = await insert(store, nj(), nj(), nj())
+        await store.update_job(a.id, lambda j: plan_cancel(j, "", T0 + 10))
+        await store.update_job(b.id, lambda j: plan_cancel(j, "", T0 + 20))
+
+        async def ids(**query: Any) -> list[str]:
+            listed = await store.list_job_ids(JobQuery(**query))
+            assert await store.count_jobs(JobQuery(**query)) == len(listed)
+            return listed
+
+        assert await ids(finished_after=T0 + 10) == [b.id, a.id], "inclusive, and an unfinished job has no time"
+        assert await ids(finished_after=T0 + 11) == [b.id]
+        assert await ids(finished_before=T0 + 20) == [a.id], "exclusive"
+        assert await ids(finished_after=T0 + 10, finished_before=T0 + 20) == [a.id]
+        assert await ids(finished_after=T0, states=frozenset({JobState.QUEUED})) == [], "not finished: no match"
+        assert await ids(finished_after=T0, states=frozenset({JobState.CANCELLED, JobState.QUEUED})) == [b.id, a.id]
+        assert await ids(states=frozenset({JobState.QUEUED})) == [c.id]
+        (stale,) = await store.mark_stale({JobState.CANCELLED: T0 + 15}, T0 + 30, 10)
+        assert stale.job.id == a.id
+        assert await ids(finished_before=T0 + 15) == [a.id], "a STALE job keeps its finish time"
+        assert await ids(finished_before=T0 + 15, states=frozenset({JobState.STALE})) == [a.id]
+
+    async def test_created_after_is_exact_whatever_order_the_ids_were_made_in(self, store: Store) -> None:
+        # Ids never go back in time, even when the clock does: a job created "earlier" may get a later id.
+        (late,) = await insert(store, nj(), now=T0 + 100)
+        (early,) = await insert(store, nj(), now=T0 + 50)
+        assert early.id > late.id
+        assert await store.list_job_ids(JobQuery(created_after=T0 + 50)) == [early.id, late.id]
+        assert await store.list_job_ids(JobQuery(created_after=T0 + 51)) == [late.id]
+        assert await store.list_job_ids(JobQuery(created_before=T0 + 100)) == [early.id]
+        assert await store.count_jobs(JobQuery(created_after=T0 + 51)) == 1
+
+    async def test_list_job_ids_pages_with_the_cursor(self, store: Store) -> None:
+        jobs = await insert(store, *[nj(payload=bytes([i])) for i in range(5)])
+        newest_first = [j.id for j in reversed(jobs)]
+        assert await store.list_job_ids(JobQuery(page_size=2)) == newest_first[:2]
+        assert await store.list_job_ids(JobQuery(page_size=2, after_id=newest_first[1])) == newest_first[2:4]
+        assert await store.count_jobs(JobQuery(page_size=1, after_id=newest_first[1])) == 5, "the cursor is no filter"
+
     # ------------------------------------------------------------------ claim and promote
 
     async def test_claim_order_is_priority_then_run_at_then_id(self, store: Store) -> None:
@@ -465,6 +546,64 @@ class StoreConformance:
         assert [p.state for p in retried.phases] == [PhaseState.PENDING]
 
     # ------------------------------------------------------------------ one transaction, many writes
+
+    async def test_update_jobs_changes_each_job_as_update_job_would(self, store: Store) -> None:
+        failed, scheduled, running, queued = await insert(store, nj(), nj(run_at=T0 + 100), nj(), nj())
+        first = await claim_one(store)
+        assert first.id == failed.id
+        await store.apply_changes([fail(first, error(first), T0 + 1)])
+        assert (await claim_one(store)).id == running.id
+        missing = "01890000-0000-7000-8000-000000000000"
+        ids = [failed.id, scheduled.id, running.id, missing, queued.id]
+        results = await store.update_jobs(ids, cancel_builder(JobQuery(), "tidy up", T0 + 2))
+        assert isinstance(results[0], Skipped) and results[0].why is SkipReason.ALREADY_FINISHED
+        job, committed = results[1]
+        assert job.state is JobState.CANCELLED and [e.type for e in committed.events] == [EventType.CANCELLED]
+        assert committed.events[0].detail == "tidy up" and job == await store.get_job(scheduled.id)
+        job, committed = results[2]
+        assert (job.state, job.cancel_requested) == (JobState.RUNNING, True)
+        assert [e.type for e in committed.events] == [EventType.CANCEL_REQUESTED]
+        assert isinstance(results[3], JobNotFound)
+        job, committed = results[4]
+        assert (job.id, job.state) == (queued.id, JobState.CANCELLED)
+        assert [p.state for p in job.phases] == [PhaseState.CANCELLED, PhaseState.CANCELLED]
+        assert (await stored_events(store, scheduled.id))[-1][1] is EventType.CANCELLED
+        again = await store.update_jobs([scheduled.id, running.id], cancel_builder(JobQuery(), "x", T0 + 3))
+        assert [r.why for r in again] == [SkipReason.ALREADY_CANCELLED, SkipReason.CANCEL_ALREADY_REQUESTED]
+        assert (await store.get_job(queued.id)).last_sequence == job.last_sequence, "a skip writes nothing"
+
+    async def test_update_jobs_rechecks_the_filter_on_each_job_as_stored(self, store: Store) -> None:
+        a, b = await insert(store, nj(queue="media"), nj(queue="media"))
+        await store.update_job(a.id, lambda j: plan_cancel(j, "meanwhile", T0 + 1))
+        query = JobQuery(queue="media", states=frozenset({JobState.QUEUED}))
+        results = await store.update_jobs([a.id, b.id], cancel_builder(query, "bulk", T0 + 2))
+        assert isinstance(results[0], Skipped) and results[0].why is SkipReason.NO_LONGER_MATCHES
+        assert results[1][0].state is JobState.CANCELLED
+        assert (await store.get_job(a.id)).cancel_reason == "meanwhile"
+
+    async def test_update_jobs_refuses_only_the_retry_whose_dedupe_key_is_taken(self, store: Store) -> None:
+        old, twin, other = await insert(store, nj(dedupe_key="k", payload=b"old"), nj(dedupe_key="t", payload=b"1"),
+                                        nj(payload=b"other"))
+        await store.update_jobs([old.id, twin.id, other.id], cancel_builder(JobQuery(), "", T0 + 1))
+        (new,) = await insert(store, nj(dedupe_key="k", payload=b"new"), now=T0 + 2)
+        (twin2,) = await insert(store, nj(dedupe_key="t", payload=b"2"), now=T0 + 2)
+        await store.update_job(twin2.id, lambda j: plan_cancel(j, "", T0 + 3))
+        results = await store.update_jobs([old.id, twin.id, twin2.id, other.id],
+                                          retry_builder(JobQuery(), True, T0 + 4))
+        assert isinstance(results[0], InvalidTransition), "another active job holds k"
+        assert (await store.get_job(old.id)).state is JobState.CANCELLED
+        assert results[1][0].state is JobState.QUEUED, "the first of two with key t takes it"
+        assert isinstance(results[2], InvalidTransition)
+        assert results[3][0].state is JobState.QUEUED
+        assert (await store.get_job(new.id)).state is JobState.QUEUED
+        assert [e[1] for e in await stored_events(store, other.id)][-1] is EventType.QUEUED
+
+    async def test_update_jobs_writes_the_webhook_deliveries_of_its_events(self, store: Store) -> None:
+        hooked = replace(nj(), webhook=Webhook("https://hooks.example.com/x", (EventType.CANCELLED,)))
+        a, b = await insert(store, hooked, hooked)
+        await store.update_jobs([a.id, b.id], cancel_builder(JobQuery(), "", T0 + 1))
+        taken = await store.take_deliveries(T0 + 2, 10, lease_until=T0 + 60)
+        assert sorted((d.job_id, d.event_type) for d in taken) == sorted([(a.id, "CANCELLED"), (b.id, "CANCELLED")])
 
     async def test_write_commits_many_operations_in_order_and_refuses_each_on_its_own(self, store: Store) -> None:
         await insert(store, nj(request_id="r-1", fingerprint="one"))

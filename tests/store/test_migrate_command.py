@@ -23,6 +23,12 @@ pytestmark = pytest.mark.timeout(60)
 Captured = pytest.CaptureFixture[str]
 
 
+def applied(first: int, last: int) -> str:
+    """How the command names migrations first…last: "migration 3" or "migrations 1, 2, 3"."""
+    numbers = list(range(first, last + 1))
+    return ("migration " if len(numbers) == 1 else "migrations ") + ", ".join(map(str, numbers))
+
+
 def jobwire(capsys: Captured, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
@@ -62,13 +68,13 @@ def test_postgres_dry_run_writes_nothing_then_migrate_applies_then_nothing_to_do
                                                                                  capsys: Captured) -> None:
     code, out, _ = jobwire(capsys, "migrate", "--db", empty_url, "--dry-run")
     assert code == 0
-    assert out == (f"{empty_url}: schema version 0; would apply migrations 1, 2 (to version {PG_VERSION}); "
+    assert out == (f"{empty_url}: schema version 0; would apply {applied(1, PG_VERSION)} (to version {PG_VERSION}); "
                    "nothing written (dry run)")
     assert public_tables(empty_url) == 0, "a dry run creates nothing, not even the version table"
 
     code, out, _ = jobwire(capsys, "migrate", "--db", empty_url)
     assert code == 0
-    assert out == f"{empty_url}: schema version 0 → {PG_VERSION} (applied migrations 1, 2)"
+    assert out == f"{empty_url}: schema version 0 → {PG_VERSION} (applied {applied(1, PG_VERSION)})"
     assert fetchval(empty_url, "SELECT max(version) FROM jobwire_schema") == PG_VERSION
 
     code, out, _ = jobwire(capsys, "migrate", "--db", empty_url)
@@ -134,11 +140,11 @@ def test_bad_urls_are_usage_errors(capsys: Captured, monkeypatch: pytest.MonkeyP
 def test_sqlite_dry_run_creates_no_file_then_migrate_creates_it(tmp_path: Path, capsys: Captured) -> None:
     path = tmp_path / "jobwire.db"
     code, out, _ = jobwire(capsys, "migrate", "--db", str(path), "--dry-run")
-    assert code == 0 and "would apply migrations 1, 2, 3" in out
+    assert code == 0 and f"would apply {applied(1, SQLITE_VERSION)}" in out
     assert not path.exists()
 
     code, out, _ = jobwire(capsys, "migrate", "--db", str(path))
-    assert (code, out) == (0, f"{path}: schema version 0 → {SQLITE_VERSION} (applied migrations 1, 2, 3)")
+    assert (code, out) == (0, f"{path}: schema version 0 → {SQLITE_VERSION} (applied {applied(1, SQLITE_VERSION)})")
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_VERSION
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
@@ -156,12 +162,13 @@ def test_sqlite_migrates_an_older_file_and_a_dry_run_leaves_it_as_it_was(tmp_pat
     before = path.read_bytes()
 
     code, out, _ = jobwire(capsys, "migrate", "--db", str(path), "--dry-run")
-    assert (code, out) == (0, f"{path}: schema version 1; would apply migrations 2, 3 (to version {SQLITE_VERSION}); "
+    assert (code, out) == (0, f"{path}: schema version 1; would apply {applied(2, SQLITE_VERSION)} "
+                              f"(to version {SQLITE_VERSION}); "
                               "nothing written (dry run)")
     assert path.read_bytes() == before
 
     code, out, _ = jobwire(capsys, "migrate", "--db", str(path))
-    assert (code, out) == (0, f"{path}: schema version 1 → {SQLITE_VERSION} (applied migrations 2, 3)")
+    assert (code, out) == (0, f"{path}: schema version 1 → {SQLITE_VERSION} (applied {applied(2, SQLITE_VERSION)})")
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM delivery_attempts").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM schedules").fetchone()[0] == 0

@@ -9,8 +9,10 @@ from dataclasses import replace
 
 import pytest
 from jobwire_server.domain.actions import plan_cancel
+from jobwire_server.domain.bulk import Skipped, SkipReason, cancel_builder
 from jobwire_server.domain.errors import InvalidTransition
 from jobwire_server.domain.models import Job, JobError, Webhook
+from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import TERMINAL_STATES, EventType, JobState
 from jobwire_server.domain.transitions import finish_phase, rescue_expired
 from jobwire_server.store.base import ClaimParams, InsertJobs, UpdateJob
@@ -183,3 +185,27 @@ async def test_a_global_queue_limit_holds_across_replicas(pair: tuple[PostgresJo
     local = ClaimParams(now=T0, limit=10, owner="w", lease_expires=T0 + LEASE, queue_room={"limited": 3})
     _, claimed = await b.claim_jobs(local)
     assert len(claimed) == 3, "without global_limits the room is this process's own"
+
+
+async def test_two_replicas_cancelling_the_same_jobs_change_each_once(
+        pair: tuple[PostgresJobStore, PostgresJobStore]) -> None:
+    """Bulk actions on two replicas over overlapping jobs: rows are locked in id order, so the batches
+    wait for each other instead of deadlocking, and each job is cancelled once, with one event."""
+    a, b = pair
+    jobs = await insert(a, *[nj(payload=bytes([n % 256, n // 256])) for n in range(300)])
+    ids = [j.id for j in jobs]
+    running = await claim_one(a)  # one of them RUNNING: asked to stop once
+    build = cancel_builder(JobQuery(), "two replicas", T0 + 1)
+    forward = [a.update_jobs(ids[start:start + 100], build) for start in range(0, 300, 100)]
+    backward = [b.update_jobs(list(reversed(ids))[start:start + 100], build) for start in range(0, 300, 100)]
+    batches = await asyncio.gather(*[item for pairing in zip(forward, backward, strict=True) for item in pairing])
+    changed = [r[0].id for batch in batches for r in batch if isinstance(r, tuple)]
+    assert sorted(changed) == sorted(ids), "every job changed exactly once"
+    skips = [r.why for batch in batches for r in batch if isinstance(r, Skipped)]
+    assert len(skips) == 300
+    assert set(skips) == {SkipReason.ALREADY_CANCELLED, SkipReason.CANCEL_ALREADY_REQUESTED}
+    for job in [*jobs[::50], running]:
+        events = [t for _, t, _ in await stored_events(a, job.id)]
+        final = EventType.CANCEL_REQUESTED if job.id == running.id else EventType.CANCELLED
+        assert events.count(final) == 1, events
+        await assert_gapless(a, job)

@@ -208,19 +208,35 @@ def test_dict_payloads_round_trip_through_json(payload: dict[str, object]) -> No
 
 
 def test_list_request_filters() -> None:
-    request = _convert.list_jobs_request(
-        queue="q",
-        kind="k",
-        states=[JobState.FAILED, "cancelled"],
-        labels={"a": "1"},
-        created_after=T0,
-        page_size=10,
-        page_token="tok",
-    )
+    filters = _convert.Filter(queue="q", kind="k", states=[JobState.FAILED, "cancelled"], labels={"a": "1"},
+                              label_keys=["team"], label_in={"env": ["prod", "staging"], "zone": "eu"},
+                              created_after=T0, finished_before=T0)
+    request = _convert.list_jobs_request(filters, page_size=10, page_token="tok")
     assert list(request.states) == [pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED]
     assert request.created_after.ToDatetime(tzinfo=UTC) == T0
-    assert not request.HasField("created_before")
+    assert request.finished_before.ToDatetime(tzinfo=UTC) == T0
+    assert not request.HasField("created_before") and not request.HasField("finished_after")
     assert (request.page_size, request.page_token, dict(request.labels)) == (10, "tok", {"a": "1"})
+    assert list(request.label_keys) == ["team"]
+    assert {k: list(v.values) for k, v in request.label_in.items()} == {"env": ["prod", "staging"], "zone": ["eu"]}
+
+
+def test_bulk_requests_carry_the_same_filter() -> None:
+    filters = _convert.Filter(queue="media", states=["QUEUED"])
+    cancel = _convert.cancel_jobs_request(filters, all_jobs=False, dry_run=True, reason="freeze")
+    assert (cancel.filter.queue, list(cancel.filter.states), cancel.dry_run, cancel.reason) == (
+        "media", [pb.JOB_STATE_QUEUED], True, "freeze")
+    retry = _convert.retry_jobs_request(_convert.Filter(), all_jobs=True, dry_run=False, from_start=True)
+    assert (retry.all, retry.from_start, retry.HasField("filter")) == (True, True, True)
+
+
+def test_bulk_result_from_proto() -> None:
+    reply = pb.CancelJobsResponse(matched=5, changed=3, cancel_requested=1, skipped=[
+        pb.SkippedJobs(reason=pb.SKIP_REASON_ALREADY_FINISHED, count=2)])
+    result = _convert.bulk_from_proto(reply)
+    assert (result.matched, result.changed, result.cancel_requested, dict(result.skipped), result.dry_run) == (
+        5, 3, 1, {"ALREADY_FINISHED": 2}, False)
+    assert _convert.bulk_from_proto(pb.RetryJobsResponse(matched=2, dry_run=True)).dry_run
 
 
 def test_stale_job_outcome_is_inferred() -> None:

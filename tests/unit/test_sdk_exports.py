@@ -10,6 +10,7 @@ import jobwire.sync
 
 EXPECTED = [
     "AlreadyExists",
+    "BulkResult",
     "CatchupPolicy",
     "Client",
     "EnqueueSpec",

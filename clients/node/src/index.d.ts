@@ -209,6 +209,36 @@ export interface Schedule {
   updateTime: Timestamp | null;
 }
 
+/** Filters of ListJobs, CancelJobs and RetryJobs; every one given must match. */
+export interface JobFilter {
+  queue?: string;
+  kind?: string;
+  /** With or without the prefix: 'FAILED' or 'JOB_STATE_FAILED'. */
+  states?: string[];
+  /** Exact key/value pairs. */
+  labels?: Record<string, string>;
+  /** Keys that must be present, whatever their value. */
+  labelKeys?: string[];
+  /** Key -> values, any of which matches: `{env: ['prod', 'staging']}`. */
+  labelIn?: Record<string, string[] | string>;
+  createdAfter?: Date | number | string | Timestamp;
+  createdBefore?: Date | number | string | Timestamp;
+  /** Only finished jobs (SUCCEEDED, FAILED, CANCELLED; STALE ones keep their finish time). */
+  finishedAfter?: Date | number | string | Timestamp;
+  finishedBefore?: Date | number | string | Timestamp;
+}
+
+/** What cancelJobs / retryJobs did (or, with dryRun, would act on). */
+export interface BulkResult {
+  matched: number;
+  changed: number;
+  /** cancelJobs: RUNNING jobs among `changed` that were asked to stop. */
+  cancelRequested: number;
+  /** Matched jobs left unchanged, per reason (e.g. ALREADY_FINISHED, STILL_ACTIVE). */
+  skipped: Record<string, number>;
+  dryRun: boolean;
+}
+
 export interface EventStream extends AsyncIterableIterator<JobEvent> {
   /** Cancels the call; the iterator then ends without an error. */
   cancel(): void;
@@ -248,6 +278,12 @@ export class JobwireClient {
   get(id: string): Promise<Job>;
   cancel(id: string, reason?: string): Promise<Job>;
   retry(id: string, options?: { fromStart?: boolean }): Promise<Job>;
+  /** One page of matching jobs, newest first; '' as nextPageToken on the last page. */
+  listJobs(filter?: JobFilter, options?: { pageSize?: number; pageToken?: string }): Promise<{ jobs: Job[]; nextPageToken: string }>;
+  /** Cancels every matching job (admin scope when more than one matches); `all` is needed for an empty filter. */
+  cancelJobs(filter?: JobFilter, options?: { all?: boolean; dryRun?: boolean; reason?: string }): Promise<BulkResult>;
+  /** Queues every matching finished job again (admin scope when more than one matches). */
+  retryJobs(filter?: JobFilter, options?: { all?: boolean; dryRun?: boolean; fromStart?: boolean }): Promise<BulkResult>;
   /**
    * One job's events until the terminal one. Resumes after the last sequence received when the server
    * ends the stream with UNAVAILABLE or RESOURCE_EXHAUSTED (TOO_MANY_STREAMS, WATCH_TOO_SLOW).

@@ -214,13 +214,13 @@ function toDuration(seconds, name) {
   return { seconds: String(whole), nanos };
 }
 
-function toTimestamp(value) {
+function toTimestamp(value, name = 'runAt') {
   if (value === undefined || value === null) return null;
   if (typeof value === 'object' && !(value instanceof Date) && 'seconds' in value) {
     return { seconds: String(value.seconds), nanos: value.nanos ?? 0 };
   }
   const ms = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : Date.parse(value);
-  if (!Number.isFinite(ms)) throw new TypeError('runAt must be a Date, epoch milliseconds, an ISO string or {seconds, nanos}');
+  if (!Number.isFinite(ms)) throw new TypeError(`${name} must be a Date, epoch milliseconds, an ISO string or {seconds, nanos}`);
   const secs = Math.floor(ms / 1000);
   return { seconds: String(secs), nanos: Math.round((ms - secs * 1000) * 1e6) };
 }
@@ -258,6 +258,46 @@ function toScheduleSpec({
   if (intervalSeconds !== undefined && intervalSeconds !== null) spec.interval = toDuration(intervalSeconds, 'intervalSeconds');
   if (cron !== undefined && cron !== null) spec.cron = cron;
   return spec;
+}
+
+const STATE_PREFIX = 'JOB_STATE_';
+
+/**
+ * The filter fields ListJobsRequest and JobFilter share, from `{queue, kind, states, labels, labelKeys,
+ * labelIn, createdAfter, createdBefore, finishedAfter, finishedBefore}`. States may be given with or
+ * without their prefix ('FAILED' or 'JOB_STATE_FAILED'); `labelIn` maps a key to the values any of which
+ * matches (`{env: ['prod', 'staging']}`); times are as for `enqueue`'s `runAt`.
+ */
+function toJobFilter({
+  queue, kind, states, labels, labelKeys, labelIn, createdAfter, createdBefore, finishedAfter, finishedBefore,
+} = {}) {
+  return {
+    queue: queue ?? '',
+    kind: kind ?? '',
+    states: (states ?? []).map((s) => (String(s).toUpperCase().startsWith(STATE_PREFIX) ? String(s).toUpperCase()
+      : STATE_PREFIX + String(s).toUpperCase())),
+    labels: labels ?? {},
+    labelKeys: labelKeys ?? [],
+    labelIn: Object.fromEntries(Object.entries(labelIn ?? {}).map(([key, values]) => [
+      key, { values: Array.isArray(values) ? values.map(String) : [String(values)] }])),
+    createdAfter: toTimestamp(createdAfter, 'createdAfter'),
+    createdBefore: toTimestamp(createdBefore, 'createdBefore'),
+    finishedAfter: toTimestamp(finishedAfter, 'finishedAfter'),
+    finishedBefore: toTimestamp(finishedBefore, 'finishedBefore'),
+  };
+}
+
+/** A CancelJobs / RetryJobs response as plain numbers: `{matched, changed, cancelRequested, skipped, dryRun}`. */
+function toBulkResult(res) {
+  const skipped = {};
+  for (const entry of res.skipped ?? []) skipped[String(entry.reason).replace(/^SKIP_REASON_/, '')] = Number(entry.count);
+  return {
+    matched: Number(res.matched),
+    changed: Number(res.changed),
+    cancelRequested: Number(res.cancelRequested ?? 0),
+    skipped,
+    dryRun: Boolean(res.dryRun),
+  };
 }
 
 /** Converts a proto Timestamp ({seconds, nanos}) to a Date; null when unset. */
@@ -377,6 +417,36 @@ export class JobwireClient {
   /** Puts a finished job back in the queue; resolves to the job after the change. */
   retry(id, { fromStart = false } = {}) {
     return this._unary('RetryJob', { id, fromStart: Boolean(fromStart) });
+  }
+
+  /**
+   * One page of the jobs matching every filter given (see toJobFilter for the filter's fields), newest
+   * first. Resolves to `{jobs, nextPageToken}`; pass `pageToken: nextPageToken` (with the same filter)
+   * for the next page, until it is ''.
+   */
+  async listJobs(filter = {}, { pageSize = 0, pageToken = '' } = {}) {
+    const res = await this._unary('ListJobs', { ...toJobFilter(filter), pageSize, pageToken });
+    return { jobs: res.jobs, nextPageToken: res.nextPageToken };
+  }
+
+  /**
+   * Cancels every job the filter matches, as `cancel` does each one, in batches the server commits one
+   * by one; with `dryRun` only counts them. A filter with no criteria is refused (INVALID_ARGUMENT)
+   * unless `all` is true; more than one match needs the admin scope (PERMISSION_DENIED). Resolves to
+   * `{matched, changed, cancelRequested, skipped: {REASON: count}, dryRun}`.
+   */
+  async cancelJobs(filter = {}, { all = false, dryRun = false, reason = '' } = {}) {
+    const request = { filter: toJobFilter(filter), all: Boolean(all), dryRun: Boolean(dryRun), reason: reason ?? '' };
+    return toBulkResult(await this._unary('CancelJobs', request));
+  }
+
+  /**
+   * Puts every finished job the filter matches back in the queue, as `retry` does each one; with
+   * `dryRun` only counts them. `all`, scope and result as in `cancelJobs`.
+   */
+  async retryJobs(filter = {}, { all = false, dryRun = false, fromStart = false } = {}) {
+    const request = { filter: toJobFilter(filter), all: Boolean(all), dryRun: Boolean(dryRun), fromStart: Boolean(fromStart) };
+    return toBulkResult(await this._unary('RetryJobs', request));
   }
 
   /**

@@ -140,4 +140,40 @@ describe('JobwireClient against a live jobwire server', { timeout: 120_000 }, ()
       `unexpected state after the cleanup cancel: ${again.state}`,
     );
   });
+
+  test('listJobs filters by labels and finish time; cancelJobs and retryJobs act on what matches', async () => {
+    const queue = `node-${randomUUID().slice(0, 8)}`;
+    const ids = [];
+    for (const env of ['prod', 'staging', 'dev']) {
+      const { job } = await client.enqueue('noop', { queue, delaySeconds: 3600, labels: { env } });
+      ids.push(job.id);
+    }
+    const counted = await client.cancelJobs({ queue, labelIn: { env: ['prod', 'staging'] } }, { dryRun: true });
+    assert.deepEqual(counted, { matched: 2, changed: 0, cancelRequested: 0, skipped: {}, dryRun: true });
+    const done = await client.cancelJobs({ queue, states: ['SCHEDULED'], labelIn: { env: ['prod', 'staging'] } },
+      { reason: 'node bulk' });
+    assert.deepEqual(done, { matched: 2, changed: 2, cancelRequested: 0, skipped: {}, dryRun: false });
+    assert.equal((await client.get(ids[0])).cancelReason, 'node bulk');
+
+    const recent = { queue, labelKeys: ['env'], finishedAfter: new Date(Date.now() - 60_000) };
+    const finished = await client.listJobs(recent, { pageSize: 1 });
+    assert.deepEqual(finished.jobs.map((j) => j.id), [ids[1]], 'newest first, one per page');
+    assert.ok(finished.nextPageToken);
+    const next = await client.listJobs(recent, { pageSize: 1, pageToken: finished.nextPageToken });
+    assert.deepEqual(next.jobs.map((j) => j.id), [ids[0]]);
+
+    const retried = await client.retryJobs({ queue });
+    assert.deepEqual(retried, { matched: 3, changed: 2, cancelRequested: 0, skipped: { STILL_ACTIVE: 1 }, dryRun: false });
+
+    await assert.rejects(client.cancelJobs({}), (err) => {
+      assert.ok(err instanceof JobwireError);
+      assert.equal(err.codeName, 'INVALID_ARGUMENT');
+      assert.deepEqual(err.fieldViolations.map((v) => v.field), ['filter']);
+      return true;
+    });
+    await assert.rejects(client.listJobs({ labelIn: { env: [] } }), (err) => {
+      assert.deepEqual(err.fieldViolations.map((v) => v.field), ['label_in']);
+      return true;
+    });
+  });
 });

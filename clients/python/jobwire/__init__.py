@@ -30,6 +30,7 @@ from jobwire.errors import (
     Unavailable,
 )
 from jobwire.models import (
+    BulkResult,
     CatchupPolicy,
     EnqueueSpec,
     EventType,
@@ -53,6 +54,7 @@ from jobwire.models import (
 
 __all__ = [
     "AlreadyExists",
+    "BulkResult",
     "CatchupPolicy",
     "Client",
     "EnqueueSpec",

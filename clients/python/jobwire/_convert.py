@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import TypeVar, cast
 
 import grpc
@@ -20,6 +22,7 @@ from grpc import aio
 
 from jobwire.errors import JobwireError, error_class_for
 from jobwire.models import (
+    BulkResult,
     CatchupPolicy,
     EnqueueSpec,
     EventType,
@@ -248,6 +251,12 @@ def prune_from_proto(message: pb.PruneJobsResponse) -> PruneResult:
     return PruneResult(message.marked_stale, message.deleted, message.delivery_log_pruned, message.dry_run)
 
 
+def bulk_from_proto(message: pb.CancelJobsResponse | pb.RetryJobsResponse) -> BulkResult:
+    skipped = {pb.SkipReason.Name(s.reason).removeprefix("SKIP_REASON_"): s.count for s in message.skipped}
+    requested = message.cancel_requested if isinstance(message, pb.CancelJobsResponse) else 0
+    return BulkResult(message.matched, message.changed, requested, MappingProxyType(skipped), message.dry_run)
+
+
 # --- models -> requests ------------------------------------------------------------------------
 
 
@@ -292,29 +301,50 @@ def enqueue_request(spec: EnqueueSpec) -> pb.EnqueueRequest:
     return request
 
 
-def list_jobs_request(
-    *,
-    queue: str = "",
-    kind: str = "",
-    states: Iterable[JobState | str] = (),
-    labels: Mapping[str, str] | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    page_size: int = 0,
-    page_token: str = "",
-) -> pb.ListJobsRequest:
-    request = pb.ListJobsRequest(
-        queue=queue,
-        kind=kind,
-        states=[job_state_to_proto(s) for s in states],
-        labels=dict(labels or {}),
-        page_size=page_size,
-        page_token=page_token,
-    )
-    if created_after is not None:
-        request.created_after.CopyFrom(to_timestamp(created_after))
-    if created_before is not None:
-        request.created_before.CopyFrom(to_timestamp(created_before))
+@dataclass(frozen=True)
+class Filter:
+    """The filters ListJobs, CancelJobs and RetryJobs share (see ``Client.list_jobs``)."""
+
+    queue: str = ""
+    kind: str = ""
+    states: Iterable[JobState | str] = ()
+    labels: Mapping[str, str] | None = None
+    label_keys: Iterable[str] = ()
+    label_in: Mapping[str, Iterable[str]] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+
+    def fill(self, target: pb.ListJobsRequest | pb.JobFilter) -> None:
+        """Set the filter fields of a ListJobsRequest or a JobFilter (they have the same names)."""
+        target.queue, target.kind = self.queue, self.kind
+        target.states.extend(job_state_to_proto(s) for s in self.states)
+        target.labels.update(dict(self.labels or {}))
+        target.label_keys.extend(self.label_keys)
+        for key, values in (self.label_in or {}).items():
+            target.label_in[key].values.extend([values] if isinstance(values, str) else values)
+        for name in ("created_after", "created_before", "finished_after", "finished_before"):
+            value = getattr(self, name)
+            if value is not None:
+                getattr(target, name).CopyFrom(to_timestamp(value))
+
+
+def list_jobs_request(filters: Filter = Filter(), *, page_size: int = 0, page_token: str = "") -> pb.ListJobsRequest:
+    request = pb.ListJobsRequest(page_size=page_size, page_token=page_token)
+    filters.fill(request)
+    return request
+
+
+def cancel_jobs_request(filters: Filter, *, all_jobs: bool, dry_run: bool, reason: str) -> pb.CancelJobsRequest:
+    request = pb.CancelJobsRequest(all=all_jobs, dry_run=dry_run, reason=reason)
+    filters.fill(request.filter)
+    return request
+
+
+def retry_jobs_request(filters: Filter, *, all_jobs: bool, dry_run: bool, from_start: bool) -> pb.RetryJobsRequest:
+    request = pb.RetryJobsRequest(all=all_jobs, dry_run=dry_run, from_start=from_start)
+    filters.fill(request.filter)
     return request
 
 

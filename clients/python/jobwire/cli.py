@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +29,7 @@ from jobwire import __version__
 from jobwire.client import DEFAULT_TARGET, TLSConfig
 from jobwire.errors import JobwireError
 from jobwire.health import JOB_SERVICE, health_status
-from jobwire.models import EventType, Job, JobEvent, JobState, Phase, Progress, WebhookDelivery
+from jobwire.models import BulkResult, EventType, Job, JobEvent, JobState, Phase, Progress, WebhookDelivery
 from jobwire.sync import Client
 
 EXIT_OK = 0
@@ -111,12 +111,10 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "list",
         "list jobs",
         "List jobs matching every filter, newest first.",
-        "example:\n  jobwire list --state FAILED --queue reports --limit 20\n",
+        "examples:\n  jobwire list --state FAILED --queue reports --limit 20\n"
+        "  jobwire list --label-in env=prod,staging --label-key customer --finished-after 1h\n\n" + _FILTER_HELP,
     )
-    p.add_argument("--queue", default="", help="only jobs in this queue")
-    p.add_argument("--kind", default="", help="only jobs of this kind")
-    p.add_argument("--state", action="append", type=_job_state, default=[], metavar="STATE", help=_states_help())
-    p.add_argument("--label", action="append", type=_label, default=[], metavar="K=V", help="label that must match")
+    _add_filter_flags(p)
     p.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N jobs (default 50; 0: all)")
     p.set_defaults(func=cmd_list)
 
@@ -130,18 +128,30 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("id", metavar="ID", help="job id")
     p.set_defaults(func=cmd_watch)
 
-    p = command("cancel", "cancel a job", "Cancel a job. A running job is asked to stop and finishes CANCELLED.")
-    p.add_argument("id", metavar="ID", help="job id")
+    p = command(
+        "cancel",
+        "cancel a job, or every job matching filters",
+        "Cancel a job, or every job matching the filters. A running job is asked to stop and finishes "
+        "CANCELLED. Acting on more than one job needs the admin scope.",
+        "examples:\n  jobwire cancel 01a205ce-a03c-711e-bd98-cca0901f41ba --reason 'no longer needed'\n"
+        "  jobwire cancel --state QUEUED --queue media --dry-run\n"
+        "  jobwire cancel --state QUEUED --queue media --reason 'media freeze'\n\n" + _FILTER_HELP,
+    )
+    p.add_argument("id", metavar="ID", nargs="?", help="job id (or give filters instead)")
     p.add_argument("--reason", default="", help="why, stored on the job")
+    _add_bulk_flags(p, "cancel")
     p.set_defaults(func=cmd_cancel)
 
     p = command(
         "retry",
-        "run a finished job again",
-        "Put a FAILED or CANCELLED job (or, with --from-start, a SUCCEEDED one) back in the queue.",
+        "run a finished job again, or every job matching filters",
+        "Put a FAILED or CANCELLED job (or, with --from-start, a SUCCEEDED one) back in the queue, or every "
+        "such job matching the filters. Acting on more than one job needs the admin scope.",
+        "example:\n  jobwire retry --state FAILED --queue reports --finished-after 2h\n\n" + _FILTER_HELP,
     )
-    p.add_argument("id", metavar="ID", help="job id")
+    p.add_argument("id", metavar="ID", nargs="?", help="job id (or give filters instead)")
     p.add_argument("--from-start", action="store_true", help="rerun every phase, also those that succeeded")
+    _add_bulk_flags(p, "retry")
     p.set_defaults(func=cmd_retry)
 
     p = command(
@@ -207,6 +217,49 @@ def _add_webhook_and_retention_commands(command: Callable[..., argparse.Argument
     p.set_defaults(func=cmd_prune)
 
 
+_FILTER_HELP = """\
+filters (all given must match):
+  --label K=V is an exact label, --label-key K a label that must be present (any value),
+  --label-in K=V1,V2 a label whose value is one of those. Times are ISO 8601 (2030-01-31,
+  2030-01-31T12:00:00Z; UTC unless an offset is given) or an age: 90s, 30m, 2h, 7d ago.
+"""
+
+
+def _add_filter_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--queue", default="", help="only jobs in this queue")
+    p.add_argument("--kind", default="", help="only jobs of this kind")
+    p.add_argument("--state", action="append", type=_job_state, default=[], metavar="STATE", help=_states_help())
+    p.add_argument("--label", action="append", type=_label, default=[], metavar="K=V", help="label that must match")
+    p.add_argument("--label-key", action="append", default=[], metavar="K", help="label key that must be present "
+                   "(repeatable)")
+    p.add_argument("--label-in", action="append", type=_label_values, default=[], metavar="K=V1,V2",
+                   help="label whose value is one of these (repeatable)")
+    for name, what in (("created", "created"), ("finished", "finished")):
+        p.add_argument(f"--{name}-after", type=_when_given, metavar="TIME", help=f"only jobs {what} at or after TIME")
+        p.add_argument(f"--{name}-before", type=_when_given, metavar="TIME", help=f"only jobs {what} before TIME")
+
+
+def _add_bulk_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    group = p.add_argument_group(f"{verb} every job matching filters (instead of ID)")
+    _add_filter_flags(group)
+    group.add_argument("--all", action="store_true", dest="all_jobs", help=f"{verb} every job (no filter needed)")
+    group.add_argument("--dry-run", action="store_true", help="only count the matching jobs")
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter flags as keyword arguments of Client.list_jobs / cancel_jobs / retry_jobs."""
+    return {
+        "queue": args.queue, "kind": args.kind, "states": args.state, "labels": dict(args.label),
+        "label_keys": args.label_key, "label_in": dict(args.label_in), "created_after": args.created_after,
+        "created_before": args.created_before, "finished_after": args.finished_after,
+        "finished_before": args.finished_before,
+    }
+
+
+def _has_filters(args: argparse.Namespace) -> bool:
+    return any(bool(value) for value in _filters(args).values())
+
+
 def _common_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection and output")
@@ -235,6 +288,31 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _label_values(text: str) -> tuple[str, list[str]]:
+    key, sep, values = text.partition("=")
+    if not sep or not key or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,VALUE...], got {text!r}")
+    return key, values.split(",")
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when_given(text: str) -> datetime:
+    """An ISO 8601 time (UTC unless it has an offset), or an age such as 30m meaning that long ago."""
+    unit = _AGE_UNITS.get(text[-1:].lower())
+    if unit is not None:
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * unit)
+        except ValueError:
+            pass
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time or an age like 30m, got {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _job_state(text: str) -> JobState:
@@ -367,9 +445,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     def body(client: Client) -> int:
         limit = args.limit if args.limit > 0 else None
         page_size = min(limit, 1000) if limit else 0
-        jobs = client.list_jobs(
-            queue=args.queue, kind=args.kind, states=args.state, labels=dict(args.label), page_size=page_size
-        )
+        jobs = client.list_jobs(**_filters(args), page_size=page_size)
         rows: list[Job] = []
         count = 0
         try:
@@ -421,7 +497,15 @@ def _watch(client: Client, job_id: str, as_json: bool) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    """``jobwire cancel``."""
+    """``jobwire cancel ID`` or ``jobwire cancel FILTERS [--all] [--dry-run]``."""
+    problem = _target_problem(args)
+    if problem:
+        _error(problem)
+        return EXIT_USAGE
+    if args.id is None:
+        return _run(args, lambda client: _print_bulk(
+            args, "cancel", client.cancel_jobs(**_filters(args), all_jobs=args.all_jobs, dry_run=args.dry_run,
+                                               reason=args.reason)))
 
     def body(client: Client) -> int:
         job = client.handle(args.id).cancel(args.reason)
@@ -437,7 +521,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    """``jobwire retry``."""
+    """``jobwire retry ID`` or ``jobwire retry FILTERS [--all] [--dry-run]``."""
+    problem = _target_problem(args)
+    if problem:
+        _error(problem)
+        return EXIT_USAGE
+    if args.id is None:
+        return _run(args, lambda client: _print_bulk(
+            args, "retry", client.retry_jobs(**_filters(args), all_jobs=args.all_jobs, dry_run=args.dry_run,
+                                             from_start=args.from_start)))
 
     def body(client: Client) -> int:
         job = client.handle(args.id).retry(from_start=args.from_start)
@@ -449,6 +541,48 @@ def cmd_retry(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(args, body)
+
+
+def _target_problem(args: argparse.Namespace) -> str:
+    """Why the command line names neither one job nor a set of jobs (or both); empty when it is fine."""
+    if args.id is not None and (_has_filters(args) or args.all_jobs or args.dry_run):
+        return f"give a job ID or filters, not both (`jobwire {args.command} --help`)"
+    if args.id is None and not _has_filters(args) and not args.all_jobs:
+        return (f"give a job ID, or filters such as --state and --queue (--all for every job; "
+                f"`jobwire {args.command} --help`)")
+    return ""
+
+
+_SKIP_WORDS = {
+    "ALREADY_FINISHED": "already finished", "ALREADY_CANCELLED": "already cancelled",
+    "CANCEL_ALREADY_REQUESTED": "cancel already requested", "STILL_ACTIVE": "still active",
+    "NEEDS_FROM_START": "succeeded (needs --from-start)", "NOTHING_TO_RESUME": "nothing to resume (use --from-start)",
+    "DEDUPE_KEY_TAKEN": "dedupe key held by an active job", "NO_LONGER_MATCHES": "changed meanwhile",
+    "NOT_FOUND": "deleted meanwhile",
+}
+
+
+def format_bulk(verb: str, result: BulkResult) -> str:
+    """The one line `jobwire cancel|retry FILTERS` prints."""
+    if result.dry_run:
+        return f"{result.matched} jobs match; nothing changed (dry run)"
+    done = {"cancel": "cancelled", "retry": "retried"}[verb]
+    line = f"{done} {result.changed} of {result.matched} matching jobs"
+    if result.cancel_requested:
+        line += f" ({result.cancel_requested} running, asked to stop)"
+    skipped = sum(result.skipped.values())
+    if skipped:
+        line += f"; skipped {skipped}: " + ", ".join(f"{count} {_SKIP_WORDS.get(why, why)}"
+                                                     for why, count in result.skipped.items())
+    return line
+
+
+def _print_bulk(args: argparse.Namespace, verb: str, result: BulkResult) -> int:
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_bulk(verb, result))
+    return EXIT_OK
 
 
 def cmd_events(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from jobwire.errors import (
     Unavailable,
 )
 from jobwire.models import (
+    BulkResult,
     EnqueueSpec,
     EventType,
     Job,
@@ -238,22 +239,25 @@ class Client(ScheduleCalls):
         kind: str = "",
         states: Iterable[JobState | str] = (),
         labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> tuple[list[Job], str]:
-        """One page of jobs, newest first, and the token of the next page ("" on the last page)."""
-        request = _convert.list_jobs_request(
-            queue=queue,
-            kind=kind,
-            states=states,
-            labels=labels,
-            created_after=created_after,
-            created_before=created_before,
-            page_size=page_size,
-            page_token=page_token,
-        )
+        """One page of jobs, newest first, and the token of the next page ("" on the last page).
+
+        Every filter given must match: ``labels`` are exact key/value pairs, ``label_keys`` keys that
+        must be present (any value), ``label_in`` keys whose value must be one of the values given
+        (``{"env": ["prod", "staging"]}``); the time bounds are inclusive ``_after``, exclusive
+        ``_before``, and a ``finished_`` bound matches only finished jobs.
+        """
+        filters = _convert.Filter(queue, kind, tuple(states), labels, tuple(label_keys), label_in, created_after,
+                                  created_before, finished_after, finished_before)
+        request = _convert.list_jobs_request(filters, page_size=page_size, page_token=page_token)
         response = await self._unary(self._service().ListJobs, request)
         return [_convert.job_from_proto(j) for j in response.jobs], response.next_page_token
 
@@ -264,12 +268,17 @@ class Client(ScheduleCalls):
         kind: str = "",
         states: Iterable[JobState | str] = (),
         labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
         page_size: int = 0,
     ) -> AsyncIterator[Job]:
-        """Every job matching all the filters, newest first, fetching pages as iteration goes."""
-        states = tuple(states)
+        """Every job matching all the filters (as in :meth:`list_jobs_page`), newest first, fetching
+        pages as iteration goes."""
+        states, label_keys = tuple(states), tuple(label_keys)
         token = ""
         while True:
             jobs, token = await self.list_jobs_page(
@@ -277,8 +286,12 @@ class Client(ScheduleCalls):
                 kind=kind,
                 states=states,
                 labels=labels,
+                label_keys=label_keys,
+                label_in=label_in,
                 created_after=created_after,
                 created_before=created_before,
+                finished_after=finished_after,
+                finished_before=finished_before,
                 page_size=page_size,
                 page_token=token,
             )
@@ -286,6 +299,59 @@ class Client(ScheduleCalls):
                 yield job
             if not token:
                 return
+
+    async def cancel_jobs(
+        self,
+        *,
+        queue: str = "",
+        kind: str = "",
+        states: Iterable[JobState | str] = (),
+        labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        all_jobs: bool = False,
+        dry_run: bool = False,
+        reason: str = "",
+    ) -> BulkResult:
+        """Cancel every job the filters match (as in :meth:`list_jobs_page`), as ``cancel`` does each
+        one; with ``dry_run`` only count them. The server works in batches, each committed on its
+        own; jobs it cannot cancel are counted in ``skipped``. No filter at all is refused unless
+        ``all_jobs`` is set. More than one match needs the ``admin`` scope (:class:`PermissionDenied`).
+        """
+        filters = _convert.Filter(queue, kind, tuple(states), labels, tuple(label_keys), label_in, created_after,
+                                  created_before, finished_after, finished_before)
+        request = _convert.cancel_jobs_request(filters, all_jobs=all_jobs, dry_run=dry_run, reason=reason)
+        response: pb.CancelJobsResponse = await self._unary(self._service().CancelJobs, request)
+        return _convert.bulk_from_proto(response)
+
+    async def retry_jobs(
+        self,
+        *,
+        queue: str = "",
+        kind: str = "",
+        states: Iterable[JobState | str] = (),
+        labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        all_jobs: bool = False,
+        dry_run: bool = False,
+        from_start: bool = False,
+    ) -> BulkResult:
+        """Queue again every finished job the filters match, as ``retry`` does each one; with
+        ``dry_run`` only count them. Batches, ``all_jobs`` and scope as in :meth:`cancel_jobs`."""
+        filters = _convert.Filter(queue, kind, tuple(states), labels, tuple(label_keys), label_in, created_after,
+                                  created_before, finished_after, finished_before)
+        request = _convert.retry_jobs_request(filters, all_jobs=all_jobs, dry_run=dry_run, from_start=from_start)
+        response: pb.RetryJobsResponse = await self._unary(self._service().RetryJobs, request)
+        return _convert.bulk_from_proto(response)
 
     async def watch_events(
         self,

@@ -254,6 +254,23 @@ class PruneResult:
     dry_run: bool
 
 
+@dataclass(frozen=True)
+class BulkResult:
+    """What ``cancel_jobs`` or ``retry_jobs`` did, or with ``dry_run`` would act on.
+
+    ``skipped`` counts the matched jobs left unchanged per reason: ``ALREADY_FINISHED``,
+    ``ALREADY_CANCELLED``, ``CANCEL_ALREADY_REQUESTED``, ``STILL_ACTIVE``, ``NEEDS_FROM_START``,
+    ``NOTHING_TO_RESUME``, ``DEDUPE_KEY_TAKEN``, ``NO_LONGER_MATCHES``, ``NOT_FOUND``.
+    ``cancel_requested`` counts the RUNNING jobs among ``changed`` that were asked to stop.
+    """
+
+    matched: int
+    changed: int
+    cancel_requested: int
+    skipped: Mapping[str, int]
+    dry_run: bool
+
+
 Payload = bytes | str | Mapping[str, Any] | list[Any] | None
 """A job payload: bytes are sent as they are, ``str`` as UTF-8, a mapping or list as compact JSON."""
 

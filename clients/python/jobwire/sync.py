@@ -24,6 +24,7 @@ from typing import Any, Self, TypeVar, cast
 from jobwire import client as _async
 from jobwire.client import DEFAULT_TARGET, RetryPolicy, TLSConfig
 from jobwire.models import (
+    BulkResult,
     EnqueueSpec,
     EventType,
     Job,
@@ -218,8 +219,12 @@ class Client:
         kind: str = "",
         states: Iterable[JobState | str] = (),
         labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
         page_size: int = 0,
         page_token: str = "",
     ) -> tuple[list[Job], str]:
@@ -230,8 +235,12 @@ class Client:
                 kind=kind,
                 states=tuple(states),
                 labels=labels,
+                label_keys=tuple(label_keys),
+                label_in=label_in,
                 created_after=created_after,
                 created_before=created_before,
+                finished_after=finished_after,
+                finished_before=finished_before,
                 page_size=page_size,
                 page_token=page_token,
             )
@@ -244,8 +253,12 @@ class Client:
         kind: str = "",
         states: Iterable[JobState | str] = (),
         labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
         page_size: int = 0,
     ) -> Generator[Job, None, None]:
         """Every matching job, newest first, across pages."""
@@ -255,9 +268,85 @@ class Client:
                 kind=kind,
                 states=tuple(states),
                 labels=labels,
+                label_keys=tuple(label_keys),
+                label_in=label_in,
                 created_after=created_after,
                 created_before=created_before,
+                finished_after=finished_after,
+                finished_before=finished_before,
                 page_size=page_size,
+            )
+        )
+
+    def cancel_jobs(
+        self,
+        *,
+        queue: str = "",
+        kind: str = "",
+        states: Iterable[JobState | str] = (),
+        labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        all_jobs: bool = False,
+        dry_run: bool = False,
+        reason: str = "",
+    ) -> BulkResult:
+        """Cancel every matching job; see :meth:`jobwire.Client.cancel_jobs`."""
+        return self._runner.run(
+            self._client.cancel_jobs(
+                queue=queue,
+                kind=kind,
+                states=tuple(states),
+                labels=labels,
+                label_keys=tuple(label_keys),
+                label_in=label_in,
+                created_after=created_after,
+                created_before=created_before,
+                finished_after=finished_after,
+                finished_before=finished_before,
+                all_jobs=all_jobs,
+                dry_run=dry_run,
+                reason=reason,
+            )
+        )
+
+    def retry_jobs(
+        self,
+        *,
+        queue: str = "",
+        kind: str = "",
+        states: Iterable[JobState | str] = (),
+        labels: Mapping[str, str] | None = None,
+        label_keys: Iterable[str] = (),
+        label_in: Mapping[str, Iterable[str]] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        all_jobs: bool = False,
+        dry_run: bool = False,
+        from_start: bool = False,
+    ) -> BulkResult:
+        """Queue again every matching finished job; see :meth:`jobwire.Client.retry_jobs`."""
+        return self._runner.run(
+            self._client.retry_jobs(
+                queue=queue,
+                kind=kind,
+                states=tuple(states),
+                labels=labels,
+                label_keys=tuple(label_keys),
+                label_in=label_in,
+                created_after=created_after,
+                created_before=created_before,
+                finished_after=finished_after,
+                finished_before=finished_before,
+                all_jobs=all_jobs,
+                dry_run=dry_run,
+                from_start=from_start,
             )
         )
 

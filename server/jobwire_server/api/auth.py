@@ -55,6 +55,7 @@ __all__ = [
     "TokenAuthInterceptor",
     "hash_token",
     "load_tokens",
+    "scope_refused",
     "server_credentials",
 ]
 
@@ -68,7 +69,10 @@ SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES})
 _SERVICE: Final = "/jobwire.v1.JobService/"
 #: The scope each JobService method needs; ``admin`` grants every method, listed here or not.
 METHOD_SCOPES: Final[Mapping[str, str]] = {
-    **{_SERVICE + name: WRITE for name in ("Enqueue", "EnqueueBatch", "CancelJob", "RetryJob")},
+    # CancelJobs and RetryJobs need `admin` as well when their filter matches more than one job:
+    # the servicer checks that once it has counted (`scope_refused`).
+    **{_SERVICE + name: WRITE for name in ("Enqueue", "EnqueueBatch", "CancelJob", "RetryJob", "CancelJobs",
+                                           "RetryJobs")},
     **{_SERVICE + name: READ for name in ("GetJob", "ListJobs", "WatchJob", "WatchEvents", "GetQueueStats",
                                              "ListWebhookDeliveries")},
     **{_SERVICE + name: READ for name in ("GetSchedule", "ListSchedules")},
@@ -219,11 +223,8 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
         elif not token.allows(method):
             _log.info("token %r lacks the scope for %.200s", token.name, method)
             # Only a known method's name is echoed back: an unknown one is whatever the client sent.
-            needed = METHOD_SCOPES.get(method, ADMIN)
-            shown = method if method in METHOD_SCOPES else "this method"
-            status = status_with(grpc.StatusCode.PERMISSION_DENIED,
-                                 f"token {token.name!r} lacks scope {needed!r} needed for {shown}",
-                                 "PERMISSION_DENIED", {"scope": needed})
+            status = scope_refused(token, METHOD_SCOPES.get(method, ADMIN),
+                                   method if method in METHOD_SCOPES else "this method")
         else:
             return await continuation(handler_call_details)
         return _refusal(await continuation(handler_call_details), status)
@@ -243,6 +244,14 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
             if hmac.compare_digest(presented, token.digest):
                 found = token
         return found
+
+
+def scope_refused(token: Token, scope: str, what: str) -> grpc.Status:
+    """PERMISSION_DENIED for `token`, which lacks `scope` for `what`: the interceptor's refusal, and
+    the one a method that needs more scope for some requests gives (same message, same ErrorInfo)."""
+    return status_with(grpc.StatusCode.PERMISSION_DENIED,
+                       f"token {token.name!r} lacks scope {scope!r} needed for {what}", "PERMISSION_DENIED",
+                       {"scope": scope})
 
 
 def _refusal(handler: grpc.RpcMethodHandler[Any, Any] | None,

@@ -16,12 +16,14 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from jobwire.v1 import jobwire_pb2
 
+from jobwire_server.domain.bulk import BulkSummary, SkipReason
 from jobwire_server.domain.deliveries import DeliveryInfo, DeliveryState, strip_query
 from jobwire_server.domain.models import Event, Job, JobError, Phase, QueueStats, Webhook
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 
 __all__ = [
     "EncodedEvents",
+    "cancel_jobs_response",
     "duration_to_proto",
     "event_to_proto",
     "event_type_from_proto",
@@ -31,6 +33,7 @@ __all__ = [
     "job_to_proto",
     "phase_state_from_proto",
     "phase_state_to_proto",
+    "retry_jobs_response",
     "snapshot_event",
     "stats_to_proto",
     "timestamp_to_proto",
@@ -55,6 +58,10 @@ _PHASE_STATE_TO_PROTO: Final[dict[PhaseState, jobwire_pb2.PhaseState]] = {
 _EVENT_TYPE_TO_PROTO: Final[dict[EventType, jobwire_pb2.EventType]] = {
     m: cast("jobwire_pb2.EventType", _proto_number(jobwire_pb2.EventType, f"EVENT_TYPE_{m.name}"))
     for m in EventType
+}
+_SKIP_REASON_TO_PROTO: Final[dict[SkipReason, jobwire_pb2.SkipReason]] = {
+    m: cast("jobwire_pb2.SkipReason", _proto_number(jobwire_pb2.SkipReason, f"SKIP_REASON_{m.name}"))
+    for m in SkipReason
 }
 _JOB_STATE_FROM_PROTO: Final[dict[int, JobState]] = {v: k for k, v in _JOB_STATE_TO_PROTO.items()}
 _PHASE_STATE_FROM_PROTO: Final[dict[int, PhaseState]] = {v: k for k, v in _PHASE_STATE_TO_PROTO.items()}
@@ -302,3 +309,19 @@ def delivery_to_proto(delivery: DeliveryInfo) -> jobwire_pb2.WebhookDelivery:
         _set_timestamp(attempt.time, record.time)
         _set_duration(attempt.latency, record.latency)
     return message
+
+
+def _skipped(summary: BulkSummary) -> list[jobwire_pb2.SkippedJobs]:
+    return [jobwire_pb2.SkippedJobs(reason=_SKIP_REASON_TO_PROTO[why], count=count)
+            for why, count in summary.skipped.items()]
+
+
+def cancel_jobs_response(summary: BulkSummary) -> jobwire_pb2.CancelJobsResponse:
+    return jobwire_pb2.CancelJobsResponse(matched=summary.matched, changed=summary.changed,
+                                          cancel_requested=summary.cancel_requested, skipped=_skipped(summary),
+                                          dry_run=summary.dry_run)
+
+
+def retry_jobs_response(summary: BulkSummary) -> jobwire_pb2.RetryJobsResponse:
+    return jobwire_pb2.RetryJobsResponse(matched=summary.matched, changed=summary.changed,
+                                         skipped=_skipped(summary), dry_run=summary.dry_run)

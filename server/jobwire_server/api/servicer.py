@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -11,11 +12,14 @@ from grpc import aio
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 from opentelemetry import trace
 
+from jobwire_server.api.auth import ADMIN, TokenAuthInterceptor, scope_refused
 from jobwire_server.api.convert import (
     EncodedEvents,
+    cancel_jobs_response,
     delivery_to_proto,
     event_to_proto,
     job_to_proto,
+    retry_jobs_response,
     snapshot_event,
     stats_to_proto,
 )
@@ -24,6 +28,7 @@ from jobwire_server.api.errors import unary as _unary
 from jobwire_server.api.schedules import ScheduleMethods
 from jobwire_server.api.validation import (
     Limits,
+    bulk_request_to_query,
     encode_page_token,
     enqueue_to_new_job,
     list_request_to_query,
@@ -33,7 +38,7 @@ from jobwire_server.api.validation import (
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.errors import FieldViolation, InvalidArgument, JobwireError, ShuttingDown
 from jobwire_server.domain.models import Event, Job, NewJob
-from jobwire_server.domain.queries import filters_digest
+from jobwire_server.domain.queries import JobQuery, filters_digest
 from jobwire_server.domain.states import FINAL_EVENTS, TERMINAL_STATES, JobState
 from jobwire_server.engine.hub import EventFilter, Subscription
 from jobwire_server.engine.retention import Retention
@@ -51,9 +56,11 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
     def __init__(self, service: JobService, registry: Registry, clock: Clock, limits: Limits, *,
                  max_watch_streams: int, page_secret: bytes | None = None,
                  webhook_guard: AddressGuard | None = None, retention: Retention | None = None,
-                 schedules: ScheduleService | None = None) -> None:
+                 schedules: ScheduleService | None = None, auth: TokenAuthInterceptor | None = None) -> None:
         self._service = service
         self._schedules = schedules
+        #: Access control, when tokens are configured: bulk actions check the `admin` scope themselves.
+        self._auth = auth
         self._guard = webhook_guard or AddressGuard()
         self._retention = retention
         self._registry = registry
@@ -128,6 +135,44 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
     async def RetryJob(self, request: jobwire_pb2.RetryJobRequest, context: Context) -> jobwire_pb2.Job:
         job_id = validate_job_id(request.id)
         return job_to_proto(await self._service.retry(job_id, request.from_start))
+
+    @_unary
+    async def CancelJobs(self, request: jobwire_pb2.CancelJobsRequest,
+                         context: Context) -> jobwire_pb2.CancelJobsResponse:
+        query = bulk_request_to_query(request, limits=self._limits)
+        if request.dry_run:
+            return cancel_jobs_response(await self._service.count_jobs(query))
+        only = await self._limit_to_scope(context, query, "CancelJobs")
+        return cancel_jobs_response(
+            await self._service.cancel_jobs(query, request.reason or "cancelled by user", only=only))
+
+    @_unary
+    async def RetryJobs(self, request: jobwire_pb2.RetryJobsRequest,
+                        context: Context) -> jobwire_pb2.RetryJobsResponse:
+        query = bulk_request_to_query(request, limits=self._limits)
+        if request.dry_run:
+            return retry_jobs_response(await self._service.count_jobs(query))
+        only = await self._limit_to_scope(context, query, "RetryJobs")
+        return retry_jobs_response(await self._service.retry_jobs(query, request.from_start, only=only))
+
+    async def _limit_to_scope(self, context: Context, query: JobQuery, method: str) -> list[str] | None:
+        """Acting on more than one job needs `admin`. None: the caller may act on every match (it
+        has `admin`, or there is no access control); otherwise the one job it may act on (or none),
+        so a job matching after this count is not acted on either. More than one match without
+        `admin` is PERMISSION_DENIED, as the interceptor words it."""
+        self._service.check_open()
+        if self._auth is None:
+            return None
+        token = self._auth.authenticate(context.invocation_metadata())
+        if token is not None and ADMIN in token.scopes:
+            return None
+        found = await self._service.job_ids(replace(query, page_size=2))
+        if len(found) > 1:
+            if token is None:  # the interceptor lets no such call through; refused all the same
+                await abort_with(context, status_with(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer "
+                                                      "token", "UNAUTHENTICATED"))
+            await abort_with(context, scope_refused(token, ADMIN, f"{method} on more than one job"))
+        return found
 
     # ------------------------------------------------------------------ reads
 

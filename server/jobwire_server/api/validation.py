@@ -15,10 +15,10 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -36,6 +36,7 @@ from jobwire_server.handlers.registry import Registry
 __all__ = [
     "DEFAULT_LIMITS",
     "Limits",
+    "bulk_request_to_query",
     "decode_page_token",
     "encode_page_token",
     "enqueue_to_new_job",
@@ -51,6 +52,10 @@ MAX_REQUEST_ID = 128
 MAX_LABEL_VALUE = 256
 MAX_URL = 2048
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,63}$")
+#: Values one `label_in` key may list.
+MAX_LABEL_IN_VALUES = 100
+#: Characters of a cancel reason.
+MAX_REASON = 1024
 MAX_PAGE_TOKEN = 1024
 #: At most this many violations per repeated/map field; the rest are summed up in one more.
 MAX_VIOLATIONS_PER_FIELD = 10
@@ -386,35 +391,84 @@ def decode_page_token(token: str, secret: bytes) -> tuple[str, str] | None:
     return data["a"], data["f"]
 
 
+class _FilterFields(Protocol):
+    """The filter fields ListJobsRequest and JobFilter share (same names, same meaning)."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def states(self) -> Sequence[int]: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def label_keys(self) -> Sequence[str]: ...
+    @property
+    def label_in(self) -> Mapping[str, jobwire_pb2.LabelValues]: ...
+    def HasField(self, field_name: str) -> bool: ...
+
+
+def _job_filter(source: _FilterFields, out: _Violations, limits: Limits, prefix: str = "") -> JobQuery:
+    """The filters of a ListJobsRequest or a JobFilter as a query; violations on `prefix` + field."""
+    if source.queue:
+        _check_name(source.queue, f"{prefix}queue", out)
+    if source.kind:
+        _check_name(source.kind, f"{prefix}kind", out)
+    states: set[JobState] = set()
+    for index, number in enumerate(source.states):
+        try:
+            states.add(job_state_from_proto(number))
+        except ValueError:
+            out.add(f"{prefix}states[{index}]", "JOB_STATE_UNSPECIFIED is not a state" if number == 0
+                    else f"unknown job state {number}", f"{prefix}states")
+    labels = _check_labels(source.labels, f"{prefix}labels", limits.max_labels, out)
+    def time(name: str) -> float | None:
+        return _timestamp_seconds(getattr(source, name), prefix + name, out) if source.HasField(name) else None
+
+    return JobQuery(queue=source.queue or None, kind=source.kind or None, states=frozenset(states),
+                    labels=MappingProxyType(labels), label_keys=_label_keys(source.label_keys, prefix, limits, out),
+                    label_in=_label_in(source.label_in, f"{prefix}label_in", limits, out),
+                    created_after=time("created_after"), created_before=time("created_before"),
+                    finished_after=time("finished_after"), finished_before=time("finished_before"))
+
+
+def _label_keys(keys: Sequence[str], prefix: str, limits: Limits, out: _Violations) -> frozenset[str]:
+    if len(keys) > limits.max_labels:
+        out.add(f"{prefix}label_keys", f"at most {limits.max_labels} keys are allowed, got {len(keys)}")
+    for index, key in enumerate(keys):
+        if LABEL_KEY_PATTERN.fullmatch(key) is None:
+            out.add(f"{prefix}label_keys[{index}]", f"label key {_show(key)} must be 1–63 letters, digits, "
+                                                     "'.', '_', '/' or '-'", f"{prefix}label_keys")
+    return frozenset(keys)
+
+
+def _label_in(entries: Mapping[str, jobwire_pb2.LabelValues], field: str, limits: Limits,
+              out: _Violations) -> Mapping[str, frozenset[str]]:
+    if len(entries) > limits.max_labels:
+        out.add(field, f"at most {limits.max_labels} keys are allowed, got {len(entries)}")
+    found: dict[str, frozenset[str]] = {}
+    for key in sorted(entries):
+        values = list(entries[key].values)
+        if LABEL_KEY_PATTERN.fullmatch(key) is None:
+            out.add(field, f"label key {_show(key)} must be 1–63 letters, digits, '.', '_', '/' or '-'", field)
+        if not 1 <= len(values) <= MAX_LABEL_IN_VALUES:
+            out.add(field, f"label {_show(key)} needs 1–{MAX_LABEL_IN_VALUES} values, got {len(values)}", field)
+        if any(len(value) > MAX_LABEL_VALUE for value in values):
+            out.add(field, f"a value of label {_show(key)} is longer than {MAX_LABEL_VALUE} characters", field)
+        found[key] = frozenset(values)
+    return MappingProxyType(found)
+
+
 def list_request_to_query(req: jobwire_pb2.ListJobsRequest, secret: bytes, *,
                           limits: Limits = DEFAULT_LIMITS) -> JobQuery:
     """Validate ListJobs filters and its page token (which must carry the same filters)."""
     out = _Violations()
-    if req.queue:
-        _check_name(req.queue, "queue", out)
-    if req.kind:
-        _check_name(req.kind, "kind", out)
-    states: set[JobState] = set()
-    for index, number in enumerate(req.states):
-        try:
-            states.add(job_state_from_proto(number))
-        except ValueError:
-            out.add(f"states[{index}]", "JOB_STATE_UNSPECIFIED is not a state" if number == 0
-                    else f"unknown job state {number}", "states")
-    labels = _check_labels(req.labels, "labels", limits.max_labels, out)
-    created_after = (_timestamp_seconds(req.created_after, "created_after", out)
-                     if req.HasField("created_after") else None)
-    created_before = (_timestamp_seconds(req.created_before, "created_before", out)
-                      if req.HasField("created_before") else None)
-
+    query = _job_filter(req, out, limits)
     page_size = req.page_size
     if page_size < 0:
         out.add("page_size", f"must not be negative, got {page_size}")
-    page_size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-    query = JobQuery(queue=req.queue or None, kind=req.kind or None, states=frozenset(states),
-                     labels=MappingProxyType(labels), created_after=created_after, created_before=created_before,
-                     page_size=max(page_size, 1))
+    query = replace(query, page_size=max(min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), 1))
     after_id: str | None = None
     if req.page_token:
         decoded = decode_page_token(req.page_token, secret)
@@ -425,11 +479,25 @@ def list_request_to_query(req: jobwire_pb2.ListJobsRequest, secret: bytes, *,
         else:
             after_id = decoded[0]
     out.raise_if_any()
-    if after_id is None:
-        return query
-    return JobQuery(queue=query.queue, kind=query.kind, states=query.states, labels=query.labels,
-                    created_after=query.created_after, created_before=query.created_before,
-                    page_size=query.page_size, after_id=after_id)
+    return query if after_id is None else replace(query, after_id=after_id)
+
+
+# ----------------------------------------------------------------------------- bulk actions
+
+
+def bulk_request_to_query(req: jobwire_pb2.CancelJobsRequest | jobwire_pb2.RetryJobsRequest, *,
+                          limits: Limits = DEFAULT_LIMITS) -> JobQuery:
+    """Validate a CancelJobs or RetryJobs request: its filter (fields reported as `filter.<field>`),
+    which must have a criterion unless `all` is set, and a cancel's `reason`."""
+    out = _Violations()
+    query = _job_filter(req.filter, out, limits, "filter.")
+    if not query.has_criteria and not req.all:
+        out.add("filter", "has no criteria, so it matches every job: give at least one (queue, kind, states, "
+                          "labels, label_keys, label_in, a time bound), or set all to act on every job")
+    if isinstance(req, jobwire_pb2.CancelJobsRequest) and len(req.reason) > MAX_REASON:
+        out.add("reason", f"must be at most {MAX_REASON} characters")
+    out.raise_if_any()
+    return query
 
 
 # ----------------------------------------------------------------------------- watching

@@ -37,3 +37,11 @@ def is_job_id(text: str) -> bool:
         return str(uuid.UUID(text)) == text
     except ValueError:
         return False
+
+
+def first_id_at(time: float) -> str:
+    """The smallest job id `new_job_id` can make at `time` or later: ids never go back in time (they
+    take the larger of the clock and the last id's millisecond), so every job created at or after
+    `time` has an id at least this one."""
+    ms = max(0, int(time * 1000)) & ((1 << 48) - 1)
+    return str(uuid.UUID(int=ms << 80 | 0x7 << 76 | 0b10 << 62))

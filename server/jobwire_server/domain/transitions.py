@@ -9,15 +9,15 @@ with its phase and event rows; when the guard no longer holds, nothing is writte
 Who moves a job out of each state:
 
 ========== ======================================================================
-SCHEDULED  dispatcher when due (→ QUEUED); CancelJob (→ CANCELLED)
-QUEUED     dispatcher claim (→ RUNNING); CancelJob (→ CANCELLED)
+SCHEDULED  dispatcher when due (→ QUEUED); CancelJob, CancelJobs (→ CANCELLED)
+QUEUED     dispatcher claim (→ RUNNING); CancelJob, CancelJobs (→ CANCELLED)
 RUNNING    the executor holding the attempt (→ SUCCEEDED, RETRYING, FAILED, CANCELLED,
-           QUEUED on shutdown); CancelJob only flags it; rescuer on lease expiry (→ QUEUED)
-RETRYING   dispatcher when due (→ QUEUED); CancelJob (→ CANCELLED)
-SUCCEEDED  RetryJob(from_start) (→ QUEUED); retention (→ STALE)
-FAILED     RetryJob (→ QUEUED); retention (→ STALE)
-CANCELLED  RetryJob (→ QUEUED); retention (→ STALE)
-STALE      RetryJob of a failed/cancelled job (→ QUEUED); retention deletes it
+           QUEUED on shutdown); CancelJob(s) only flag it; rescuer on lease expiry (→ QUEUED)
+RETRYING   dispatcher when due (→ QUEUED); CancelJob, CancelJobs (→ CANCELLED)
+SUCCEEDED  RetryJob(s) with from_start (→ QUEUED); retention (→ STALE)
+FAILED     RetryJob(s) (→ QUEUED); retention (→ STALE)
+CANCELLED  RetryJob(s) (→ QUEUED); retention (→ STALE)
+STALE      RetryJob(s) of a failed/cancelled job (→ QUEUED); retention deletes it
 ========== ======================================================================
 """
 

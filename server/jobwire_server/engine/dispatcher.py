@@ -26,6 +26,7 @@ from jobwire_server.store.base import (
     FireSchedules,
     InsertJobs,
     UpdateJob,
+    UpdateJobs,
     WriteOp,
 )
 
@@ -153,7 +154,7 @@ _WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 def _may_ready(op: WriteOp) -> bool:
     if isinstance(op, InsertJobs):
         return any(job.run_at <= op.now for job in op.jobs)
-    return isinstance(op, UpdateJob | FireSchedules)
+    return isinstance(op, UpdateJob | UpdateJobs | FireSchedules)
 
 
 def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
@@ -170,4 +171,6 @@ def _jobs_written(op: WriteOp, result: Any) -> list[Job]:
         return [job for f in result.fired for job in (
             *([f.cancelled.job] if f.cancelled is not None else ()),
             *([f.inserted.job] if f.inserted is not None and f.inserted.created else ()))]
+    if isinstance(op, UpdateJobs):
+        return [item[0] for item in result if isinstance(item, tuple) and item[1] is not None]
     return []

@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jobwire_server.domain.actions import plan_cancel, plan_retry
+from jobwire_server.domain.bulk import DEFAULT_BATCH, BulkSummary, cancel_builder, retry_builder
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.errors import ShuttingDown
 from jobwire_server.domain.models import Event, Job, NewJob, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
+from jobwire_server.engine import bulk
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.writer import Writer
@@ -20,13 +22,14 @@ from jobwire_server.store.base import InsertJobs, InsertResult, JobStore, Update
 
 class JobService:
     def __init__(self, store: JobStore, hub: WatchHub, writer: Writer, executor: Executor, clock: Clock,
-                 *, request_ttl: float) -> None:
+                 *, request_ttl: float, bulk_batch: int = DEFAULT_BATCH) -> None:
         self.store = store
         self.hub = hub
         self._writer = writer
         self._executor = executor
         self._clock = clock
         self._request_ttl = request_ttl
+        self.bulk_batch = bulk_batch
         self.accepting = True
 
     def check_open(self) -> None:
@@ -60,6 +63,34 @@ class JobService:
         now = self._clock.now()
         job, _ = await self._writer.write(UpdateJob(job_id, lambda j: plan_retry(j, from_start, now)), fail_fast=True)
         return job  # type: ignore[no-any-return]
+
+    async def job_ids(self, query: JobQuery) -> list[str]:
+        return await self.store.list_job_ids(query)
+
+    async def count_jobs(self, query: JobQuery) -> BulkSummary:
+        """A bulk action's dry run: the jobs `query` matches now."""
+        return bulk.dry_run(await self.store.count_jobs(query))
+
+    async def cancel_jobs(self, query: JobQuery, reason: str, *, only: Sequence[str] | None = None) -> BulkSummary:
+        """CancelJob for every job `query` matches (or only the ids in `only`), batch by batch."""
+        self.check_open()
+
+        def stop_running(jobs: list[Job]) -> None:
+            for job in jobs:
+                if job.state is JobState.RUNNING:
+                    self._executor.request_cancel(job.id, reason)
+
+        return await bulk.run(self.store, self._writer, self._clock, query,
+                              lambda now: cancel_builder(query, reason, now), batch=self.bulk_batch, only=only,
+                              check_open=self.check_open, on_changed=stop_running)
+
+    async def retry_jobs(self, query: JobQuery, from_start: bool, *,
+                         only: Sequence[str] | None = None) -> BulkSummary:
+        """RetryJob for every job `query` matches (or only the ids in `only`), batch by batch."""
+        self.check_open()
+        return await bulk.run(self.store, self._writer, self._clock, query,
+                              lambda now: retry_builder(query, from_start, now), batch=self.bulk_batch, only=only,
+                              check_open=self.check_open)
 
     async def events_after(self, job_id: str, sequence: int, limit: int = 10_000) -> list[Event]:
         return await self.store.events_after(job_id, sequence, limit)

@@ -11,6 +11,11 @@ is idle is claimed by its own enqueue's commit.
 Each caller's future resolves only after the commit; events are published to the hub first, once
 per batch. An operation refused for its own reason gets that error without failing the others.
 
+A bulk action's batch (`UpdateJobs`, hundreds of jobs) is committed in a transaction of its own,
+taking turns with the other writes: when both are waiting, the other writes go first, then one
+bulk batch, so an enqueue waits behind at most one batch, and a bulk action still moves on under a
+steady stream of other writes.
+
 When the storage cannot take writes (disk full, I/O errors, a read-only or corrupt file: a
 `StorageError`), the writer reports it once (`on_storage`: health turns NOT_SERVING), answers the
 client's writes (`fail_fast`) with that error at once, and holds the engine's own writes, then
@@ -45,6 +50,7 @@ from jobwire_server.store.base import (
     MarkStale,
     RecordDeliveryAttempt,
     UpdateJob,
+    UpdateJobs,
     WriteOp,
 )
 
@@ -90,6 +96,10 @@ class Writer:
         self._probe_delay = 0.0
         self.claimer: Claimer | None = None
         self._pending: list[_Pending] = []
+        #: Bulk batches (UpdateJobs) queued, at most (writes dropped on a storage fault are not
+        #: subtracted: `_take` counts again), and whether one goes next when other writes wait too.
+        self._bulk_queued = 0
+        self._bulk_turn = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -121,6 +131,8 @@ class Writer:
             raise _fresh(self.storage_error)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, future, fail_fast))
+        if isinstance(op, UpdateJobs):
+            self._bulk_queued += 1
         self._wake.set()
         return future
 
@@ -141,7 +153,7 @@ class Writer:
             await self._wake.wait()
             self._wake.clear()
             await self._gather()
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            batch = self._take()
             if self._pending:
                 self._wake.set()
             if batch or not self._stopping:
@@ -161,6 +173,26 @@ class Writer:
             await asyncio.sleep(0)
             quiet = quiet + 1 if len(self._pending) == seen else 0
             seen = len(self._pending)
+
+    def _take(self) -> list[_Pending]:
+        """The writes of the next transaction: up to MAX_BATCH in order, but a bulk batch only on
+        its own, taking turns with the others (see the module)."""
+        if not self._bulk_queued:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            return batch
+        bulk = [item for item in self._pending if isinstance(item[0], UpdateJobs)]
+        others = [item for item in self._pending if not isinstance(item[0], UpdateJobs)]
+        self._bulk_queued = len(bulk)
+        if others and (not bulk or not self._bulk_turn):
+            self._bulk_turn = bool(bulk)
+            self._pending = others[MAX_BATCH:] + bulk
+            return others[:MAX_BATCH]
+        self._bulk_turn = False
+        if not bulk:
+            return []
+        self._bulk_queued -= 1
+        self._pending = others + bulk[1:]
+        return bulk[:1]
 
     async def _cycle(self, batch: list[_Pending]) -> None:
         ops = [op for op, _, _ in batch]
@@ -356,6 +388,7 @@ _EVENTS: dict[type, Callable[[Any], Iterable[Event]]] = {
     ApplyChange: lambda committed: committed.events,
     InsertJobs: lambda inserted: (e for r in inserted for e in r.events),
     UpdateJob: lambda pair: pair[1].events if pair[1] is not None else (),
+    UpdateJobs: lambda results: (e for r in results if isinstance(r, tuple) and r[1] is not None for e in r[1].events),
     MarkStale: lambda committed: (e for c in committed for e in c.events),
     DeleteStale: lambda events: events,
     RecordDeliveryAttempt: lambda event: (event,),

@@ -98,6 +98,17 @@ class UpdateJob:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateJobs:
+    """→ list[(Job, Committed) | JobwireError], one per id in order: UpdateJob for each job of a
+    batch (a bulk action), the jobs read and their changes written a statement per table. A job
+    the builder refuses (raising a `JobwireError`), or that does not exist (`JobNotFound`), gets
+    that error and writes nothing; the others are written."""
+
+    job_ids: Sequence[str]
+    build: ChangeBuilder
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyChange:
     """→ Committed | None. A guarded change computed outside (the executor's outcomes, progress)."""
 
@@ -280,7 +291,7 @@ ScheduleOp = FireSchedules | CreateSchedule | ChangeSchedule | DeleteSchedule | 
 
 WriteOp = (InsertJobs | UpdateJob | ApplyChange | ClaimJobs | RenewLeases | TakeDeliveries | RecordDeliveryAttempt
            | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests
-           | ScheduleOp)
+           | ScheduleOp | UpdateJobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +328,18 @@ class JobStore(Protocol):
 
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
         """One page, newest first, and the id to continue after (None on the last page)."""
+        ...
+
+    async def list_job_ids(self, query: JobQuery) -> list[str]:
+        """Ids of up to `query.page_size` matching jobs, newest first, after its cursor."""
+        ...
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        """How many jobs match the query's filters (its page size and cursor are ignored)."""
+        ...
+
+    async def update_jobs(self, job_ids: Sequence[str], build: ChangeBuilder) -> list[Any]:
+        """`UpdateJobs` in a transaction of its own."""
         ...
 
     async def claim_jobs(self, params: ClaimParams) -> tuple[list[Committed], list[Committed]]:

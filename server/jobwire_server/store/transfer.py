@@ -6,7 +6,8 @@ jsonb, uuid and boolean). The reading side (`store/sqlite/dump.py`) yields rows 
 order named here, with Python values: str, int, float (times as epoch seconds), bytes, bool for
 flags, None; the writing side (`store/postgres/load.py`) takes them as they come. Columns only one
 store has (PostgreSQL's events `id` and `xid`, its `leaders` and `jobwire_schema` tables) are
-its own, filled by its defaults.
+its own, filled by its defaults. SQLite's `job_labels` is not copied either: it is derived from the
+jobs' labels (a trigger writes it), and PostgreSQL indexes the labels column itself.
 """
 
 from __future__ import annotations

@@ -19,6 +19,19 @@ class WebhookDeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WEBHOOK_DELIVERY_STATE_FAILED: _ClassVar[WebhookDeliveryState]
     WEBHOOK_DELIVERY_STATE_STOPPED: _ClassVar[WebhookDeliveryState]
 
+class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SKIP_REASON_UNSPECIFIED: _ClassVar[SkipReason]
+    SKIP_REASON_ALREADY_FINISHED: _ClassVar[SkipReason]
+    SKIP_REASON_ALREADY_CANCELLED: _ClassVar[SkipReason]
+    SKIP_REASON_CANCEL_ALREADY_REQUESTED: _ClassVar[SkipReason]
+    SKIP_REASON_STILL_ACTIVE: _ClassVar[SkipReason]
+    SKIP_REASON_NEEDS_FROM_START: _ClassVar[SkipReason]
+    SKIP_REASON_NOTHING_TO_RESUME: _ClassVar[SkipReason]
+    SKIP_REASON_DEDUPE_KEY_TAKEN: _ClassVar[SkipReason]
+    SKIP_REASON_NO_LONGER_MATCHES: _ClassVar[SkipReason]
+    SKIP_REASON_NOT_FOUND: _ClassVar[SkipReason]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -79,6 +92,16 @@ WEBHOOK_DELIVERY_STATE_PENDING: WebhookDeliveryState
 WEBHOOK_DELIVERY_STATE_DELIVERED: WebhookDeliveryState
 WEBHOOK_DELIVERY_STATE_FAILED: WebhookDeliveryState
 WEBHOOK_DELIVERY_STATE_STOPPED: WebhookDeliveryState
+SKIP_REASON_UNSPECIFIED: SkipReason
+SKIP_REASON_ALREADY_FINISHED: SkipReason
+SKIP_REASON_ALREADY_CANCELLED: SkipReason
+SKIP_REASON_CANCEL_ALREADY_REQUESTED: SkipReason
+SKIP_REASON_STILL_ACTIVE: SkipReason
+SKIP_REASON_NEEDS_FROM_START: SkipReason
+SKIP_REASON_NOTHING_TO_RESUME: SkipReason
+SKIP_REASON_DEDUPE_KEY_TAKEN: SkipReason
+SKIP_REASON_NO_LONGER_MATCHES: SkipReason
+SKIP_REASON_NOT_FOUND: SkipReason
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_SCHEDULED: JobState
 JOB_STATE_QUEUED: JobState
@@ -191,7 +214,7 @@ class GetJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("queue", "kind", "states", "labels", "created_after", "created_before", "page_size", "page_token")
+    __slots__ = ("queue", "kind", "states", "labels", "created_after", "created_before", "label_keys", "label_in", "finished_after", "finished_before", "page_size", "page_token")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -199,12 +222,23 @@ class ListJobsRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelInEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: LabelValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[LabelValues, _Mapping]] = ...) -> None: ...
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
     CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_IN_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     queue: str
@@ -213,9 +247,19 @@ class ListJobsRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     created_after: _timestamp_pb2.Timestamp
     created_before: _timestamp_pb2.Timestamp
+    label_keys: _containers.RepeatedScalarFieldContainer[str]
+    label_in: _containers.MessageMap[str, LabelValues]
+    finished_after: _timestamp_pb2.Timestamp
+    finished_before: _timestamp_pb2.Timestamp
     page_size: int
     page_token: str
-    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., label_keys: _Optional[_Iterable[str]] = ..., label_in: _Optional[_Mapping[str, LabelValues]] = ..., finished_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class LabelValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -348,6 +392,102 @@ class WebhookAttempt(_message.Message):
     response: str
     error: str
     def __init__(self, number: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., url: _Optional[str] = ..., status_code: _Optional[int] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., response: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class JobFilter(_message.Message):
+    __slots__ = ("queue", "kind", "states", "labels", "created_after", "created_before", "label_keys", "label_in", "finished_after", "finished_before")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelInEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: LabelValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[LabelValues, _Mapping]] = ...) -> None: ...
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_IN_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    kind: str
+    states: _containers.RepeatedScalarFieldContainer[JobState]
+    labels: _containers.ScalarMap[str, str]
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    label_keys: _containers.RepeatedScalarFieldContainer[str]
+    label_in: _containers.MessageMap[str, LabelValues]
+    finished_after: _timestamp_pb2.Timestamp
+    finished_before: _timestamp_pb2.Timestamp
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., label_keys: _Optional[_Iterable[str]] = ..., label_in: _Optional[_Mapping[str, LabelValues]] = ..., finished_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CancelJobsRequest(_message.Message):
+    __slots__ = ("filter", "all", "dry_run", "reason")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    filter: JobFilter
+    all: bool
+    dry_run: bool
+    reason: str
+    def __init__(self, filter: _Optional[_Union[JobFilter, _Mapping]] = ..., all: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelJobsResponse(_message.Message):
+    __slots__ = ("matched", "changed", "cancel_requested", "skipped", "dry_run")
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    matched: int
+    changed: int
+    cancel_requested: int
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedJobs]
+    dry_run: bool
+    def __init__(self, matched: _Optional[int] = ..., changed: _Optional[int] = ..., cancel_requested: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedJobs, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class RetryJobsRequest(_message.Message):
+    __slots__ = ("filter", "all", "dry_run", "from_start")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    filter: JobFilter
+    all: bool
+    dry_run: bool
+    from_start: bool
+    def __init__(self, filter: _Optional[_Union[JobFilter, _Mapping]] = ..., all: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., from_start: _Optional[bool] = ...) -> None: ...
+
+class RetryJobsResponse(_message.Message):
+    __slots__ = ("matched", "changed", "skipped", "dry_run")
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    matched: int
+    changed: int
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedJobs]
+    dry_run: bool
+    def __init__(self, matched: _Optional[int] = ..., changed: _Optional[int] = ..., skipped: _Optional[_Iterable[_Union[SkippedJobs, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class SkippedJobs(_message.Message):
+    __slots__ = ("reason", "count")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    reason: SkipReason
+    count: int
+    def __init__(self, reason: _Optional[_Union[SkipReason, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class PruneJobsRequest(_message.Message):
     __slots__ = ("dry_run",)

@@ -29,9 +29,10 @@ class JobServiceStub:
     """JobService creates, inspects, watches, cancels and retries jobs.
 
     Authorization: every call carries credentials that grant scopes.
-    - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
+    - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob; CancelJobs and RetryJobs when the
+    filter matches at most one job (and every dry run).
     - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
-    - `admin`: every RPC.
+    - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
     - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
     ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
@@ -154,15 +155,26 @@ class JobServiceStub:
                 request_serializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleRequest.SerializeToString,
                 response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleResponse.FromString,
                 _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/jobwire.v1.JobService/CancelJobs',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.CancelJobsResponse.FromString,
+                _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/jobwire.v1.JobService/RetryJobs',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
     """JobService creates, inspects, watches, cancels and retries jobs.
 
     Authorization: every call carries credentials that grant scopes.
-    - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
+    - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob; CancelJobs and RetryJobs when the
+    filter matches at most one job (and every dry run).
     - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
-    - `admin`: every RPC.
+    - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
     - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
     ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
@@ -227,8 +239,8 @@ class JobServiceServicer:
         Jobs deleted by retention are not listed.
 
         Errors: INVALID_ARGUMENT (negative `page_size`, a malformed or tampered `page_token`, a
-        `page_token` used with different filters, a bad queue/kind name, an unspecified state),
-        UNAVAILABLE (SHUTTING_DOWN).
+        `page_token` used with different filters, a bad queue/kind name, an unspecified state, a bad
+        label key or value, an empty `label_in` entry), UNAVAILABLE (SHUTTING_DOWN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -422,6 +434,36 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJobs(self, request, context):
+        """CancelJobs cancels every job the filter matches, as CancelJob does each one (same events,
+        webhooks and handling of RUNNING jobs), or with `dry_run` only counts them. Matching jobs are
+        taken newest first in bounded batches, each committed in its own transaction, so other writes
+        (enqueues) go on between them; jobs created after the call started are not included. Jobs that
+        cannot be cancelled (already finished, already cancelled) are counted in `skipped`, not errors.
+        A call that ends early (shutdown, client gone) keeps the batches already committed; calling it
+        again skips what was done.
+
+        A filter with no criteria at all matches every job and is refused unless `all` is true.
+        Needs `jobs:write` when the filter matches at most one job (or with `dry_run`), `admin` when it
+        matches more.
+
+        Errors: INVALID_ARGUMENT (a bad filter field, reported as `filter.<field>`; no criteria without
+        `all`; `reason` too long), PERMISSION_DENIED (more than one job matches and the token lacks
+        `admin`), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJobs(self, request, context):
+        """RetryJobs puts every finished job the filter matches back in the queue, as RetryJob does each
+        one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
+        cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -520,6 +562,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleRequest.FromString,
                     response_serializer=jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleResponse.SerializeToString,
             ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.CancelJobsRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.CancelJobsResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'jobwire.v1.JobService', rpc_method_handlers)
@@ -532,9 +584,10 @@ class JobService:
     """JobService creates, inspects, watches, cancels and retries jobs.
 
     Authorization: every call carries credentials that grant scopes.
-    - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
+    - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob; CancelJobs and RetryJobs when the
+    filter matches at most one job (and every dry run).
     - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
-    - `admin`: every RPC.
+    - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
     - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
     ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
@@ -1059,6 +1112,60 @@ class JobService:
             '/jobwire.v1.JobService/TriggerSchedule',
             jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleRequest.SerializeToString,
             jobwire_dot_v1_dot_jobwire__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/CancelJobs',
+            jobwire_dot_v1_dot_jobwire__pb2.CancelJobsRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.CancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/RetryJobs',
+            jobwire_dot_v1_dot_jobwire__pb2.RetryJobsRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.RetryJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,9 +43,10 @@ class JobServiceStub:
     """JobService creates, inspects, watches, cancels and retries jobs.
 
     Authorization: every call carries credentials that grant scopes.
-      - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
+      - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob; CancelJobs and RetryJobs when the
+        filter matches at most one job (and every dry run).
       - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
-      - `admin`: every RPC.
+      - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
       - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
         ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
@@ -102,8 +103,8 @@ class JobServiceStub:
     Jobs deleted by retention are not listed.
 
     Errors: INVALID_ARGUMENT (negative `page_size`, a malformed or tampered `page_token`, a
-    `page_token` used with different filters, a bad queue/kind name, an unspecified state),
-    UNAVAILABLE (SHUTTING_DOWN).
+    `page_token` used with different filters, a bad queue/kind name, an unspecified state, a bad
+    label key or value, an empty `label_in` entry), UNAVAILABLE (SHUTTING_DOWN).
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.CancelJobRequest, _jobwire_pb2.Job]
     """CancelJob cancels a job and returns it after the change.
@@ -233,15 +234,38 @@ class JobServiceStub:
     Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
     (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
     """
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.CancelJobsRequest, _jobwire_pb2.CancelJobsResponse]
+    """CancelJobs cancels every job the filter matches, as CancelJob does each one (same events,
+    webhooks and handling of RUNNING jobs), or with `dry_run` only counts them. Matching jobs are
+    taken newest first in bounded batches, each committed in its own transaction, so other writes
+    (enqueues) go on between them; jobs created after the call started are not included. Jobs that
+    cannot be cancelled (already finished, already cancelled) are counted in `skipped`, not errors.
+    A call that ends early (shutdown, client gone) keeps the batches already committed; calling it
+    again skips what was done.
+
+    A filter with no criteria at all matches every job and is refused unless `all` is true.
+    Needs `jobs:write` when the filter matches at most one job (or with `dry_run`), `admin` when it
+    matches more.
+
+    Errors: INVALID_ARGUMENT (a bad filter field, reported as `filter.<field>`; no criteria without
+    `all`; `reason` too long), PERMISSION_DENIED (more than one job matches and the token lacks
+    `admin`), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    RetryJobs: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.RetryJobsRequest, _jobwire_pb2.RetryJobsResponse]
+    """RetryJobs puts every finished job the filter matches back in the queue, as RetryJob does each
+    one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
+    cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
     """JobService creates, inspects, watches, cancels and retries jobs.
 
     Authorization: every call carries credentials that grant scopes.
-      - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
+      - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob; CancelJobs and RetryJobs when the
+        filter matches at most one job (and every dry run).
       - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
-      - `admin`: every RPC.
+      - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
       - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
         ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
@@ -295,8 +319,8 @@ class JobServiceAsyncStub(JobServiceStub):
     Jobs deleted by retention are not listed.
 
     Errors: INVALID_ARGUMENT (negative `page_size`, a malformed or tampered `page_token`, a
-    `page_token` used with different filters, a bad queue/kind name, an unspecified state),
-    UNAVAILABLE (SHUTTING_DOWN).
+    `page_token` used with different filters, a bad queue/kind name, an unspecified state, a bad
+    label key or value, an empty `label_in` entry), UNAVAILABLE (SHUTTING_DOWN).
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.CancelJobRequest, _jobwire_pb2.Job]  # type: ignore[assignment]
     """CancelJob cancels a job and returns it after the change.
@@ -426,14 +450,37 @@ class JobServiceAsyncStub(JobServiceStub):
     Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
     (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
     """
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.CancelJobsRequest, _jobwire_pb2.CancelJobsResponse]  # type: ignore[assignment]
+    """CancelJobs cancels every job the filter matches, as CancelJob does each one (same events,
+    webhooks and handling of RUNNING jobs), or with `dry_run` only counts them. Matching jobs are
+    taken newest first in bounded batches, each committed in its own transaction, so other writes
+    (enqueues) go on between them; jobs created after the call started are not included. Jobs that
+    cannot be cancelled (already finished, already cancelled) are counted in `skipped`, not errors.
+    A call that ends early (shutdown, client gone) keeps the batches already committed; calling it
+    again skips what was done.
+
+    A filter with no criteria at all matches every job and is refused unless `all` is true.
+    Needs `jobs:write` when the filter matches at most one job (or with `dry_run`), `admin` when it
+    matches more.
+
+    Errors: INVALID_ARGUMENT (a bad filter field, reported as `filter.<field>`; no criteria without
+    `all`; `reason` too long), PERMISSION_DENIED (more than one job matches and the token lacks
+    `admin`), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    RetryJobs: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.RetryJobsRequest, _jobwire_pb2.RetryJobsResponse]  # type: ignore[assignment]
+    """RetryJobs puts every finished job the filter matches back in the queue, as RetryJob does each
+    one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
+    cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService creates, inspects, watches, cancels and retries jobs.
 
     Authorization: every call carries credentials that grant scopes.
-      - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob.
+      - `jobs:write`: Enqueue, EnqueueBatch, CancelJob, RetryJob; CancelJobs and RetryJobs when the
+        filter matches at most one job (and every dry run).
       - `jobs:read`: GetJob, ListJobs, WatchJob, WatchEvents, GetQueueStats.
-      - `admin`: every RPC.
+      - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
       - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
         ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
@@ -509,8 +556,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         Jobs deleted by retention are not listed.
 
         Errors: INVALID_ARGUMENT (negative `page_size`, a malformed or tampered `page_token`, a
-        `page_token` used with different filters, a bad queue/kind name, an unspecified state),
-        UNAVAILABLE (SHUTTING_DOWN).
+        `page_token` used with different filters, a bad queue/kind name, an unspecified state, a bad
+        label key or value, an empty `label_in` entry), UNAVAILABLE (SHUTTING_DOWN).
         """
 
     @_abc_1.abstractmethod
@@ -729,6 +776,40 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (a bad id, a `request_id` over 128 characters), NOT_FOUND
         (SCHEDULE_NOT_FOUND), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _jobwire_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.CancelJobsResponse, _abc.Awaitable[_jobwire_pb2.CancelJobsResponse]]:
+        """CancelJobs cancels every job the filter matches, as CancelJob does each one (same events,
+        webhooks and handling of RUNNING jobs), or with `dry_run` only counts them. Matching jobs are
+        taken newest first in bounded batches, each committed in its own transaction, so other writes
+        (enqueues) go on between them; jobs created after the call started are not included. Jobs that
+        cannot be cancelled (already finished, already cancelled) are counted in `skipped`, not errors.
+        A call that ends early (shutdown, client gone) keeps the batches already committed; calling it
+        again skips what was done.
+
+        A filter with no criteria at all matches every job and is refused unless `all` is true.
+        Needs `jobs:write` when the filter matches at most one job (or with `dry_run`), `admin` when it
+        matches more.
+
+        Errors: INVALID_ARGUMENT (a bad filter field, reported as `filter.<field>`; no criteria without
+        `all`; `reason` too long), PERMISSION_DENIED (more than one job matches and the token lacks
+        `admin`), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def RetryJobs(
+        self,
+        request: _jobwire_pb2.RetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.RetryJobsResponse, _abc.Awaitable[_jobwire_pb2.RetryJobsResponse]]:
+        """RetryJobs puts every finished job the filter matches back in the queue, as RetryJob does each
+        one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
+        cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

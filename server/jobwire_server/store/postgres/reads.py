@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any
 
 import asyncpg
 
@@ -15,7 +13,7 @@ from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
 from jobwire_server.store import rows
 from jobwire_server.store.base import RetentionCounts
-from jobwire_server.store.postgres import outbox
+from jobwire_server.store.postgres import outbox, search
 from jobwire_server.store.postgres.writes import load_jobs
 
 Conn = asyncpg.Connection
@@ -29,38 +27,22 @@ async def get_job(conn: Conn, job_id: str) -> Job:
 
 
 async def list_jobs(conn: Conn, query: JobQuery) -> tuple[list[Job], str | None]:
-    where: list[str] = ["true"]
-    params: list[Any] = []
-
-    def param(value: Any) -> str:
-        params.append(value)
-        return f"${len(params)}"
-
-    for column, value in (("queue", query.queue), ("kind", query.kind)):
-        if value:
-            where.append(f"{column} = {param(value)}")
-    if query.states:
-        where.append(f"state = ANY({param(sorted(s.value for s in query.states))}::text[])")
-    if query.labels:
-        # `labels <> '{}'` lets the planner use the partial index of labelled jobs.
-        where.append(f"labels @> {param(json.dumps(dict(query.labels)))}::jsonb AND labels <> '{{}}'")
-    if query.created_after is not None:
-        where.append(f"create_time >= {param(query.created_after)}")
-    if query.created_before is not None:
-        where.append(f"create_time < {param(query.created_before)}")
-    if query.after_id:
-        where.append(f"id < {param(query.after_id)}::uuid")
     # One snapshot for the ids and the jobs, so a page is consistent.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        id_rows = await conn.fetch(
-            f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT {param(query.page_size + 1)}",
-            *params)
-        ids = [row[0] for row in id_rows]
+        ids = await search.job_ids(conn, query, query.page_size + 1)
         more = len(ids) > query.page_size
         ids = ids[: query.page_size]
         found = await load_jobs(conn, ids)
     page = [found[i] for i in ids if i in found]
     return page, (ids[-1] if more and ids else None)
+
+
+async def list_job_ids(conn: Conn, query: JobQuery) -> list[str]:
+    return await search.job_ids(conn, query, query.page_size)
+
+
+async def count_jobs(conn: Conn, query: JobQuery) -> int:
+    return await search.count_jobs(conn, query)
 
 
 async def events_after(conn: Conn, job_id: str, sequence: int, limit: int) -> list[Event]:

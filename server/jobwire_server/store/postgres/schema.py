@@ -148,6 +148,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX schedules_due ON schedules (next_fire) WHERE next_fire IS NOT NULL;
     """,
+    # 3: label search and finish-time ranges. The labels index becomes the default jsonb_ops GIN,
+    # which answers key presence (`?`) as well as containment (`@>`); finished jobs (STALE ones too)
+    # are indexed by state and finish time (with the id, so a range can be read from the index
+    # alone), which retention reads as well.
+    """
+    DROP INDEX jobs_labels;
+    CREATE INDEX jobs_labels ON jobs USING gin (labels) WHERE labels <> '{}';
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_by_finish ON jobs (state, finish_time, id) WHERE finish_time IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

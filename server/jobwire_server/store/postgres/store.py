@@ -60,9 +60,10 @@ from jobwire_server.store.base import (
     StoreError,
     TakeDeliveries,
     UpdateJob,
+    UpdateJobs,
     WriteOp,
 )
-from jobwire_server.store.postgres import batch, migrate, outbox, reads, schedules, writes
+from jobwire_server.store.postgres import batch, bulk, migrate, outbox, reads, schedules, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -339,9 +340,8 @@ class PostgresJobStore:
                 case InsertJobs():
                     events = events or any(r.created for r in result)
                     work = work or any(r.created and r.job.state is JobState.QUEUED for r in result)
-                case UpdateJob() | ApplyChange():
-                    committed = result[1] if isinstance(op, UpdateJob) else result
-                    if committed is not None:
+                case UpdateJob() | ApplyChange() | UpdateJobs():
+                    for committed in _changes_of(op, result):
                         events = True
                         work = work or committed.job.state is JobState.QUEUED
                         if any(e.type is EventType.CANCEL_REQUESTED for e in committed.events):
@@ -496,6 +496,10 @@ class PostgresJobStore:
         result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
         return result
 
+    async def update_jobs(self, job_ids: Sequence[str], build: ChangeBuilder) -> list[Any]:
+        result: list[Any] = await self._one(UpdateJobs(job_ids, build))
+        return result
+
     async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
         result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
         return result.renewed
@@ -537,6 +541,12 @@ class PostgresJobStore:
 
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
         return await self._read(reads.list_jobs, query)
+
+    async def list_job_ids(self, query: JobQuery) -> list[str]:
+        return await self._read(reads.list_job_ids, query)
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        return await self._read(reads.count_jobs, query)
 
     async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]:
         return await self._read(reads.events_after, job_id, sequence, limit)
@@ -602,6 +612,14 @@ def _fired_jobs(result: SchedulesFired) -> list[Committed]:
     return out
 
 
+def _changes_of(op: UpdateJob | ApplyChange | UpdateJobs, result: Any) -> list[Committed]:
+    """The changes a job update committed (an UpdateJobs result holds one entry per job)."""
+    if isinstance(op, ApplyChange):
+        return [result] if result is not None else []
+    pairs = result if isinstance(op, UpdateJobs) else [result]
+    return [pair[1] for pair in pairs if isinstance(pair, tuple) and pair[1] is not None]
+
+
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _conn: event.set()
 
@@ -625,6 +643,8 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
             continue
         if isinstance(op, InsertJobs | UpdateJob | ScheduleOp):
             results.append(await _refusable(conn, pending, op))
+        elif isinstance(op, UpdateJobs):
+            results.append(await bulk.update_jobs(conn, pending, op.job_ids, op.build))
         else:
             if not isinstance(op, ClaimJobs | RenewLeases):
                 await pending.flush(conn)  # the rest read or delete rows it may hold; they are rare
@@ -677,6 +697,14 @@ async def _run_one(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
             return await writes.claim_jobs(conn, pending, params)
         case RenewLeases(owner, job_ids, expires):
             return await writes.renew_leases(conn, owner, job_ids, expires)
+        case UpdateJobs(job_ids, build):
+            return await bulk.update_jobs(conn, pending, job_ids, build)
+    return await _run_upkeep(conn, pending, op)
+
+
+async def _run_upkeep(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
+    """The outbox's and retention's writes, then the schedules'."""
+    match op:
         case TakeDeliveries(now, limit, lease_until):
             return await outbox.take_due(conn, now, limit, lease_until)
         case RecordDeliveryAttempt(outcome, now, event):

@@ -3,10 +3,8 @@ reads never wait behind the writer (WAL lets them see the last commit while it w
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping
-from typing import Any
 
 from jobwire_server.domain.deliveries import DeliveryInfo
 from jobwire_server.domain.errors import JobNotFound
@@ -15,7 +13,7 @@ from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
 from jobwire_server.store import rows
 from jobwire_server.store.base import RetentionCounts
-from jobwire_server.store.sqlite import outbox
+from jobwire_server.store.sqlite import outbox, search
 from jobwire_server.store.sqlite.writes import load_jobs, scalar
 
 Conn = sqlite3.Connection
@@ -29,35 +27,25 @@ def get_job(conn: Conn, job_id: str) -> Job:
 
 
 def list_jobs(conn: Conn, query: JobQuery) -> tuple[list[Job], str | None]:
-    where: list[str] = ["1 = 1"]
-    params: list[Any] = []
-    for column, value in (("queue", query.queue), ("kind", query.kind)):
-        if value:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if query.states:
-        where.append("state IN (SELECT value FROM json_each(?))")
-        params.append(json.dumps(sorted(s.value for s in query.states)))
-    for key, value in sorted(query.labels.items()):
-        where.append("EXISTS (SELECT 1 FROM json_each(jobs.labels) AS l WHERE l.key = ? AND l.value = ?)")
-        params.extend((key, value))
-    if query.created_after is not None:
-        where.append("create_time >= ?")
-        params.append(query.created_after)
-    if query.created_before is not None:
-        where.append("create_time < ?")
-        params.append(query.created_before)
-    if query.after_id:
-        where.append("id < ?")
-        params.append(query.after_id)
-    id_rows = conn.execute(
-        f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?", (*params, query.page_size + 1))
-    ids = [row[0] for row in id_rows]
-    more = len(ids) > query.page_size
-    ids = ids[: query.page_size]
-    found = load_jobs(conn, ids)
+    # One read transaction, so the ids and the jobs come from the same snapshot.
+    conn.execute("BEGIN")
+    try:
+        ids = search.job_ids(conn, query, query.page_size + 1)
+        more = len(ids) > query.page_size
+        ids = ids[: query.page_size]
+        found = load_jobs(conn, ids)
+    finally:
+        conn.execute("COMMIT")
     page = [found[i] for i in ids if i in found]
     return page, (ids[-1] if more and ids else None)
+
+
+def list_job_ids(conn: Conn, query: JobQuery) -> list[str]:
+    return search.job_ids(conn, query, query.page_size)
+
+
+def count_jobs(conn: Conn, query: JobQuery) -> int:
+    return search.count_jobs(conn, query)
 
 
 def events_after(conn: Conn, job_id: str, sequence: int, limit: int) -> list[Event]:

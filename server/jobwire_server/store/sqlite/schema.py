@@ -131,6 +131,29 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX schedules_due ON schedules (next_fire) WHERE next_fire IS NOT NULL;
     """,
+    # 4: label search and finish-time ranges. `job_labels` holds each label of each job as a row,
+    # written by a trigger when the job is inserted (labels never change) and deleted with the job;
+    # ListJobs reads a label filter's matches from its indexes in job id order. Finished jobs (STALE
+    # ones too) are indexed by state and finish time (with the id, so a range is read from the index
+    # alone), which retention reads as well.
+    """
+    CREATE TABLE job_labels (
+        job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        key     TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        PRIMARY KEY (job_id, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX job_labels_value ON job_labels (key, value, job_id);
+    CREATE INDEX job_labels_key ON job_labels (key, job_id);
+    INSERT INTO job_labels (job_id, key, value)
+        SELECT jobs.id, l.key, l.value FROM jobs, json_each(jobs.labels) AS l WHERE jobs.labels <> '{}';
+    CREATE TRIGGER jobs_labels_insert AFTER INSERT ON jobs WHEN new.labels <> '{}' BEGIN
+        INSERT INTO job_labels (job_id, key, value) SELECT new.id, l.key, l.value FROM json_each(new.labels) AS l;
+    END;
+
+    DROP INDEX jobs_finished;
+    CREATE INDEX jobs_by_finish ON jobs (state, finish_time, id) WHERE finish_time IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -48,9 +48,10 @@ from jobwire_server.store.base import (
     StoreError,
     TakeDeliveries,
     UpdateJob,
+    UpdateJobs,
     WriteOp,
 )
-from jobwire_server.store.sqlite import migrate, outbox, reads, schedules, writes
+from jobwire_server.store.sqlite import bulk, migrate, outbox, reads, schedules, writes
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
 Conn = sqlite3.Connection
@@ -187,6 +188,10 @@ class SqliteJobStore:
         result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
         return result
 
+    async def update_jobs(self, job_ids: Sequence[str], build: ChangeBuilder) -> list[Any]:
+        result: list[Any] = await self._one(UpdateJobs(job_ids, build))
+        return result
+
     async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
         result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
         return result.renewed
@@ -228,6 +233,12 @@ class SqliteJobStore:
 
     async def list_jobs(self, query: JobQuery) -> tuple[list[Job], str | None]:
         return await self._read(reads.list_jobs, query)
+
+    async def list_job_ids(self, query: JobQuery) -> list[str]:
+        return await self._read(reads.list_job_ids, query)
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        return await self._read(reads.count_jobs, query)
 
     async def events_after(self, job_id: str, sequence: int, limit: int) -> list[Event]:
         return await self._read(reads.events_after, job_id, sequence, limit)
@@ -315,6 +326,8 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
             continue
         if isinstance(op, InsertJobs | UpdateJob | ScheduleOp):
             results.append(_refusable(conn, op))
+        elif isinstance(op, UpdateJobs):
+            results.append(bulk.update_jobs(conn, op.job_ids, op.build))
         else:
             results.append(_run_one(conn, op))
         index += 1
@@ -347,6 +360,14 @@ def _run_one(conn: Conn, op: WriteOp) -> Any:
             return writes.claim_jobs(conn, params)
         case RenewLeases(owner, job_ids, expires):
             return writes.renew_leases(conn, owner, job_ids, expires)
+        case UpdateJobs(job_ids, build):
+            return bulk.update_jobs(conn, job_ids, build)
+    return _run_upkeep(conn, op)
+
+
+def _run_upkeep(conn: Conn, op: WriteOp) -> Any:
+    """The outbox's and retention's writes, then the schedules'."""
+    match op:
         case TakeDeliveries(now, limit, lease_until):
             return outbox.take_due(conn, now, limit, lease_until)
         case RecordDeliveryAttempt(outcome, now, event):
