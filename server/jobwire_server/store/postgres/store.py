@@ -719,6 +719,8 @@ async def _run_upkeep(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
             return await outbox.prune_log(conn, before, limit)
         case PruneRequests(now, limit):
             return await writes.prune_requests(conn, now, limit)
+    if not isinstance(op, ScheduleOp):
+        raise TypeError(f"unknown write operation {op!r}")
     return await schedules.run(conn, pending, op)  # the schedule operations (anything else: TypeError)
 
 

@@ -382,6 +382,8 @@ def _run_upkeep(conn: Conn, op: WriteOp) -> Any:
             return outbox.prune_log(conn, before, limit)
         case PruneRequests(now, limit):
             return writes.prune_requests(conn, now, limit)
+    if not isinstance(op, ScheduleOp):
+        raise TypeError(f"unknown write operation {op!r}")
     return schedules.run(conn, op)  # the schedule operations (anything else: TypeError)
 
 
