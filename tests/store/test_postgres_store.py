@@ -179,3 +179,29 @@ async def test_label_filters_can_use_the_labels_index(pg_url: str) -> None:
         assert "jobs_by_finish" in plan, plan
     finally:
         await conn.close()
+
+
+async def test_a_receiver_answer_holding_nul_is_logged_with_a_replacement_character(pg_url: str) -> None:
+    # A webhook receiver may answer anything: its bytes must not fail the write that logs them.
+    from dataclasses import replace as with_fields
+
+    from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Verdict
+    from jobwire_server.domain.models import Webhook
+    from jobwire_server.domain.states import EventType
+    from jobwire_server.domain.transitions import finish_phase
+
+    store = PostgresJobStore(pg_url)
+    await store.open()
+    try:
+        hook = Webhook("https://h.example.com/x", (EventType.SUCCEEDED,))
+        await insert(store, with_fields(nj(phases=("only",)), webhook=hook))
+        running = await claim_one(store)
+        await store.apply_changes([finish_phase(running, 0, b"", T0 + 1)])
+        (taken,) = await store.take_deliveries(T0 + 2, 10, lease_until=T0 + 60)
+        record = AttemptRecord(1, T0 + 2, hook.url, 500, 0.1, "bad\x00body", "HTTP 500\x00")
+        await store.record_delivery_attempt(AttemptOutcome(taken, record, Verdict.RETRY, next_at=T0 + 10), T0 + 2,
+                                            None)
+        (info,) = await store.job_deliveries(running.id)
+        assert info.log[0].response == "bad\ufffdbody" and info.last_error == "HTTP 500\ufffd"
+    finally:
+        await store.close()

@@ -487,3 +487,10 @@ def test_arbitrary_bytes_only_raise_domain_errors(data: bytes) -> None:
             continue
         with contextlib.suppress(InvalidArgument, PayloadTooLarge):
             check(message)
+
+
+def test_keys_and_label_values_holding_nul_are_refused() -> None:
+    for request, field in ((_req(dedupe_key="a\x00b"), "dedupe_key"), (_req(request_id="r\x00"), "request_id"),
+                           (_req(labels={"env": "p\x00"}), "labels")):
+        problems = [x for x in _violations(request) if x.field == field]
+        assert problems and v.NO_NUL in problems[0].description, problems

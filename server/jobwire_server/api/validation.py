@@ -54,6 +54,8 @@ MAX_URL = 2048
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,63}$")
 #: Values one `label_in` key may list.
 MAX_LABEL_IN_VALUES = 100
+#: Keys and values are compared and indexed as text, and PostgreSQL text cannot hold NUL.
+NO_NUL = "must not contain NUL characters"
 #: Characters of a cancel reason.
 MAX_REASON = 1024
 MAX_PAGE_TOKEN = 1024
@@ -167,6 +169,8 @@ def _check_labels(labels: Mapping[str, str], field: str, max_labels: int, out: _
             out.add(field, f"label key {_show(key)} must be 1–63 letters, digits, '.', '_', '/' or '-'", field)
         if len(value) > MAX_LABEL_VALUE:
             out.add(field, f"value of label {_show(key)} is {len(value)} characters; at most {MAX_LABEL_VALUE}", field)
+        if "\x00" in value:
+            out.add(field, f"value of label {_show(key)} {NO_NUL}", field)
     return dict(sorted(labels.items()))
 
 
@@ -311,6 +315,9 @@ def enqueue_to_new_job(req: jobwire_pb2.EnqueueRequest, registry: Registry, now:
         out.add("dedupe_key", f"must be at most {MAX_DEDUPE_KEY} characters, got {len(req.dedupe_key)}")
     if len(req.request_id) > MAX_REQUEST_ID:
         out.add("request_id", f"must be at most {MAX_REQUEST_ID} characters, got {len(req.request_id)}")
+    for field, value in (("dedupe_key", req.dedupe_key), ("request_id", req.request_id)):
+        if "\x00" in value:
+            out.add(field, NO_NUL)
     labels = _check_labels(req.labels, "labels", limits.max_labels, out)
     webhook = _webhook(req.webhook, "webhook", out) if req.HasField("webhook") else None
 

@@ -41,6 +41,12 @@ def encode(rows: Sequence[Sequence[Any]]) -> str:
     return _NUL.sub(r"\\ufffd", text) if "u0000" in text else text
 
 
+def text(value: str) -> str:
+    """`value` as PostgreSQL text can hold it (NUL as U+FFFD): for text a receiver or a handler
+    wrote, sent as a plain parameter."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 def _bytes_as_hex(value: object) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()

@@ -18,6 +18,7 @@ from jobwire_server.domain.deliveries import (
     deliveries_for,
 )
 from jobwire_server.domain.models import Event
+from jobwire_server.store.postgres import batch
 
 Conn = asyncpg.Connection
 
@@ -92,7 +93,7 @@ async def record_attempt(conn: Conn, outcome: AttemptOutcome, now: float) -> boo
     found = await conn.fetchval(
         "UPDATE deliveries SET attempts = $1, state = $2, next_at = $3, lease_until = NULL, update_time = $4, "
         "last_error = $5, gone = $6 WHERE id = $7 AND state = 'PENDING' RETURNING id",
-        r.number, state.value, outcome.next_at or now, now, r.error, outcome.verdict is Verdict.GONE, d.id)
+        r.number, state.value, outcome.next_at or now, now, batch.text(r.error), outcome.verdict is Verdict.GONE, d.id)
     if found is None:
         return False
     await conn.execute(
@@ -100,7 +101,7 @@ async def record_attempt(conn: Conn, outcome: AttemptOutcome, now: float) -> boo
         "error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (delivery_id, number) DO UPDATE SET "
         "time = excluded.time, url = excluded.url, status_code = excluded.status_code, latency = excluded.latency, "
         "response = excluded.response, error = excluded.error",
-        d.id, r.number, d.job_id, r.time, r.url, r.status_code, r.latency, r.response, r.error)
+        d.id, r.number, d.job_id, r.time, r.url, r.status_code, r.latency, batch.text(r.response), batch.text(r.error))
     if outcome.verdict is Verdict.GONE:
         await conn.execute(
             "UPDATE deliveries SET state = 'STOPPED', lease_until = NULL, update_time = $1 "
