@@ -4,12 +4,14 @@ template, plus what only PostgreSQL has (schema versions, start-up errors, notif
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace as with_fields
 
 import asyncpg
 import pytest
-from jobwire_server.domain.models import JobError
-from jobwire_server.domain.states import JobState
-from jobwire_server.domain.transitions import fail
+from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Verdict
+from jobwire_server.domain.models import JobError, Webhook
+from jobwire_server.domain.states import EventType, JobState
+from jobwire_server.domain.transitions import fail, finish_phase
 from jobwire_server.store.postgres import PostgresJobStore
 from jobwire_server.store.postgres.schema import SCHEMA_VERSION
 from jobwire_server.store.postgres.store import StoreError, display_url
@@ -183,13 +185,6 @@ async def test_label_filters_can_use_the_labels_index(pg_url: str) -> None:
 
 async def test_a_receiver_answer_holding_nul_is_logged_with_a_replacement_character(pg_url: str) -> None:
     # A webhook receiver may answer anything: its bytes must not fail the write that logs them.
-    from dataclasses import replace as with_fields
-
-    from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Verdict
-    from jobwire_server.domain.models import Webhook
-    from jobwire_server.domain.states import EventType
-    from jobwire_server.domain.transitions import finish_phase
-
     store = PostgresJobStore(pg_url)
     await store.open()
     try:
