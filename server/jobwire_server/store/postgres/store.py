@@ -91,6 +91,10 @@ IDLE_IN_TRANSACTION_TIMEOUT = "5s"
 _EPOCH_2000 = 946_684_800.0
 
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+#: What a statement may raise when the database or the connection to it fails. asyncpg's
+#: InternalClientError is a connection left mid-operation by a session the server ended.
+_CONNECTION_TROUBLE = (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                       OSError)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -264,7 +268,7 @@ class PostgresJobStore:
                         if attempt == TRANSIENT_RETRIES:
                             raise
                         await asyncio.sleep(0.001 * 2 ** attempt)
-            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except _CONNECTION_TROUBLE as exc:
                 mapped = self._storage_error(exc)
                 if mapped is not exc and self._writer is not None:
                     # The next write (or probe) starts on a fresh session: the server may have been
@@ -298,7 +302,8 @@ class PostgresJobStore:
             if self.on_corrupt is not None:
                 self.on_corrupt(corrupt)
             return corrupt
-        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError | asyncio.TimeoutError
+        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError
+                      | OSError | asyncio.TimeoutError
                       | asyncpg.OperatorInterventionError | asyncpg.ReadOnlySQLTransactionError
                       | asyncpg.InsufficientPrivilegeError | asyncpg.ConnectionDoesNotExistError
                       | asyncpg.DeadlockDetectedError | asyncpg.SerializationError):
@@ -318,7 +323,7 @@ class PostgresJobStore:
         try:
             async with self._pool.acquire() as conn:
                 yield conn
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except _CONNECTION_TROUBLE as exc:
             mapped = self._storage_error(exc)
             if mapped is exc:
                 raise
