@@ -26,7 +26,7 @@ from jobwire_server.domain.states import EventType
 from jobwire_server.store.base import UpdateJobs, WriteOp
 
 from tests.conftest import StartServer
-from tests.testkit import Gate, Harness, Recorder, enqueue, gate
+from tests.testkit import Gate, Harness, Recorder, enqueue, finished, gate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,10 +151,8 @@ async def test_dry_run_counts_and_changes_nothing_and_all_is_needed_for_everythi
 async def test_cancel_jobs_cancels_what_matches_and_says_what_it_skipped(
         stub: jobwire_pb2_grpc.JobServiceStub) -> None:
     done = (await stub.Enqueue(pb.EnqueueRequest(kind="noop", queue="media", labels={"env": "prod"}))).job.id
-    for _ in range(100):
-        if await _state(stub, done) == SUCCEEDED:
-            break
-        await asyncio.sleep(0.05)
+    await finished(stub, done)
+    assert await _state(stub, done) == SUCCEEDED
     waiting = await _enqueue(stub, 4, kind="noop", queue="media", delay=FAR, labels={"env": "prod"})
     staging = await _enqueue(stub, 1, kind="noop", queue="media", delay=FAR, labels={"env": "staging"})
     await stub.CancelJob(pb.CancelJobRequest(id=waiting[0]))
@@ -243,7 +241,7 @@ async def _enqueue_latencies_during(stub: jobwire_pb2_grpc.JobServiceStub, actio
                 latencies.append(time.perf_counter() - started)
 
     tasks = [asyncio.create_task(keep_enqueueing()) for _ in range(clients)]
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # sleep-ok: the enqueuers warm up before their latencies count
     running = True
     try:
         reply = await action()

@@ -60,7 +60,7 @@ async def test_connections_cut_by_the_server_are_opened_again(served: tuple[App,
                 break
             except grpc.aio.AioRpcError as err:
                 assert err.code() is grpc.StatusCode.UNAVAILABLE, err
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # sleep-ok: a client's backoff before it retries UNAVAILABLE
     assert (await stub.GetJob(pb.GetJobRequest(id=made.id))).id == made.id
 
 
