@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
+from jobwire_server.domain.deliveries import AttemptOutcome, DeliveryInfo
 from jobwire_server.domain.errors import (
     JobwireError,
     SchemaTooNew,
@@ -30,24 +30,18 @@ from jobwire_server.domain.errors import (
     StorageFull,
     StorageUnavailable,
 )
-from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
+from jobwire_server.domain.models import Event, Job, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import EventType, JobState
-from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store import rows
 from jobwire_server.store.base import (
     ApplyChange,
-    ChangeBuilder,
     ClaimJobs,
-    ClaimParams,
-    ClaimResult,
     Committed,
     DeleteStale,
     FireSchedules,
     InsertJobs,
-    InsertResult,
-    LeaseRenewal,
     MarkStale,
     PruneDeliveryLog,
     PruneRequests,
@@ -63,6 +57,7 @@ from jobwire_server.store.base import (
     UpdateJobs,
     WriteOp,
 )
+from jobwire_server.store.operations import SingleOperations
 from jobwire_server.store.postgres import batch, bulk, migrate, outbox, reads, schedules, writes
 
 log = logging.getLogger("jobwire.store")
@@ -158,7 +153,7 @@ def connection_settings(url: str) -> tuple[str, dict[str, Any]]:
     return dsn, settings
 
 
-class PostgresJobStore:
+class PostgresJobStore(SingleOperations):
     """`JobStore` on a PostgreSQL database, shared by any number of replicas."""
 
     #: The engine runs cross-replica duties (tailing events, wake-ups, leader election) on it.
@@ -309,12 +304,6 @@ class PostgresJobStore:
                       | asyncpg.DeadlockDetectedError | asyncpg.SerializationError):
             return StorageUnavailable(self.name, detail)
         return exc  # type: ignore[return-value]
-
-    async def _one(self, op: WriteOp) -> Any:
-        (result,) = await self.write([op])
-        if isinstance(result, JobwireError):
-            raise result
-        return result
 
     @contextlib.asynccontextmanager
     async def _reader(self) -> Any:
@@ -483,61 +472,6 @@ class PostgresJobStore:
     async def resign_leadership(self, duty: str, holder: str) -> None:
         async with self._reader() as conn:
             await conn.execute("DELETE FROM leaders WHERE duty = $1 AND holder = $2", duty, holder)
-
-    # ------------------------------------------------------------------ single operations
-
-    async def insert_jobs(self, jobs: Sequence[NewJob], now: float, request_ttl: float) -> list[InsertResult]:
-        result: list[InsertResult] = await self._one(InsertJobs(jobs, now, request_ttl))
-        return result
-
-    async def claim_jobs(self, params: ClaimParams) -> tuple[list[Committed], list[Committed]]:
-        result: ClaimResult = await self._one(ClaimJobs(params))
-        return result.promoted, result.claimed
-
-    async def apply_changes(self, changes: Sequence[JobChange]) -> list[Committed | None]:
-        return await self.write([ApplyChange(c) for c in changes])
-
-    async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
-        result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
-        return result
-
-    async def update_jobs(self, job_ids: Sequence[str], build: ChangeBuilder) -> list[Any]:
-        result: list[Any] = await self._one(UpdateJobs(job_ids, build))
-        return result
-
-    async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
-        result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
-        return result.renewed
-
-    async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
-        result: list[Delivery] = await self._one(TakeDeliveries(now, limit, lease_until))
-        return result
-
-    async def record_delivery_attempt(
-        self, outcome: AttemptOutcome, now: float, event: PendingEvent | None
-    ) -> Event | None:
-        result: Event | None = await self._one(RecordDeliveryAttempt(outcome, now, event))
-        return result
-
-    async def release_delivery_leases(self, now: float) -> int:
-        result: int = await self._one(ReleaseDeliveryLeases(now))
-        return result
-
-    async def mark_stale(self, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
-        result: list[Committed] = await self._one(MarkStale(finished_before, now, limit))
-        return result
-
-    async def delete_stale(self, stale_before: float, now: float, limit: int) -> list[Event]:
-        result: list[Event] = await self._one(DeleteStale(stale_before, now, limit))
-        return result
-
-    async def prune_delivery_log(self, before: float, limit: int) -> int:
-        result: int = await self._one(PruneDeliveryLog(before, limit))
-        return result
-
-    async def prune_requests(self, now: float, limit: int) -> int:
-        result: int = await self._one(PruneRequests(now, limit))
-        return result
 
     # ------------------------------------------------------------------ reads
 

@@ -16,12 +16,11 @@ from typing import Any
 
 import asyncpg
 
-from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused
-from jobwire_server.domain.ids import new_job_id
+from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
-from jobwire_server.store import rows
+from jobwire_server.store import plans, rows
 from jobwire_server.store.base import (
     ChangeBuilder,
     ClaimParams,
@@ -76,7 +75,6 @@ FROM {batch.rows_of(1, _CHANGE_ROW)}
 WHERE j.id = u.id AND j.state = u.old_state AND j.attempt = u.old_attempt
 """
 
-_WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
 
 
 class Pending:
@@ -197,42 +195,10 @@ def write_details(pending: Pending, written: Sequence[tuple[JobChange, Job]]) ->
 
 async def insert_jobs(conn: Conn, pending: Pending, new_jobs: Sequence[NewJob], now: float,
                       ttl: float) -> list[InsertResult]:
-    known_requests = await _known_requests(conn, new_jobs, now)
-    active = await _active_dedupe_keys(conn, new_jobs)
-    created: list[Job] = []
-    outcome: list[tuple[str, bool, bool]] = []  # (job id, deduplicated, created)
-    request_rows: dict[str, tuple[str, str, str, float]] = {}
-    for new in new_jobs:
-        if new.request_id in known_requests:
-            fingerprint, job_id = known_requests[new.request_id]
-            if fingerprint != new.fingerprint:
-                raise RequestIdReused(new.request_id)
-            outcome.append((job_id, False, False))
-            continue
-        if new.dedupe_key and (new.queue, new.dedupe_key) in active:
-            job_id = active[(new.queue, new.dedupe_key)]
-            outcome.append((job_id, True, False))
-        else:
-            job = _job_from_new(new, now)
-            created.append(job)
-            job_id = job.id
-            outcome.append((job_id, False, True))
-            if new.dedupe_key:
-                active[(new.queue, new.dedupe_key)] = job_id
-        if new.request_id:
-            known_requests[new.request_id] = (new.fingerprint, job_id)
-            request_rows[new.request_id] = (new.request_id, new.fingerprint, job_id, now + ttl)
-    await _insert_rows(conn, pending, created, list(request_rows.values()), now)
-    existing = await load_jobs(conn, [job_id for job_id, _, made in outcome if not made], pending=pending)
-    fresh = {job.id: job for job in created}
-    results = []
-    for job_id, deduplicated, made in outcome:
-        if made:
-            job = fresh[job_id]
-            event = Event(job.id, 1, EventType.ENQUEUED, now, job.queue, job.kind, job=job)
-            results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
-        else:
-            results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
+    plan = plans.plan_inserts(new_jobs, await _known_requests(conn, new_jobs, now),
+                              await _active_dedupe_keys(conn, new_jobs), now, ttl)
+    await _insert_rows(conn, pending, plan.created, plan.request_rows, now)
+    results = plans.insert_results(plan, await load_jobs(conn, plan.existing_ids, pending=pending), now)
     pending.outbox.extend(e for r in results if r.job.webhook is not None for e in r.events)
     return results
 
@@ -280,16 +246,6 @@ async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
             raise Conflict
 
 
-def _job_from_new(new: NewJob, now: float) -> Job:
-    return Job(
-        id=new_job_id(now), queue=new.queue, kind=new.kind, payload=new.payload, priority=new.priority,
-        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED, max_attempts=new.max_attempts,
-        phases=tuple(Phase(name) for name in new.phase_names), create_time=now, update_time=now,
-        run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
-        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1,
-    )
-
-
 def _job_params(job: Job) -> tuple[Any, ...]:
     return (
         job.id, job.queue, job.kind, job.payload, job.priority, job.state.value, job.attempt,
@@ -322,11 +278,11 @@ async def apply_changes(conn: Conn, pending: Pending, changes: Sequence[JobChang
     written: list[tuple[int, JobChange, int]] = []
     for index, change in enumerate(changes):
         row = current.get(change.job.id)
-        if row is None or not _passes(change, row[0], row[1]):
+        if row is None or not plans.passes(change, row[0], row[1]):
             continue
         seq = row[2] + len(change.events)
         row[0], row[1], row[2] = change.job.state.value, change.job.attempt, seq
-        if change.reason.value in _WRITES_CANCEL_FLAGS:
+        if change.reason.value in plans.WRITES_CANCEL_FLAGS:
             row[3], row[4] = change.job.cancel_requested, change.job.cancel_reason
         written.append((index, change, seq))
     if not written:
@@ -371,7 +327,7 @@ async def _apply_each_once(conn: Conn, pending: Pending, changes: Sequence[JobCh
 
 def _guarded_params(change: JobChange) -> tuple[Any, ...]:
     job = change.job
-    return (*_change_params(job, "", 0)[:12], change.reason.value in _WRITES_CANCEL_FLAGS, job.cancel_requested,
+    return (*_change_params(job, "", 0)[:12], change.reason.value in plans.WRITES_CANCEL_FLAGS, job.cancel_requested,
             job.cancel_reason, ",".join(s.value for s in change.guard), change.attempt, len(change.events))
 
 
@@ -417,10 +373,6 @@ async def update_job(conn: Conn, pending: Pending, job_id: str, build: ChangeBui
     if committed is None:  # cannot happen: the row has been locked since the read
         raise RuntimeError(f"guarded write of job {job_id} did not apply")
     return committed.job, committed
-
-
-def _passes(change: JobChange, state: str, attempt: int) -> bool:
-    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
 
 
 def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...]:

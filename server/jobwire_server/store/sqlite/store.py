@@ -14,29 +14,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
+from jobwire_server.domain.deliveries import AttemptOutcome, DeliveryInfo
 from jobwire_server.domain.errors import (
     JobwireError,
     StorageCorrupt,
     StorageFull,
     StorageUnavailable,
 )
-from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
+from jobwire_server.domain.models import Event, Job, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import JobState
-from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store.base import (
     ApplyChange,
-    ChangeBuilder,
     ClaimJobs,
-    ClaimParams,
-    ClaimResult,
-    Committed,
     DeleteStale,
     InsertJobs,
-    InsertResult,
-    LeaseRenewal,
     MarkStale,
     PruneDeliveryLog,
     PruneRequests,
@@ -51,6 +44,7 @@ from jobwire_server.store.base import (
     UpdateJobs,
     WriteOp,
 )
+from jobwire_server.store.operations import SingleOperations
 from jobwire_server.store.sqlite import bulk, migrate, outbox, reads, schedules, writes
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
@@ -58,7 +52,7 @@ Conn = sqlite3.Connection
 T = TypeVar("T")
 
 
-class SqliteJobStore:
+class SqliteJobStore(SingleOperations):
     """`JobStore` on one SQLite file."""
 
     def __init__(self, path: str, *, synchronous: str = "FULL", integrity_check: bool = True) -> None:
@@ -154,12 +148,6 @@ class SqliteJobStore:
             return StorageUnavailable(self.path, str(exc))
         return exc
 
-    async def _one(self, op: WriteOp) -> Any:
-        (result,) = await self.write([op])
-        if isinstance(result, JobwireError):
-            raise result
-        return result
-
     async def _read(self, function: Callable[..., T], *args: Any) -> T:
         if self._reader is None:
             raise StoreError("store is closed")
@@ -169,62 +157,6 @@ class SqliteJobStore:
             raise StoreError("store is closed") from None
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
-
-    # ------------------------------------------------------------------ single operations
-
-    async def insert_jobs(self, jobs: Sequence[NewJob], now: float, request_ttl: float) -> list[InsertResult]:
-        result: list[InsertResult] = await self._one(InsertJobs(jobs, now, request_ttl))
-        return result
-
-    async def claim_jobs(self, params: ClaimParams) -> tuple[list[Committed], list[Committed]]:
-        result: ClaimResult = await self._one(ClaimJobs(params))
-        return result.promoted, result.claimed
-
-    async def apply_changes(self, changes: Sequence[JobChange]) -> list[Committed | None]:
-        return await self.write([ApplyChange(c) for c in changes])
-
-
-    async def update_job(self, job_id: str, build: ChangeBuilder) -> tuple[Job, Committed | None]:
-        result: tuple[Job, Committed | None] = await self._one(UpdateJob(job_id, build))
-        return result
-
-    async def update_jobs(self, job_ids: Sequence[str], build: ChangeBuilder) -> list[Any]:
-        result: list[Any] = await self._one(UpdateJobs(job_ids, build))
-        return result
-
-    async def renew_leases(self, owner: str, job_ids: Sequence[str], expires: float) -> int:
-        result: LeaseRenewal = await self._one(RenewLeases(owner, job_ids, expires))
-        return result.renewed
-
-    async def take_deliveries(self, now: float, limit: int, lease_until: float) -> list[Delivery]:
-        result: list[Delivery] = await self._one(TakeDeliveries(now, limit, lease_until))
-        return result
-
-    async def record_delivery_attempt(
-        self, outcome: AttemptOutcome, now: float, event: PendingEvent | None
-    ) -> Event | None:
-        result: Event | None = await self._one(RecordDeliveryAttempt(outcome, now, event))
-        return result
-
-    async def release_delivery_leases(self, now: float) -> int:
-        result: int = await self._one(ReleaseDeliveryLeases(now))
-        return result
-
-    async def mark_stale(self, finished_before: Mapping[JobState, float], now: float, limit: int) -> list[Committed]:
-        result: list[Committed] = await self._one(MarkStale(finished_before, now, limit))
-        return result
-
-    async def delete_stale(self, stale_before: float, now: float, limit: int) -> list[Event]:
-        result: list[Event] = await self._one(DeleteStale(stale_before, now, limit))
-        return result
-
-    async def prune_delivery_log(self, before: float, limit: int) -> int:
-        result: int = await self._one(PruneDeliveryLog(before, limit))
-        return result
-
-    async def prune_requests(self, now: float, limit: int) -> int:
-        result: int = await self._one(PruneRequests(now, limit))
-        return result
 
     # ------------------------------------------------------------------ reads
 

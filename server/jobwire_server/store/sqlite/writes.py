@@ -10,12 +10,11 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jobwire_server.domain.errors import InvalidTransition, JobNotFound, RequestIdReused
-from jobwire_server.domain.ids import new_job_id
+from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
-from jobwire_server.store import rows
+from jobwire_server.store import plans, rows
 from jobwire_server.store.base import (
     ChangeBuilder,
     ClaimParams,
@@ -49,7 +48,6 @@ UPDATE jobs SET state = ?, attempt = ?, uncounted_attempts = ?, progress_pct = ?
 WHERE id = ? AND state = ? AND attempt = ?
 """
 
-_WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
 _NEXT_DUE = "SELECT min(run_at) FROM jobs WHERE state IN ('SCHEDULED', 'RETRYING')"
 
 
@@ -112,43 +110,11 @@ def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list
 
 
 def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: float) -> list[InsertResult]:
-    known_requests = _known_requests(conn, new_jobs, now)
-    active = _active_dedupe_keys(conn, new_jobs)
-    created: list[Job] = []
-    outcome: list[tuple[str, bool, bool]] = []  # (job id, deduplicated, created)
-    request_rows: list[tuple[str, str, str, float]] = []
-    for new in new_jobs:
-        if new.request_id in known_requests:
-            fingerprint, job_id = known_requests[new.request_id]
-            if fingerprint != new.fingerprint:
-                raise RequestIdReused(new.request_id)
-            outcome.append((job_id, False, False))
-            continue
-        if new.dedupe_key and (new.queue, new.dedupe_key) in active:
-            job_id = active[(new.queue, new.dedupe_key)]
-            outcome.append((job_id, True, False))
-        else:
-            job = _job_from_new(new, now)
-            created.append(job)
-            job_id = job.id
-            outcome.append((job_id, False, True))
-            if new.dedupe_key:
-                active[(new.queue, new.dedupe_key)] = job_id
-        if new.request_id:
-            known_requests[new.request_id] = (new.fingerprint, job_id)
-            request_rows.append((new.request_id, new.fingerprint, job_id, now + ttl))
-    _insert_rows(conn, created, request_rows)
-    existing = load_jobs(conn, [job_id for job_id, _, made in outcome if not made])
-    fresh = {job.id: job for job in created}
-    results = []
-    for job_id, deduplicated, made in outcome:
-        if made:
-            job = fresh[job_id]
-            event = Event(job.id, 1, EventType.ENQUEUED, now, job.queue, job.kind, job=job)
-            results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
-        else:
-            results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
-    if any(job.webhook is not None for job in created):
+    plan = plans.plan_inserts(new_jobs, _known_requests(conn, new_jobs, now), _active_dedupe_keys(conn, new_jobs),
+                              now, ttl)
+    _insert_rows(conn, plan.created, plan.request_rows)
+    results = plans.insert_results(plan, load_jobs(conn, plan.existing_ids), now)
+    if any(job.webhook is not None for job in plan.created):
         outbox.add_deliveries(conn, (e for r in results for e in r.events))
     return results
 
@@ -185,16 +151,6 @@ def _insert_rows(conn: Conn, jobs: Sequence[Job], request_rows: Sequence[tuple[s
         conn.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", request_rows)
 
 
-def _job_from_new(new: NewJob, now: float) -> Job:
-    return Job(
-        id=new_job_id(now), queue=new.queue, kind=new.kind, payload=new.payload, priority=new.priority,
-        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED, max_attempts=new.max_attempts,
-        phases=tuple(Phase(name) for name in new.phase_names), create_time=now, update_time=now,
-        run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
-        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1,
-    )
-
-
 def _job_params(job: Job) -> tuple[Any, ...]:
     return (
         job.id, job.queue, job.kind, job.payload, job.priority, job.state.value, job.attempt,
@@ -225,12 +181,12 @@ def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | 
     written: list[tuple[int, JobChange, int]] = []
     for index, change in enumerate(changes):
         row = current.get(change.job.id)
-        if row is None or not _passes(change, row[0], row[1]):
+        if row is None or not plans.passes(change, row[0], row[1]):
             continue
         state, attempt, seq = row[0], row[1], row[2] + len(change.events)
         params.append(_change_params(change, seq, state, attempt))
         row[0], row[1], row[2] = change.job.state.value, change.job.attempt, seq
-        if change.reason.value in _WRITES_CANCEL_FLAGS:
+        if change.reason.value in plans.WRITES_CANCEL_FLAGS:
             row[3], row[4] = int(change.job.cancel_requested), change.job.cancel_reason
         written.append((index, change, seq))
     if params:
@@ -275,13 +231,9 @@ def _lease_expired(conn: Conn, job_id: str, before: float) -> bool:
     return found.fetchone() is not None
 
 
-def _passes(change: JobChange, state: str, attempt: int) -> bool:
-    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
-
-
 def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tuple[Any, ...]:
     job = change.job
-    writes_cancel = change.reason.value in _WRITES_CANCEL_FLAGS
+    writes_cancel = change.reason.value in plans.WRITES_CANCEL_FLAGS
     return (
         job.state.value, job.attempt, job.uncounted_attempts, float(job.progress.percent), job.progress.message,
         rows.error_to_json(job.error), rows.history_to_json(job.error_history), float(job.run_at), job.start_time,

@@ -1,0 +1,90 @@
+"""What a write will do, decided in Python from what the store read: shared by both stores, whose
+SQL only reads the facts and writes the outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from jobwire_server.domain.errors import RequestIdReused
+from jobwire_server.domain.ids import new_job_id
+from jobwire_server.domain.models import Event, Job, NewJob, Phase
+from jobwire_server.domain.states import EventType, JobState
+from jobwire_server.domain.transitions import JobChange
+from jobwire_server.store.base import InsertResult
+
+#: The change reasons that set (or clear) the cancel flags; other changes leave the stored ones.
+WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
+
+
+def passes(change: JobChange, state: str, attempt: int) -> bool:
+    """Whether a row in `state` at `attempt` is one `change` may be written over."""
+    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
+
+
+@dataclass
+class InsertPlan:
+    """An enqueue batch decided: the jobs to create, each request's outcome in order
+    (job id, deduplicated, created) and the request ids to remember (request_id, fingerprint,
+    job id, expiry)."""
+
+    created: list[Job] = field(default_factory=list)
+    outcome: list[tuple[str, bool, bool]] = field(default_factory=list)
+    request_rows: list[tuple[str, str, str, float]] = field(default_factory=list)
+
+    @property
+    def existing_ids(self) -> list[str]:
+        return [job_id for job_id, _, made in self.outcome if not made]
+
+
+def plan_inserts(new_jobs: Sequence[NewJob], known_requests: dict[str, tuple[str, str]],
+                 active: dict[tuple[str, str], str], now: float, ttl: float) -> InsertPlan:
+    """Honour request ids (`known_requests`: id → (fingerprint, job id); a reused id with another
+    request is RequestIdReused) and active dedupe keys (`active`: (queue, key) → job id), the
+    batch's own included. Both mappings are updated as the batch is planned."""
+    plan = InsertPlan()
+    for new in new_jobs:
+        if new.request_id in known_requests:
+            fingerprint, job_id = known_requests[new.request_id]
+            if fingerprint != new.fingerprint:
+                raise RequestIdReused(new.request_id)
+            plan.outcome.append((job_id, False, False))
+            continue
+        if new.dedupe_key and (new.queue, new.dedupe_key) in active:
+            job_id = active[(new.queue, new.dedupe_key)]
+            plan.outcome.append((job_id, True, False))
+        else:
+            job = job_from_new(new, now)
+            plan.created.append(job)
+            job_id = job.id
+            plan.outcome.append((job_id, False, True))
+            if new.dedupe_key:
+                active[(new.queue, new.dedupe_key)] = job_id
+        if new.request_id:
+            known_requests[new.request_id] = (new.fingerprint, job_id)
+            plan.request_rows.append((new.request_id, new.fingerprint, job_id, now + ttl))
+    return plan
+
+
+def insert_results(plan: InsertPlan, existing: Mapping[str, Job], now: float) -> list[InsertResult]:
+    """One result per request: a created job with its ENQUEUED event, or the existing job."""
+    fresh = {job.id: job for job in plan.created}
+    results = []
+    for job_id, deduplicated, made in plan.outcome:
+        if made:
+            job = fresh[job_id]
+            event = Event(job.id, 1, EventType.ENQUEUED, now, job.queue, job.kind, job=job)
+            results.append(InsertResult(job, deduplicated=False, created=True, events=(event,)))
+        else:
+            results.append(InsertResult(existing[job_id], deduplicated=deduplicated, created=False))
+    return results
+
+
+def job_from_new(new: NewJob, now: float) -> Job:
+    return Job(
+        id=new_job_id(now), queue=new.queue, kind=new.kind, payload=new.payload, priority=new.priority,
+        state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED, max_attempts=new.max_attempts,
+        phases=tuple(Phase(name) for name in new.phase_names), create_time=now, update_time=now,
+        run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
+        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1,
+    )
