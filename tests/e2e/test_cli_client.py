@@ -25,7 +25,7 @@ def _jobwire() -> str:
     beside = Path(sys.executable).parent / "jobwire"
     found = str(beside) if beside.exists() else shutil.which("jobwire")
     if found is None:
-        pytest.skip("the jobwire command is not installed")
+        pytest.fail("the jobwire command is not installed: `make install` puts it beside the tests' Python")
     return found
 
 
