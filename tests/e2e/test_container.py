@@ -1,7 +1,8 @@
 """The container image, built from the repository's Dockerfile and run with podman as an operator runs it:
-it refuses to start without tokens or an opt-out; with a tokens file it serves, its HEALTHCHECK passes, it runs
-as the non-root user, a job enqueued through it with the Python SDK succeeds; SIGTERM drains it (a running job
-goes back to the queue, attempt not spent) and it exits 0; a new container on the same volume has the jobs.
+it refuses to start without tokens or an opt-out; with a tokens file it serves (on a read-only root, with no
+capabilities), its HEALTHCHECK passes, it runs as the non-root user, a job enqueued through it with the Python
+SDK succeeds; SIGTERM drains it (a running job goes back to the queue, attempt not spent) and it exits 0; a new
+container on the same volume has the jobs.
 
 The base image is a stand-in: no container registry is reachable from the machines that run these tests, so
 `python:3.12-slim-bookworm` cannot be pulled. The test makes a Debian bookworm root file system with
@@ -91,7 +92,10 @@ class Container:
         self.name = f"jobwire-test-{uuid.uuid4().hex[:12]}"
         self.volume = volume
         self.port = free_port()
-        args = ["run", "--detach", "--name", self.name, *run_options(),
+        # As deploy/kubernetes runs it: read-only root (podman adds a /tmp of its own, as the emptyDir there),
+        # no capabilities, no privilege escalation.
+        args = ["run", "--detach", "--name", self.name, *run_options(), "--read-only", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges",
                 "--publish", f"127.0.0.1:{self.port}:50051", "--volume", f"{volume}:/var/lib/jobwire"]
         if tokens is not None:
             args += ["--volume", f"{tokens}:/etc/jobwire/tokens.toml:ro",
