@@ -1,4 +1,4 @@
-# jobwire server image: `docker build -t jobwire .` (see docs/operations.md, "Container image").
+# jobwire server image: `docker build -t jobwire:0.1.0 .` (see docs/operations.md, "Container image").
 #
 # The server listens on 0.0.0.0, so it needs bearer tokens (mount a tokens file and set
 # JOBWIRE_TOKENS_FILE) or an explicit JOBWIRE_ALLOW_UNAUTHENTICATED=true; without either it refuses to
