@@ -186,7 +186,6 @@ def test_metrics_are_off_unless_an_address_is_given(tmp_path: Path) -> None:
     assert load_config({}, {}, path).metrics_listen == "127.0.0.1:9000"
 
 
-@pytest.mark.parametrize("value", ["9464", "127.0.0.1:", "127.0.0.1:99999"])
 def test_http_listen_defaults_for_serve_and_turns_off() -> None:
     assert ServerConfig().http_listen == ""  # an App built in code opens no HTTP port unless asked
     assert load_config({}, {}, None).http_listen == "127.0.0.1:8080"
@@ -197,6 +196,7 @@ def test_http_listen_defaults_for_serve_and_turns_off() -> None:
     assert_config_error(["http_listen", "--http-listen"], flags={"http_listen": "8080"})
 
 
+@pytest.mark.parametrize("value", ["9464", "127.0.0.1:", "127.0.0.1:99999"])
 def test_bad_metrics_listen_names_its_source(value: str) -> None:
     assert_config_error(["metrics_listen", "env JOBWIRE_METRICS_LISTEN"], environ={"JOBWIRE_METRICS_LISTEN": value})
 

@@ -35,6 +35,8 @@ __all__ = ["CONSOLE_DIR", "Gateway", "tls_context"]
 CONSOLE_DIR: Final = Path(__file__).resolve().parent.parent / "console"
 #: Seconds open requests get to finish when the gateway stops (streams have ended by then).
 STOP_GRACE: Final = 1.0
+#: Seconds a job's event stream may stay silent before its headers go out with a heartbeat.
+OPEN_WITHIN: Final = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = logging.getLogger("jobwire.gateway")
 
@@ -133,7 +135,10 @@ class Gateway:
         writer = EventWriter(request, with_ids=bool(route.resume))
         stream = getattr(self._servicer, route.rpc)(message, context)
         try:
-            async for item in paced(stream, self._heartbeat, writer.heartbeat):
+            # The firehose answers at once; a job's stream holds its headers until its first event
+            # (at most OPEN_WITHIN), so a failure to start can still be an ordinary JSON error.
+            first = OPEN_WITHIN if route.resume else 0.0
+            async for item in paced(stream, self._heartbeat, writer.heartbeat, first=first):
                 await writer.send(item)
         except HttpAbort as exc:
             if not writer.started:

@@ -77,14 +77,18 @@ def _event_json(data: bytes) -> tuple[str, int]:
     return json.dumps(message_json(event)), event.sequence
 
 
-async def paced(items: AsyncIterator[T], interval: float, beat: Callable[[], Awaitable[None]]) -> AsyncIterator[T]:
-    """`items`, calling `beat` whenever `interval` seconds pass without one. The pending item is
-    never cancelled for a heartbeat, only when the consumer goes away."""
+async def paced(items: AsyncIterator[T], interval: float, beat: Callable[[], Awaitable[None]], *,
+                first: float | None = None) -> AsyncIterator[T]:
+    """`items`, calling `beat` whenever `interval` seconds pass without one (`first`: the wait before
+    the first beat, if shorter). The pending item is never cancelled for a heartbeat, only when the
+    consumer goes away."""
+    wait = interval if first is None else min(first, interval)
     while True:
         step: asyncio.Future[T] = asyncio.ensure_future(anext(items))
         try:
-            while not (await asyncio.wait({step}, timeout=interval))[0]:
+            while not (await asyncio.wait({step}, timeout=wait))[0]:
                 await beat()
+                wait = interval
         except BaseException:
             step.cancel()
             with contextlib.suppress(BaseException):
