@@ -123,8 +123,8 @@ def test_the_openapi_document_has_every_route_and_resolves() -> None:
     for ref in _refs(document):
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
     job = schemas["Job"]["properties"]
-    assert job["state"] == {"$ref": "#/components/schemas/JobState"}
-    assert job["createTime"] == {"type": "string", "format": "date-time"}
+    assert job["state"] == {"nullable": True, "allOf": [{"$ref": "#/components/schemas/JobState"}]}
+    assert job["createTime"] == {"type": "string", "format": "date-time", "nullable": True}
     assert schemas["JobEvent"]["properties"]["sequence"]["type"] == "string"  # uint64 in proto3 JSON
     listing = {p["name"] for p in document["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert {"queue", "kind", "states", "pageSize", "pageToken"} <= listing

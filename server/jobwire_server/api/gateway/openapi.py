@@ -114,8 +114,15 @@ def _message_ref(message: Descriptor, schemas: dict[str, Schema]) -> Schema:
     if name not in schemas:
         schemas[name] = {}  # placed first: a message may refer to itself
         schemas[name] = {"type": "object", "properties": {
-            field.json_name: _field_schema(field, schemas) for field in message.fields}}
+            field.json_name: _nullable(_field_schema(field, schemas)) for field in message.fields}}
     return {"$ref": _REF + name}
+
+
+def _nullable(schema: Schema) -> Schema:
+    """The JSON mapping reads ``null`` as a field's default value (answers never hold one)."""
+    if "$ref" in schema:
+        return {"nullable": True, "allOf": [schema]}
+    return {**schema, "nullable": True}
 
 
 def _field_schema(field: FieldDescriptor, schemas: dict[str, Schema]) -> Schema:
