@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -340,3 +341,48 @@ async def test_console_openapi_and_metrics_share_the_port(start_server: StartSer
     async with session.get(server.base + "/metrics") as response:
         assert response.status == 200
         assert "jobwire_jobs_enqueued_total" in await response.text()
+
+
+async def test_streams_count_against_the_stream_limit_and_free_their_slot(start_server: StartServer,
+                                                                         session: aiohttp.ClientSession) -> None:
+    server = start_http(start_server, max_watch_streams=1)
+    async with session.get(server.base + "/v1/events") as first:
+        assert first.status == 200
+        async with session.get(server.base + "/v1/events") as second:
+            assert second.status == 429
+            assert error_reason(await second.json()) == "TOO_MANY_STREAMS"
+    # The first client has gone: its slot frees once the server sees the connection close.
+    async with asyncio.timeout(20):
+        while True:
+            async with session.get(server.base + "/v1/events") as third:
+                if third.status == 200:
+                    break
+                assert third.status == 429
+            await asyncio.sleep(0.05)  # sleep-ok: polling for the server to notice a closed connection
+
+
+async def test_a_stream_open_at_shutdown_ends_with_a_resume_point(start_server: StartServer,
+                                                                  session: aiohttp.ClientSession) -> None:
+    server = start_http(start_server, handlers="tests.testkit", shutdown_grace=1, cancel_grace=0.2)
+    api = Api(session, server.base)
+    async with Gate() as gate:
+        job = await api.enqueue("tk.gate", gate.payload())
+        await gate.next()
+        async with session.get(f"{server.base}/v1/jobs/{job['id']}/events") as response:
+            events = sse_events(response)
+            snapshot = await anext(events)
+            server.process.process.send_signal(signal.SIGTERM)
+            rest = [event async for event in events if event.event != "comment"]
+    assert rest[-1].event == "status"
+    status = rest[-1].data
+    assert (status["code"], error_reason(status)) == (14, "SHUTTING_DOWN")  # UNAVAILABLE
+    last = int(status["details"][0]["metadata"]["last_sequence"])
+    assert last == int((rest[-2] if len(rest) > 1 else snapshot).id or 0)
+    assert server.process.process.wait(30) == 0
+
+
+async def test_an_enqueue_keeps_the_callers_traceparent(gateway: HttpServer, session: aiohttp.ClientSession) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with session.post(gateway.base + "/v1/jobs", json={"kind": "noop"}, headers={"traceparent": parent}) as reply:
+        job = (await reply.json())["job"]
+    assert job["traceParent"] == parent
