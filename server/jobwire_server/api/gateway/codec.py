@@ -20,10 +20,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from jobwire_server.api.errors import to_status
 from jobwire_server.domain.errors import FieldViolation, InvalidArgument
 
-__all__ = ["HTTP_STATUS", "decode_request", "http_status", "message_json", "status_json"]
+__all__ = ["HTTP_STATUS", "decode_request", "http_status", "message_class", "message_json", "status_json"]
 
 # Imported for their descriptors: the Any details of a status name them.
 _DETAIL_TYPES: Final = (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest)
@@ -48,7 +47,6 @@ HTTP_STATUS: Final[Mapping[grpc.StatusCode, int]] = {
     grpc.StatusCode.DATA_LOSS: 500,
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
-_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 
@@ -162,11 +160,6 @@ _UNKNOWN_FIELD: Final = re.compile(r'has no field named "([^"]*)"')
 # ----------------------------------------------------------------------------- errors
 
 
-def grpc_code(status: grpc.Status) -> grpc.StatusCode:
-    code: grpc.StatusCode = status.code
-    return code
-
-
 def http_status(code: grpc.StatusCode) -> int:
     return HTTP_STATUS.get(code, 500)
 
@@ -177,12 +170,3 @@ def status_json(status: grpc.Status) -> dict[str, Any]:
         if key == "grpc-status-details-bin":
             return message_json(status_pb2.Status.FromString(value))
     return {"code": status.code.value[0], "message": status.details, "details": []}
-
-
-def error_status(exc: BaseException) -> grpc.Status:
-    """The status of a domain error raised while decoding (the servicer maps its own)."""
-    return to_status(exc)
-
-
-def code_of(number: int) -> grpc.StatusCode:
-    return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)

@@ -20,8 +20,8 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from jobwire_server.api.auth import TokenAuthInterceptor
-from jobwire_server.api.errors import status_with
-from jobwire_server.api.gateway.codec import decode_request, error_status, http_status, message_json, status_json
+from jobwire_server.api.errors import status_with, to_status
+from jobwire_server.api.gateway.codec import decode_request, http_status, message_json, status_json
 from jobwire_server.api.gateway.context import HttpAbort, HttpContext
 from jobwire_server.api.gateway.openapi import openapi_document
 from jobwire_server.api.gateway.routes import ROUTES, STREAM_ROUTES, Route, StreamRoute, aiohttp_path
@@ -107,7 +107,7 @@ class Gateway:
             except HttpAbort as exc:
                 return _error(exc.status)
             except JobwireError as exc:
-                return _error(error_status(exc))
+                return _error(to_status(exc))
             return _json(message_json(reply))
 
         return handle
@@ -125,7 +125,7 @@ class Gateway:
             except HttpAbort as exc:
                 return _error(exc.status)
             except JobwireError as exc:
-                return _error(error_status(exc))
+                return _error(to_status(exc))
             return await self._run_stream(request, route, message, context)
 
         return handle
@@ -205,9 +205,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             raise
         response = _error(status_with(code, f"{exc.reason}: {request.method} {request.path[:200]}", code.name))
         response.set_status(exc.status)
-        for name in ("Allow",):
-            if name in exc.headers:
-                response.headers[name] = exc.headers[name]
+        if "Allow" in exc.headers:  # a 405 names the methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
         return response
 
 
