@@ -45,7 +45,7 @@ def server(start_server: StartServer) -> HttpServer:
 
 def test_find_a_job_and_watch_its_progress_bars_advance_live(server: HttpServer, page: Page) -> None:
     enqueue(server, "noop", labels={"team": "other"})
-    job = enqueue(server, "sleep", {"seconds": 4, "phases": 2}, labels={"team": "reports"})
+    job = enqueue(server, "sleep", {"seconds": 6, "phases": 2}, labels={"team": "reports"})
     page.goto(server.base + "/")
     expect(page.get_by_role("heading", name="Queues")).to_be_visible()
     page.get_by_role("link", name="Jobs", exact=True).click()
