@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -228,6 +229,20 @@ def test_refuses_a_public_http_address_without_tokens(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0:" in result.stderr and "without authentication" in result.stderr
+
+
+def test_http_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "jobwire_server", "serve", "--listen", f"127.0.0.1:{free_port()}",
+             "--http-listen", taken, "--db", str(tmp_path / "j.db")],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert line.startswith(f"jobwire: error: cannot listen on {taken} for HTTP:") and "port in use" in line
 
 
 # ----------------------------------------------------------------------------- Server-Sent Events
