@@ -35,8 +35,9 @@ __all__ = ["CONSOLE_DIR", "Gateway", "tls_context"]
 CONSOLE_DIR: Final = Path(__file__).resolve().parent.parent / "console"
 #: Seconds open requests get to finish when the gateway stops (streams have ended by then).
 STOP_GRACE: Final = 1.0
-#: Seconds a job's event stream may stay silent before its headers go out with a heartbeat.
+#: Seconds a job's event stream (the firehose) may stay silent before its headers go out with a heartbeat.
 OPEN_WITHIN: Final = 1.0
+FIREHOSE_OPEN_WITHIN: Final = 0.1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = logging.getLogger("jobwire.gateway")
 
@@ -135,9 +136,9 @@ class Gateway:
         writer = EventWriter(request, with_ids=bool(route.resume))
         stream = getattr(self._servicer, route.rpc)(message, context)
         try:
-            # The firehose answers at once; a job's stream holds its headers until its first event
-            # (at most OPEN_WITHIN), so a failure to start can still be an ordinary JSON error.
-            first = OPEN_WITHIN if route.resume else 0.0
+            # The headers wait for the first event, or a short while (a job's stream reads the store
+            # first), so a refusal at the start (not found, too many streams) is an ordinary JSON error.
+            first = OPEN_WITHIN if route.resume else FIREHOSE_OPEN_WITHIN
             async for item in paced(stream, self._heartbeat, writer.heartbeat, first=first):
                 await writer.send(item)
         except HttpAbort as exc:
