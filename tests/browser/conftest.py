@@ -19,7 +19,9 @@ CHROMIUM = Path(os.environ.get("JOBWIRE_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO / "test-artifacts" / "console"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs its event loop on this thread while it is open,
+# and the asyncio tests that follow need the thread free of a running loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make install does, as root or with sudo)")
