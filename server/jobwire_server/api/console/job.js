@@ -155,8 +155,11 @@ class JobPage {
       this.draw();
     }
     if (event.type === "EVENT_TYPE_PROGRESS") return; // the bars show it; the timeline keeps the rest
-    this.timeline.append(h("li", {}, time(event.time), badge(event.type), event.phase ? h("span", {}, event.phase) : null,
+    const list = this.timeline;
+    const atEnd = list.scrollTop + list.clientHeight >= list.scrollHeight - 4; // keep following the newest
+    list.append(h("li", {}, time(event.time), badge(event.type), event.phase ? h("span", {}, event.phase) : null,
       event.detail ? h("span", { class: "muted" }, event.detail) : null));
+    if (atEnd) list.scrollTop = list.scrollHeight;
     if (TERMINAL.has(this.job.state)) announce(`Job ${short(this.job.state)}`);
   }
 }
