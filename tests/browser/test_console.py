@@ -73,7 +73,7 @@ def test_cancel_a_running_job(server: HttpServer, page: Page) -> None:
     page.goto(f"{server.base}/#/jobs/{job['id']}")
     expect(page.locator("#job-state")).to_have_text("RUNNING", timeout=WAIT)
     page.get_by_role("button", name="Cancel job").click()
-    expect(page.locator("#job-state")).to_contain_text("CANCELLED", timeout=WAIT)
+    expect(page.locator("#job-state .badge")).to_have_text("CANCELLED", timeout=WAIT)
     expect(page.get_by_role("button", name="Cancel job")).to_be_disabled()
     expect(page.locator(".timeline")).to_contain_text("CANCELLED")
     assert api(server, "GET", f"/v1/jobs/{job['id']}")["state"] == "JOB_STATE_CANCELLED"

@@ -65,13 +65,21 @@ class JobPage {
   async act(verb, body) {
     this.message.textContent = "";
     try {
-      this.job = await post(`/v1/jobs/${this.job.id}:${verb}`, body, { signal: this.signal });
-      announce(`Job ${verb === "cancel" ? "cancel requested" : "retried"}: ${short(this.job.state)}`);
-      this.draw();
+      const job = await post(`/v1/jobs/${this.job.id}:${verb}`, body, { signal: this.signal });
+      announce(`Job ${verb === "cancel" ? "cancel requested" : "retried"}: ${short(job.state)}`);
+      this.adopt(job);
       if (!this.following) this.follow();
     } catch (error) {
       if (!this.signal.aborted) this.message.textContent = errorText(error);
     }
+  }
+
+  /** Show `job` unless the page already shows a later state: an action's reply can arrive after the
+   * stream has brought the events that followed it (a cancel's reply after the CANCELLED event). */
+  adopt(job) {
+    if (Number(job.lastSequence) < Number(this.job.lastSequence)) return;
+    this.job = job;
+    this.draw();
   }
 
   drawPhases() {
@@ -150,10 +158,7 @@ class JobPage {
   apply(message) {
     const event = message.data;
     this.lastSequence = message.id || this.lastSequence;
-    if (event.job) {
-      this.job = event.job;
-      this.draw();
-    }
+    if (event.job) this.adopt(event.job);
     if (event.type === "EVENT_TYPE_PROGRESS") return; // the bars show it; the timeline keeps the rest
     const list = this.timeline;
     const atEnd = list.scrollTop + list.clientHeight >= list.scrollHeight - 4; // keep following the newest
