@@ -9,7 +9,6 @@ servicer method, whose answer or status is encoded back.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,7 +38,6 @@ STOP_GRACE: Final = 1.0
 OPEN_WITHIN: Final = 1.0
 FIREHOSE_OPEN_WITHIN: Final = 0.1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_log = logging.getLogger("jobwire.gateway")
 
 
 class Gateway:
