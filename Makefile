@@ -28,7 +28,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
 	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: help venv install run test test-py test-node lint deploy-check kubectl soak proto proto-check buf bench demo clean
+.PHONY: help venv install run test test-py test-node lint deploy-check kubectl soak proto proto-check buf bench demo clean chromium
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,14 +52,19 @@ $(BENCH_STAMP): $(STAMP)
 
 venv: $(SERVE_STAMP) ## create .venv with jobwire and its server extra (what `make run` needs)
 
-install: $(STAMP) ## create .venv with jobwire, its server extra and the dev tools (tests, linters)
+install: $(STAMP) chromium ## create .venv with jobwire, its server extra and the dev tools (tests, linters)
 
-run: $(SERVE_STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
+# The console's browser tests drive Debian's Chromium (Playwright downloads no browser of its own).
+chromium: ## install Debian's chromium for the browser tests when /usr/bin/chromium is missing
+	@[ -x /usr/bin/chromium ] || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium; }
+
+run: $(SERVE_STAMP) ## serve gRPC on 127.0.0.1:50051, the console on http://127.0.0.1:8080, with ./jobwire.db (Ctrl-C stops)
 	$(VENV)/bin/jobwire serve
 
 test: $(STAMP) proto-check lint test-py test-node ## proto drift check, lint, Python and Node tests
 
-test-py: $(STAMP) ## the Python test suite
+test-py: $(STAMP) chromium ## the Python test suite
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-node: $(STAMP) ## the Node.js client tests (skipped with a notice when node is absent)

@@ -115,7 +115,7 @@ def test_dockerfile_runs_jobwire_as_a_non_root_user_on_its_volume() -> None:
     assert env["JOBWIRE_LISTEN"] == "0.0.0.0:50051" and env[HTTP_LISTEN] == "0.0.0.0:8080"
     # The image sets no tokens file and does not allow unauthenticated access: the operator chooses.
     assert "JOBWIRE_TOKENS_FILE" not in env and "JOBWIRE_ALLOW_UNAUTHENTICATED" not in env
-    unknown = set(env) - {env_name(setting) for setting in ServerConfig.__dataclass_fields__} - {HTTP_LISTEN}
+    unknown = set(env) - {env_name(setting) for setting in ServerConfig.__dataclass_fields__}
     assert not unknown
 
 
@@ -204,7 +204,7 @@ def settings_of(spec: Resource, tmp_path: Path) -> Any:
     tokens.write_text('[[token]]\nname = "ci"\nsha256 = "' + "0" * 64 + '"\nscopes = ["admin"]\n')
     env["JOBWIRE_TOKENS_FILE"] = str(tokens)
     env["JOBWIRE_DB"] = str(tmp_path / "jobwire.db")
-    unknown = set(env) - {env_name(setting) for setting in ServerConfig.__dataclass_fields__} - {HTTP_LISTEN}
+    unknown = set(env) - {env_name(setting) for setting in ServerConfig.__dataclass_fields__}
     assert not unknown
     return load_config({}, environ=env)
 
