@@ -58,18 +58,22 @@ class ConnectResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[WorkerWelcome, _Mapping]] = ..., assign: _Optional[_Union[JobAssignment, _Mapping]] = ..., ack: _Optional[_Union[WorkerAck, _Mapping]] = ..., cancel: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., pong: _Optional[_Union[WorkerPong, _Mapping]] = ...) -> None: ...
 
 class WorkerKind(_message.Message):
-    __slots__ = ("name", "phases", "default_queue", "default_max_attempts", "default_timeout")
+    __slots__ = ("name", "phases", "default_queue", "default_max_attempts", "default_timeout", "retry_base_delay", "retry_max_delay")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BASE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MAX_DELAY_FIELD_NUMBER: _ClassVar[int]
     name: str
     phases: _containers.RepeatedScalarFieldContainer[str]
     default_queue: str
     default_max_attempts: int
     default_timeout: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., phases: _Optional[_Iterable[str]] = ..., default_queue: _Optional[str] = ..., default_max_attempts: _Optional[int] = ..., default_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    retry_base_delay: _duration_pb2.Duration
+    retry_max_delay: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., phases: _Optional[_Iterable[str]] = ..., default_queue: _Optional[str] = ..., default_max_attempts: _Optional[int] = ..., default_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_base_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_max_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HeldJob(_message.Message):
     __slots__ = ("job_id", "attempt", "phase")
