@@ -106,6 +106,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 if message.credit.slots < 1:
                     await abort(context, InvalidArgument([FieldViolation("credit.slots", "must be at least 1")]))
                 self._remote.credit(session, message.credit.slots)
+            elif which == "draining":
+                self._remote.worker_draining(session)
             elif which == "hello":
                 await abort_with(context, status_with(grpc.StatusCode.FAILED_PRECONDITION,
                                                       "a session takes one hello; reconnect to start another",

@@ -162,6 +162,7 @@ class Worker:
         rest back (their attempt not spent), then end `run()`. Safe to call more than once."""
         if self._drain_task is None:
             self._draining = True
+            self._send(worker_pb2.ConnectRequest(draining=worker_pb2.WorkerDraining(reason="shutdown")))
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -273,6 +274,8 @@ class Worker:
 
     def _take(self, assign: worker_pb2.JobAssignment) -> None:
         job = _Job(assign)
+        if self._draining:
+            self._send(worker_pb2.ConnectRequest(draining=worker_pb2.WorkerDraining(reason="shutdown")))
         if self._draining or assign.kind not in self._kinds or self.busy >= self.slots:
             job.releasing = True  # the runner gives it straight back
         self._jobs[job.id] = job

@@ -181,6 +181,12 @@ class RemoteExecutor:
         if not run.live and self._runs.get(run.job.id) is run:
             del self._runs[run.job.id]
 
+    def worker_draining(self, session: Session) -> None:
+        """The worker is shutting down: nothing more is assigned to it."""
+        if not session.draining:
+            session.draining = True
+            log.info("worker %r (session %s) is draining", session.worker_id, session.id)
+
     def credit(self, session: Session, slots: int) -> None:
         session.add_credit(slots)
         self._assign_backlog()
