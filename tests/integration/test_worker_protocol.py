@@ -112,6 +112,19 @@ async def test_a_malformed_hello_lists_every_bad_field(app: App) -> None:
     assert {"hello.worker_id", "hello.slots", "hello.kinds[0].name", "hello.kinds[0].phases"} <= set(fields)
 
 
+async def test_a_batch_is_handled_in_order_and_may_not_nest(app: App, stub: Any) -> None:
+    session = await connect(app)
+    job = await enqueue(stub)
+    assign = await assigned(session)
+    first, second = done(assign, result=b"r1"), done(assign, phase="two", result=b"r2")
+    session.send(batch=W.RequestBatch(messages=[first, second]))
+    acks = [await session.recv_only("ack"), await session.recv_only("ack")]
+    assert [(a.phase, a.next_phase) for a in acks] == [("one", "two"), ("two", "")]
+    assert (await finished(stub, job.id)).job.state == E.JOB_STATE_SUCCEEDED
+    session.send(batch=W.RequestBatch(messages=[W.ConnectRequest(batch=W.RequestBatch())]))
+    assert await session.status() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_an_empty_message_after_the_hello_is_invalid(app: App) -> None:
     session = await connect(app)
     session.send()
@@ -241,6 +254,7 @@ async def test_a_slot_comes_back_with_the_final_ack(app: App, stub: Any) -> None
     assert (final.status, final.next_phase) == (W.ACK_STATUS_OK, "")
     nxt = await assigned(session)  # the commit that finished the first claimed the second
     assert {assign.job_id, nxt.job_id} == {first.id, second.id}
+    assert session.batches == 1  # the final ack and the next assignment went out together
 
 
 async def test_a_job_taken_back_keeps_its_slot_until_the_worker_closes_it(app: App, stub: Any) -> None:
