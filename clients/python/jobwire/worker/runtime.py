@@ -64,7 +64,7 @@ class WorkerRefused(Exception):
     cannot help. `reason` is the ErrorInfo reason when the server sent one (e.g. KIND_MISMATCH)."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
-        super().__init__(f"{code.name}: {message}")
+        super().__init__(f"{code.name} ({reason}): {message}" if reason else f"{code.name}: {message}")
         self.code, self.reason = code, reason
 
 
