@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc, worker_pb2
 from jobwire_server.api.auth import hash_token
@@ -227,6 +228,22 @@ async def test_a_cancel_is_pushed_and_a_worker_that_ignores_it_is_abandoned_then
     late = await report(session, done(assign))
     assert late.status == W.ACK_STATUS_FENCED
     assert (await stub.GetJob(E.GetJobRequest(id=job.id))).phases[0].result == b""
+
+
+async def test_a_phase_past_its_timeout_is_cancelled_and_fails_timeout(app: App, stub: Any) -> None:
+    app.remote._cancel_grace = 30.0
+    session = await connect(app)
+    job = (await stub.Enqueue(E.EnqueueRequest(kind="wp.two", timeout=Duration(nanos=300_000_000)))).job
+    assign = await assigned(session)
+    assert assign.phase_timeout.ToMilliseconds() == 300
+    cancel = await session.recv_only("cancel")
+    assert "exceeded its timeout" in cancel.reason
+    session.put(W.ConnectRequest(phase_done=W.PhaseDoneReport(job_id=job.id, attempt=1, phase="one", cancelled=True)))
+    ack = await session.recv_only("ack")
+    assert (ack.status, ack.next_phase) == (W.ACK_STATUS_OK, "")
+    again = await stub.GetJob(E.GetJobRequest(id=job.id))
+    assert again.state == E.JOB_STATE_RETRYING
+    assert (again.error.type, again.error.retryable) == ("TIMEOUT", True)
 
 
 async def test_a_cancel_between_phases_stops_at_the_boundary(app: App, stub: Any) -> None:

@@ -352,9 +352,12 @@ class Worker:
                 too_large = PermanentError(f"phase {job.phase!r}: {ack.detail}")
                 report.phase_done.failure.CopyFrom(protocol.failure(too_large))
                 ack = await self._report(job, report)
+            if ack is not None and ack.status == REJECTED:  # a report this worker should not have sent
+                log.warning("job %s: phase %s refused: %s %s; giving the job back", job.id, job.phase, ack.reason,
+                            ack.detail)
+                await self._report(job, _released(job, f"report refused: {ack.reason}"))
+                return
             if ack is None or ack.status != OK or not ack.next_phase:
-                if ack is not None and ack.status == REJECTED:
-                    log.warning("job %s: phase %s refused: %s %s", job.id, job.phase, ack.reason, ack.detail)
                 return
             job.results[job.phase] = report.phase_done.result
             job.phase = ack.next_phase
