@@ -22,6 +22,8 @@ import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 
+from opentelemetry.trace import Tracer
+
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.errors import JobNotFound
 from jobwire_server.domain.ids import is_job_id
@@ -48,6 +50,7 @@ from jobwire_server.engine.remote.messages import (
     Welcome,
 )
 from jobwire_server.engine.remote.session import Run, Session
+from jobwire_server.engine.remote.spans import RunSpans
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import JobStore, RemoteRoom, RenewLeases
 
@@ -61,8 +64,9 @@ RECENT_ACKS = 10_000
 class RemoteExecutor:
     def __init__(self, kinds: RemoteKinds, writer: Writer, store: JobStore, clock: Clock, *, owner: str,
                  lease_ttl: float, cancel_grace: float, assign_timeout: float, max_result_bytes: int,
-                 on_room: Callable[[], None]) -> None:
+                 on_room: Callable[[], None], tracer: Tracer | None = None) -> None:
         self.kinds = kinds
+        self._spans = RunSpans(tracer)
         self._writer = writer
         self._store = store
         self._clock = clock
@@ -191,6 +195,7 @@ class RemoteExecutor:
         """An orphan nobody came back for: the rescuer has requeued it by now."""
         if not run.live and self._runs.get(run.job.id) is run:
             del self._runs[run.job.id]
+            self._spans.ended(run)
 
     def worker_draining(self, session: Session) -> None:
         """The worker is shutting down: nothing more is assigned to it."""
@@ -210,8 +215,12 @@ class RemoteExecutor:
 
     def start(self, job: Job) -> None:
         """Run a job the dispatcher just claimed for a remote worker."""
+        orphan = self._runs.get(job.id)
+        if orphan is not None:  # an earlier attempt that was rescued while its worker was away
+            self._spans.ended(orphan)
         run = Run(job, cancel_requested=job.cancel_requested)
         self._runs[job.id] = run
+        self._spans.started(run)
         if run.cancel_requested:  # asked to stop before this claim: don't run it
             self._spawn(self._end_without_worker(run, Cancelled()))
         elif not self._assign(run):
@@ -348,6 +357,7 @@ class RemoteExecutor:
         if not await self._commit(run, self._change(run, index, outcome)):
             self._drop(run, ack_of(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
             return
+        self._spans.phase_ended(run, outcome)
         if run.job.state is JobState.RUNNING and (run.cancel_requested or run.shutdown):
             # A cancel (or shutdown) arrived while the phase boundary was being written.
             stop: Outcome | None = Cancelled() if run.cancel_requested else None
@@ -398,6 +408,7 @@ class RemoteExecutor:
         taken from the worker (abandoned, not started in time, changed under it): the worker keeps
         the slot until its handler returns and it reports, and that report's answer gives it back."""
         run.disarm()
+        self._spans.ended(run)
         if self._runs.get(run.job.id) is run:
             del self._runs[run.job.id]
         session = run.session
