@@ -189,6 +189,8 @@ class RemoteExecutor:
         if session.runs:
             log.warning("worker %r (session %s) left with %d jobs; they stay leased for %.1fs", session.worker_id,
                         session.id, len(session.runs), self.lease_ttl)
+        else:
+            log.info("worker %r (session %s) left", session.worker_id, session.id)
         self._update_quiet()
 
     def _forget(self, run: Run) -> None:
