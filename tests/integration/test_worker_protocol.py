@@ -130,6 +130,17 @@ async def test_a_batch_is_handled_in_order_and_may_not_nest(app: App, stub: Any)
     assert await session.status() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_silent_session_is_ended_with_a_status_the_worker_sees(harness: Harness, stub: Any) -> None:
+    app = await harness.start(clock=SystemClock(), db="silent.db", lease_ttl=1)  # type: ignore[arg-type]
+    session = RawSession(target(app))
+    session.send(hello(TWO))
+    welcome = await session.recv_only("welcome")
+    assert welcome.ping_interval.ToMilliseconds() == 250  # a quarter of the lease
+    assert await session.status() == grpc.StatusCode.UNAVAILABLE  # no ping for three intervals
+    assert (await session.reason())[0] == "WORKER_SILENT"
+    assert app.remote.sessions == 0
+
+
 async def test_an_empty_message_after_the_hello_is_invalid(app: App) -> None:
     session = await connect(app)
     session.send()
@@ -339,7 +350,7 @@ async def test_a_flood_of_sessions_leaves_nothing_behind(app: App, stub: Any) ->
     await report(session, done(assign, phase="two"))
     assert (await finished(stub, job.id)).job.state == E.JOB_STATE_SUCCEEDED
     leftover = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("worker-")]
-    assert len(leftover) == 2  # the open session's sender and watchdog only
+    assert len(leftover) == 3  # the open session's reader, sender and watchdog only
 
 
 # ----------------------------------------------------------------------------- access
