@@ -47,8 +47,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._clock = clock
         self._auth = auth
         self.accepting = True
-        #: Sessions open now (tests read it to see that nothing leaks).
+        #: Sessions open now, and an event set (and replaced) each time one ends: tests wait on it to
+        #: see that nothing leaks.
         self.open_streams = 0
+        self.stream_ended = asyncio.Event()
 
     async def Connect(self, request_iterator: AsyncIterator[worker_pb2.ConnectRequest],  # type: ignore[override]
                       context: Context) -> None:
@@ -78,6 +80,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     "reconnect", WORKER_SILENT))
         finally:
             self.open_streams -= 1
+            self.stream_ended.set()
+            self.stream_ended = asyncio.Event()
             watchdog.cancel()
             reader.cancel()
             self._remote.close_session(session)
