@@ -8,7 +8,7 @@ SERVE_STAMP := $(VENV)/.installed-server
 BENCH_STAMP := $(VENV)/.installed-bench
 # Every install pins the tested set; pyproject.toml holds the ranges users get.
 PIP_INSTALL = $(PY) -m pip install --quiet -c constraints.txt
-PROTO_SRC := proto/jobwire/v1/jobwire.proto
+PROTO_SRC := proto/jobwire/v1/jobwire.proto proto/jobwire/v1/worker.proto
 TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf

@@ -154,6 +154,8 @@ ROWS: tuple[Row, ...] = (
     Row("interrupt_by_shutdown",
         lambda j: t.interrupt_by_shutdown(j, error("resize", j.attempt, interrupted=True), NOW),
         frozenset({S.RUNNING}), lambda j: [(E.INTERRUPTED, "resize")], ATTEMPT, t.interrupt_by_shutdown),
+    Row("hand_back", lambda j: t.hand_back(j, error("resize", j.attempt, interrupted=True), NOW),
+        frozenset({S.RUNNING}), lambda j: [(E.INTERRUPTED, "resize")], ATTEMPT, t.hand_back),
     Row("rescue_expired", lambda j: t.rescue_expired(j, error("resize", j.attempt, interrupted=True), NOW),
         frozenset({S.RUNNING}), lambda j: [(E.INTERRUPTED, "resize")], ATTEMPT, t.rescue_expired),
     Row("rescue_expired_exhausted",
@@ -344,6 +346,16 @@ def test_finish_cancel_cancels_running_and_pending_phases() -> None:
 
 
 # ----------------------------------------------------------------------------- shutdown and rescue
+
+
+def test_hand_back_requeues_without_spending_an_attempt() -> None:
+    queued = job_in(S.QUEUED)
+    claimed = t.claim(queued, NOW, NOW + 30).job
+    change = t.hand_back(claimed, error("fetch", claimed.attempt, interrupted=True, message="never started"), NOW)
+    assert change.reason is Reason.HANDED_BACK
+    assert change.job.state is S.QUEUED
+    assert change.job.attempts_left == queued.attempts_left
+    assert change.job.phases[0].state is P.PENDING
 
 
 def test_interrupt_by_shutdown_requeues_without_spending_an_attempt() -> None:

@@ -1,7 +1,8 @@
 // @jobwire/client: a small Node.js client for jobwire.v1.JobService.
 //
-// The contract is loaded at runtime with @grpc/proto-loader from proto/jobwire/v1/jobwire.proto: the
-// copy packed into the package, or the repository's own, so the client speaks exactly that contract.
+// The contract is loaded at runtime with @grpc/proto-loader from proto/jobwire/v1/ (jobwire.proto and
+// worker.proto): the copy packed into the package, or the repository's own, so the client speaks
+// exactly that contract.
 //
 // Message objects use proto-loader's conventions: camelCase field names, enums as their names
 // (e.g. "JOB_STATE_QUEUED"), 64-bit integers as decimal strings (e.g. `sequence`, `lastSequence`),
@@ -23,7 +24,8 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const DEFAULT_PROTO_DIR = [path.resolve(HERE, '..', 'proto'), path.resolve(HERE, '..', '..', '..', 'proto')]
   .find((dir) => fs.existsSync(path.join(dir, 'jobwire', 'v1', 'jobwire.proto')))
   ?? path.resolve(HERE, '..', 'proto');
-const PROTO_FILE = 'jobwire/v1/jobwire.proto';
+// Both files of the contract: JobService (jobwire.proto) and WorkerService (worker.proto).
+const PROTO_FILES = ['jobwire/v1/jobwire.proto', 'jobwire/v1/worker.proto'];
 
 const LOADER_OPTIONS = Object.freeze({
   keepCase: false,
@@ -42,7 +44,7 @@ function loadService(protoDir) {
   let ctor = serviceCache.get(protoDir);
   if (!ctor) {
     // google/protobuf/{timestamp,duration}.proto are bundled with protobufjs/proto-loader.
-    const def = protoLoader.loadSync(PROTO_FILE, { ...LOADER_OPTIONS, includeDirs: [protoDir] });
+    const def = protoLoader.loadSync(PROTO_FILES, { ...LOADER_OPTIONS, includeDirs: [protoDir] });
     ctor = grpc.loadPackageDefinition(def).jobwire.v1.JobService;
     serviceCache.set(protoDir, ctor);
   }

@@ -32,8 +32,8 @@ test('the packed tarball installs outside the repository and runs a job', { time
   const [packed] = JSON.parse(npm(['pack', '--json', '--pack-destination', work], PACKAGE_DIR));
   const files = packed.files.map((f) => f.path).sort();
   assert.equal(packed.name, '@jobwire/client');
-  for (const wanted of ['README.md', 'package.json', 'proto/jobwire/v1/jobwire.proto', 'src/index.d.ts',
-    'src/index.js']) {
+  for (const wanted of ['README.md', 'package.json', 'proto/jobwire/v1/jobwire.proto', 'proto/jobwire/v1/worker.proto',
+    'src/index.d.ts', 'src/index.js']) {
     assert.ok(files.includes(wanted), `${wanted} missing from the tarball: ${files.join(', ')}`);
   }
   assert.ok(!files.some((f) => f.startsWith('test/') || f.startsWith('scripts/')), files.join(', '));

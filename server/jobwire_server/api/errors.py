@@ -23,6 +23,8 @@ from jobwire_server.domain.errors import (
     InvalidArgument,
     InvalidTransition,
     JobNotFound,
+    KindInProcess,
+    KindMismatch,
     PayloadTooLarge,
     RequestIdReused,
     ScheduleExists,
@@ -89,6 +91,11 @@ def to_status(exc: BaseException) -> grpc.Status:
     if isinstance(exc, ScheduleFromConfig):
         return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
                       {"schedule_id": exc.schedule_id, "action": exc.action})
+    if isinstance(exc, KindMismatch):
+        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
+                      {"kind": exc.kind, "phases": ",".join(exc.known), "declared": ",".join(exc.declared)})
+    if isinstance(exc, KindInProcess):
+        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason, {"kind": exc.kind})
     if isinstance(exc, RequestIdReused):
         return _build(grpc.StatusCode.ALREADY_EXISTS, str(exc), exc.reason,
                       {"request_id": _clip(exc.request_id, 200)})

@@ -93,6 +93,28 @@ class ScheduleFromConfig(JobwireError):
         self.schedule_id, self.action = schedule_id, action
 
 
+class KindMismatch(JobwireError):
+    """A worker declared a kind the server knows with another phase list."""
+
+    reason = "KIND_MISMATCH"
+
+    def __init__(self, kind: str, known: tuple[str, ...], declared: tuple[str, ...]) -> None:
+        super().__init__(f"kind {kind!r} is known with phases {list(known)}, but this worker declares "
+                         f"{list(declared)}; give the changed kind a new name (jobs already enqueued keep their "
+                         "phases)")
+        self.kind, self.known, self.declared = kind, known, declared
+
+
+class KindInProcess(JobwireError):
+    """A worker declared a kind whose handler runs inside the server."""
+
+    reason = "KIND_IN_PROCESS"
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"kind {kind!r} runs inside the server (--handlers); a remote worker cannot declare it")
+        self.kind = kind
+
+
 class SchemaTooNew(JobwireError):
     reason = "SCHEMA_TOO_NEW"
 

@@ -1,9 +1,14 @@
-"""What a phase attempt can end with, and the one pure function that decides what happens next."""
+"""What a phase attempt can end with, and the one pure function that decides what happens next.
+
+The errors a handler raises (`PermanentError`, `RetryableError`) belong to the handler API
+(`jobwire.worker`); they are re-exported here."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from jobwire.worker.errors import PermanentError, RetryableError
 
 from jobwire_server.domain.models import Job, JobError
 from jobwire_server.domain.retry import RetryPolicy
@@ -16,19 +21,8 @@ from jobwire_server.domain.transitions import (
     retry_after_failure,
 )
 
-
-class PermanentError(Exception):
-    """Raised by a handler when no retry can succeed: the job fails at once."""
-
-
-class RetryableError(Exception):
-    """Raised by a handler to retry, optionally after `retry_after` seconds instead of the backoff."""
-
-    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        if retry_after is not None and retry_after < 0:
-            raise ValueError("retry_after must be >= 0")
-        self.retry_after = retry_after
+__all__ = ["Cancelled", "Failed", "Outcome", "PermanentError", "RetryableError", "Succeeded", "decide",
+           "failure_from_exception"]
 
 
 @dataclass(frozen=True, slots=True)

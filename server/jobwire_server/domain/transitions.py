@@ -11,8 +11,9 @@ Who moves a job out of each state:
 ========== ======================================================================
 SCHEDULED  dispatcher when due (→ QUEUED); CancelJob, CancelJobs (→ CANCELLED)
 QUEUED     dispatcher claim (→ RUNNING); CancelJob, CancelJobs (→ CANCELLED)
-RUNNING    the executor holding the attempt (→ SUCCEEDED, RETRYING, FAILED, CANCELLED,
-           QUEUED on shutdown); CancelJob(s) only flag it; rescuer on lease expiry (→ QUEUED)
+RUNNING    the executor holding the attempt, in-process or for a remote worker (→ SUCCEEDED,
+           RETRYING, FAILED, CANCELLED, QUEUED on shutdown or a hand-back); CancelJob(s) only flag
+           it; rescuer on lease expiry (→ QUEUED)
 RETRYING   dispatcher when due (→ QUEUED); CancelJob, CancelJobs (→ CANCELLED)
 SUCCEEDED  RetryJob(s) with from_start (→ QUEUED); retention (→ STALE)
 FAILED     RetryJob(s) (→ QUEUED); retention (→ STALE)
@@ -68,6 +69,7 @@ class Reason(StrEnum):
     CANCELLED_BY_USER = "cancelled by user"
     CANCELLED_WHILE_RUNNING = "cancelled while running"
     INTERRUPTED_BY_SHUTDOWN = "interrupted by shutdown"
+    HANDED_BACK = "handed back by a remote worker"
     LEASE_EXPIRED = "lease expired"
     RETRIED_BY_USER = "retried by user"
     MADE_STALE = "made stale by retention"
@@ -252,6 +254,12 @@ def interrupt_by_shutdown(job: Job, error: JobError, now: float) -> JobChange:
     return _interrupt(job, error, now, Reason.INTERRUPTED_BY_SHUTDOWN, counted=False)
 
 
+def hand_back(job: Job, error: JobError, now: float) -> JobChange:
+    """A remote worker never started its assignment (no `started` in time) or gave the job back
+    without an outcome: back to the queue, the attempt not spent."""
+    return _interrupt(job, error, now, Reason.HANDED_BACK, counted=False)
+
+
 def rescue_expired(job: Job, error: JobError, now: float) -> JobChange:
     """The worker's lease ran out (it crashed): back to the queue; the attempt counts, so a job
     that kills its worker every time still ends in FAILED."""
@@ -312,5 +320,5 @@ def make_stale(job: Job, now: float) -> JobChange:
 CONSTRUCTORS: tuple[Callable[..., JobChange], ...] = (
     become_due, claim, report_progress, finish_phase, finish_phase_then_cancel, retry_after_failure, fail,
     finish_cancel,
-    interrupt_by_shutdown, rescue_expired, cancel_waiting, request_cancel, retry_by_user, make_stale,
+    interrupt_by_shutdown, hand_back, rescue_expired, cancel_waiting, request_cancel, retry_by_user, make_stale,
 )

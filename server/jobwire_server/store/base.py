@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
+from jobwire_server.domain.kinds import KindSpec
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.schedules import Firing, Schedule
@@ -50,6 +51,15 @@ class InsertResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteRoom:
+    """Room on remote workers: up to `room` jobs of these kinds (and queues; empty: any queue)."""
+
+    kinds: tuple[str, ...]
+    queues: tuple[str, ...]
+    room: int
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimParams:
     now: float
     limit: int
@@ -60,6 +70,10 @@ class ClaimParams:
     #: Queues whose limit counts the jobs running on every process sharing the store → the limit.
     #: A store that only one process uses ignores it (`queue_room` already says it all).
     global_limits: Mapping[str, int] = field(default_factory=dict)
+    #: Kinds that run on remote workers: `limit` (this process's own slots) never claims them.
+    remote_kinds: frozenset[str] = frozenset()
+    #: Jobs of remote kinds to claim besides `limit`: as many as the connected workers' credit.
+    remote: Sequence[RemoteRoom] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,11 +301,23 @@ class SchedulesSynced:
     next_due: float | None
 
 
+# ---------------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True, slots=True)
+class DeclareKinds:
+    """→ list[KindSpec]. Record the kinds a worker declares (new ones, or new defaults of known ones);
+    refused as a whole with KindMismatch when one changes a known kind's phases."""
+
+    kinds: Sequence[KindSpec]
+    now: float
+
+
 ScheduleOp = FireSchedules | CreateSchedule | ChangeSchedule | DeleteSchedule | SyncSchedules
 
 WriteOp = (InsertJobs | UpdateJob | ApplyChange | ClaimJobs | RenewLeases | TakeDeliveries | RecordDeliveryAttempt
            | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests
-           | ScheduleOp | UpdateJobs)
+           | ScheduleOp | UpdateJobs | DeclareKinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,4 +445,10 @@ class JobStore(Protocol):
 
     async def next_schedule_fire(self) -> float | None:
         """The earliest `next_fire` of any schedule (paused ones have none)."""
+        ...
+
+    # Kinds remote workers declared (written by DeclareKinds).
+
+    async def list_kinds(self) -> list[KindSpec]:
+        """Every declared kind, by name."""
         ...

@@ -158,6 +158,22 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX jobs_finished;
     CREATE INDEX jobs_by_finish ON jobs (state, finish_time, id) WHERE finish_time IS NOT NULL;
     """,
+    # 4: kinds that remote workers declared: their phases (fixed once known) and their defaults, so
+    # Enqueue knows them while no worker is connected.
+    """
+    CREATE TABLE kinds (
+        name              text PRIMARY KEY,
+        phases            jsonb NOT NULL,
+        queue             text NOT NULL,
+        max_attempts      integer NOT NULL,
+        timeout           double precision NOT NULL,
+        retry_base_delay  double precision NOT NULL,
+        retry_max_delay   double precision NOT NULL,
+        declare_time      timestamptz NOT NULL
+    );
+    -- Claims for remote workers read the ready jobs of their kinds.
+    CREATE INDEX jobs_ready_by_kind ON jobs (kind, priority DESC, run_at, id) WHERE state = 'QUEUED';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

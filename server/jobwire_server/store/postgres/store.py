@@ -30,6 +30,7 @@ from jobwire_server.domain.errors import (
     StorageFull,
     StorageUnavailable,
 )
+from jobwire_server.domain.kinds import KindSpec
 from jobwire_server.domain.models import Event, Job, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.schedules import Schedule
@@ -39,6 +40,7 @@ from jobwire_server.store.base import (
     ApplyChange,
     ClaimJobs,
     Committed,
+    DeclareKinds,
     DeleteStale,
     FireSchedules,
     InsertJobs,
@@ -58,7 +60,7 @@ from jobwire_server.store.base import (
     WriteOp,
 )
 from jobwire_server.store.operations import SingleOperations
-from jobwire_server.store.postgres import batch, bulk, migrate, outbox, reads, schedules, writes
+from jobwire_server.store.postgres import batch, bulk, kinds, migrate, outbox, reads, schedules, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -522,6 +524,9 @@ class PostgresJobStore(SingleOperations):
     async def next_schedule_fire(self) -> float | None:
         return await self._read(schedules.next_due)
 
+    async def list_kinds(self) -> list[KindSpec]:
+        return await self._read(kinds.list_all)
+
 
 def _schedule_news(ops: Sequence[WriteOp], results: Sequence[Any]) -> tuple[bool, bool, list[str]]:
     """What a batch's schedule operations tell the other replicas: (events written, work made
@@ -580,7 +585,7 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
             results.extend(await writes.apply_changes(conn, pending, changes))
             index = end
             continue
-        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp):
+        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp | DeclareKinds):
             results.append(await _refusable(conn, pending, op))
         elif isinstance(op, UpdateJobs):
             results.append(await bulk.update_jobs(conn, pending, op.job_ids, op.build))
@@ -592,7 +597,8 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
     return results
 
 
-async def _refusable(conn: Conn, pending: writes.Pending, op: InsertJobs | UpdateJob | ScheduleOp) -> Any:
+async def _refusable(conn: Conn, pending: writes.Pending,
+                     op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits. A conflict with another
     replica's commit (a request id or dedupe key it took meanwhile) runs it again, and then it
@@ -614,8 +620,10 @@ async def _refusable(conn: Conn, pending: writes.Pending, op: InsertJobs | Updat
     raise StorageUnavailable("(shared)", "a write kept conflicting with other replicas' commits; retry it")
 
 
-def _may_read_pending(pending: writes.Pending, op: InsertJobs | UpdateJob | ScheduleOp) -> bool:
+def _may_read_pending(pending: writes.Pending, op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds) -> bool:
     """Whether `op` may read phases still pending (which a read writes first)."""
+    if isinstance(op, DeclareKinds):
+        return False  # the kinds table only
     if isinstance(op, ScheduleOp):
         return True  # a firing reads and writes jobs; schedule operations are rare
     if isinstance(op, UpdateJob):
@@ -638,6 +646,8 @@ async def _run_one(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
             return await writes.renew_leases(conn, owner, job_ids, expires)
         case UpdateJobs(job_ids, build):
             return await bulk.update_jobs(conn, pending, job_ids, build)
+        case DeclareKinds(specs, now):
+            return await kinds.declare(conn, specs, now)
     return await _run_upkeep(conn, pending, op)
 
 

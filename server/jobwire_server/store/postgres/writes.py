@@ -390,6 +390,8 @@ def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...
 async def claim_jobs(conn: Conn, pending: Pending, params: ClaimParams) -> ClaimResult:
     promoted, next_due = await _promote_due(conn, pending, params.now)
     claimed = await _claim_ready(conn, pending, params) if params.limit > 0 else []
+    if params.remote:
+        claimed += await _claim_remote(conn, pending, params)
     return ClaimResult(promoted, claimed, next_due)
 
 
@@ -431,7 +433,8 @@ _WITH_PHASES = (
 _CLAIM = f"{_CLAIM_SET} WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
 # Without limited queues (the common case) candidates and claim are one round trip.
 _CLAIM_BEST = (
-    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' {_ORDER} LIMIT $4 FOR UPDATE SKIP LOCKED) "
+    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' AND kind <> ALL($5::text[]) {_ORDER} LIMIT $4 "
+    "FOR UPDATE SKIP LOCKED) "
     f"{_CLAIM_SET} FROM best WHERE jobs.id = best.id RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
 )
 
@@ -443,7 +446,29 @@ async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> list[Com
             return []
         found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids)
     else:
-        found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit)
+        found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit, sorted(p.remote_kinds))
+    return await _claimed(conn, pending, p, found)
+
+
+async def _claim_remote(conn: Conn, pending: Pending, p: ClaimParams) -> list[Committed]:
+    """Claim for remote workers: the best `room` QUEUED jobs of each group's kinds (and queues), at
+    most the groups' total room in all (a job two groups could take counts once)."""
+    found: dict[str, Any] = {}
+    for group in p.remote:
+        for kind in group.kinds:  # one query per kind: each reads jobs_ready_by_kind in claim order
+            group_rows = await conn.fetch(
+                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND kind = $1 "
+                f"AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) {_ORDER} LIMIT $3 "
+                "FOR UPDATE SKIP LOCKED", kind, list(group.queues), group.room)
+            found.update((row[0], row) for row in group_rows if row[0] not in found)
+    best = sorted(found.values(), key=lambda row: (-row[1], row[2], row[0]))[: sum(g.room for g in p.remote)]
+    if not best:
+        return []
+    found_ = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, [r[0] for r in best])
+    return await _claimed(conn, pending, p, found_)
+
+
+async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
     ids = [row[0] for row in found]
@@ -467,16 +492,18 @@ async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
     limited queue; their rows stay locked until the commit."""
     limited = sorted(p.queue_room)
     found = list(await conn.fetch(
-        f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) {_ORDER} "
-        "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit))
+        f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) "
+        f"AND kind <> ALL($3::text[]) {_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit,
+        sorted(p.remote_kinds)))
     for queue in limited:
         room = min(p.queue_room[queue], p.limit)
         if room > 0 and queue in p.global_limits:
             room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
         if room > 0:
             found += await conn.fetch(
-                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue = $1 {_ORDER} "
-                "LIMIT $2 FOR UPDATE SKIP LOCKED", queue, room)
+                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue = $1 "
+                f"AND kind <> ALL($3::text[]) {_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED", queue, room,
+                sorted(p.remote_kinds))
     if limited:
         found.sort(key=lambda row: (-row[1], row[2], row[0]))
     return [row[0] for row in found[: p.limit]]

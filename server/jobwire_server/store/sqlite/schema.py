@@ -154,6 +154,22 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX jobs_finished;
     CREATE INDEX jobs_by_finish ON jobs (state, finish_time, id) WHERE finish_time IS NOT NULL;
     """,
+    # 5: kinds that remote workers declared: their phases (fixed once known) and their defaults, so
+    # Enqueue knows them while no worker is connected.
+    """
+    CREATE TABLE kinds (
+        name              TEXT PRIMARY KEY,
+        phases            TEXT NOT NULL,
+        queue             TEXT NOT NULL,
+        max_attempts      INTEGER NOT NULL,
+        timeout           REAL NOT NULL,
+        retry_base_delay  REAL NOT NULL,
+        retry_max_delay   REAL NOT NULL,
+        declare_time      REAL NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    -- Claims for remote workers read the ready jobs of their kinds.
+    CREATE INDEX jobs_ready_by_kind ON jobs (kind, priority DESC, run_at, id) WHERE state = 'QUEUED';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

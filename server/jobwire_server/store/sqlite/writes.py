@@ -247,7 +247,9 @@ def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tup
 
 def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
     promoted = _promote_due(conn, params.now)
-    claimed = _claim_ready(conn, params) if params.limit > 0 else []
+    claimed = _claim_ready(conn, params, *_candidate_sql(params)) if params.limit > 0 else []
+    if params.remote:
+        claimed += _claim_ready(conn, params, *_remote_candidate_sql(params))
     return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)))
 
 
@@ -266,8 +268,7 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
 
 
-def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
-    candidates, args = _candidate_sql(p)
+def _claim_ready(conn: Conn, p: ClaimParams, candidates: str, args: list[Any]) -> list[Committed]:
     found = conn.execute(
         "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
         "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? "
@@ -291,21 +292,41 @@ _ORDER = "ORDER BY priority DESC, run_at, id"
 
 
 def _candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
-    """The ids to claim: the best `limit` QUEUED jobs, taking at most `room` from each limited queue."""
+    """The ids to claim: the best `limit` QUEUED jobs, taking at most `room` from each limited queue,
+    and none of the kinds remote workers run."""
     limited = sorted(p.queue_room)
+    local = " AND kind NOT IN (SELECT value FROM json_each(?))" if p.remote_kinds else ""
+    local_args = [json.dumps(sorted(p.remote_kinds))] if p.remote_kinds else []
     parts = ["SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED'"
              + (" AND queue NOT IN (SELECT value FROM json_each(?))" if limited else "")
-             + f" {_ORDER} LIMIT ?)"]
+             + f"{local} {_ORDER} LIMIT ?)"]
     args: list[Any] = [json.dumps(limited)] if limited else []
-    args.append(p.limit)
+    args += [*local_args, p.limit]
     for queue in limited:
         room = min(p.queue_room[queue], p.limit)
         if room > 0:
             parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
-                         f"AND queue = ? {_ORDER} LIMIT ?)")
-            args.extend((queue, room))
+                         f"AND queue = ?{local} {_ORDER} LIMIT ?)")
+            args.extend((queue, *local_args, room))
     union = " UNION ALL ".join(parts)
     return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, p.limit]
+
+
+def _remote_candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
+    """The ids to claim for remote workers: the best `room` QUEUED jobs of each group's kinds (and
+    queues), at most the groups' total room in all (a job two groups could take counts once). One
+    subquery per kind, so each reads the `jobs_ready_by_kind` index in claim order and stops at its
+    room, however many jobs wait."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for group in p.remote:
+        queues = " AND queue IN (SELECT value FROM json_each(?))" if group.queues else ""
+        for kind in group.kinds:
+            parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
+                         f"AND kind = ?{queues} {_ORDER} LIMIT ?)")
+            args.extend((kind, *((json.dumps(group.queues),) if group.queues else ()), group.room))
+    union = " UNION ".join(parts)
+    return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, sum(g.room for g in p.remote)]
 
 
 def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:

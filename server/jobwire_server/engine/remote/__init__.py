@@ -1,0 +1,2 @@
+"""Remote workers: sessions over `WorkerService.Connect` and the executor that runs phases on them
+with the in-process executor's semantics (server-driven phases, `decide()`, fencing, leases)."""
