@@ -182,15 +182,19 @@ class App:
             self.declared_schedules = declared_specs(config.schedules, self.registry)
         except InvalidArgument as exc:
             raise StartupError(f"config file schedules: {exc}") from None
+        self._init_doors()
+        self._state = "new"
+        self._corrupt = False
+        self._stopped = asyncio.Event()
+
+    def _init_doors(self) -> None:
+        """The gRPC server and the HTTP gateway, made at start."""
         self.health = health.aio.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
         #: The HTTP gateway and console (`http_listen`), serving the gRPC server's servicer.
         self.gateway: Gateway | None = None
         self._api: tuple[JobServicer, TokenAuthInterceptor | None] | None = None  # set with the gRPC server
-        self._state = "new"
-        self._corrupt = False
-        self._stopped = asyncio.Event()
 
     def _wire_remote_workers(self, config: ServerConfig) -> None:
         """Remote kinds share the registry; their jobs run through the remote executor."""
