@@ -2,8 +2,9 @@
 claims them in its next commit, together with whatever else that commit writes (the outcomes
 of finishing jobs, the enqueue that made a job ready).
 
-No polling interval: claiming happens when an enqueue, a retry or a freed slot wakes it, or when a
-timer set to the next run_at of a SCHEDULED or RETRYING job fires.
+No polling interval: claiming happens when an enqueue, a retry, a queue's settings change or a
+freed slot wakes it, or when a timer fires, set to the next run_at of a SCHEDULED or RETRYING job
+or to the next token of a rate-limited queue whose jobs wait for one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import (
     ApplyChange,
+    ChangeQueue,
     ClaimParams,
     ClaimResult,
     FireSchedules,
@@ -137,6 +139,8 @@ class Dispatcher:
             self._executor.start(item.job)
         if claimed.next_due is not None:
             self.note_wakeup(claimed.next_due)
+        if claimed.next_token is not None:  # a rate-limited queue's jobs wait for its next token
+            self.note_wakeup(claimed.next_token)
         self.rounds += 1
         self.claimed.set()
         self.claimed = asyncio.Event()
@@ -154,7 +158,8 @@ _WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 def _may_ready(op: WriteOp) -> bool:
     if isinstance(op, InsertJobs):
         return any(job.run_at <= op.now for job in op.jobs)
-    return isinstance(op, UpdateJob | UpdateJobs | FireSchedules)
+    # A queue's settings changed: resumed, or a limit raised, lets waiting jobs start.
+    return isinstance(op, UpdateJob | UpdateJobs | FireSchedules | ChangeQueue)
 
 
 def _jobs_written(op: WriteOp, result: Any) -> list[Job]:

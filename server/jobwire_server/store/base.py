@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.schedules import Firing, Schedule
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
@@ -287,11 +288,25 @@ class SchedulesSynced:
     next_due: float | None
 
 
+# ---------------------------------------------------------------------- queue settings
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeQueue:
+    """→ QueueSettings. Read the queue's settings (the defaults, created at `now`, when it has no
+    row yet), build the new ones, write them. On a shared store the row is locked, so a change and
+    a claim of the queue (which locks it too) take turns."""
+
+    name: str
+    build: Callable[[QueueSettings], QueueSettings]
+    now: float
+
+
 ScheduleOp = FireSchedules | CreateSchedule | ChangeSchedule | DeleteSchedule | SyncSchedules
 
 WriteOp = (InsertJobs | UpdateJob | ApplyChange | ClaimJobs | RenewLeases | TakeDeliveries | RecordDeliveryAttempt
            | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests
-           | ScheduleOp | UpdateJobs)
+           | ScheduleOp | UpdateJobs | ChangeQueue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +315,8 @@ class ClaimResult:
     claimed: list[Committed]
     #: Earliest run_at of a SCHEDULED or RETRYING job after the claim.
     next_due: float | None
+    #: When a rate-limited queue whose QUEUED jobs wait for tokens next has one (None: none waits).
+    next_token: float | None = None
 
 
 class JobStore(Protocol):
@@ -419,4 +436,18 @@ class JobStore(Protocol):
 
     async def next_schedule_fire(self) -> float | None:
         """The earliest `next_fire` of any schedule (paused ones have none)."""
+        ...
+
+    # Queue settings: written by ChangeQueue, read by every claim.
+
+    async def queue_settings(self, name: str) -> QueueSettings | None:
+        """The queue's stored settings; None when it has none (every default)."""
+        ...
+
+    async def list_queue_settings(self) -> list[QueueSettings]:
+        """Every queue's stored settings, by name."""
+        ...
+
+    async def running_counts(self, queue: str, key: str) -> tuple[int, int]:
+        """RUNNING jobs of `queue`, and of those the ones with concurrency key `key` (0 for no key)."""
         ...

@@ -1,6 +1,6 @@
 """The tables of a jobwire database as `jobwire copy` moves them from one store to another.
 
-Both stores hold the same seven tables with the same columns; only the column types differ (SQLite
+Both stores hold the same eight tables with the same columns; only the column types differ (SQLite
 keeps times as REAL epoch seconds, JSON as TEXT and flags as 0/1; PostgreSQL has timestamptz,
 jsonb, uuid and boolean). The reading side (`store/sqlite/dump.py`) yields rows in the column
 order named here, with Python values: str, int, float (times as epoch seconds), bytes, bool for
@@ -44,6 +44,9 @@ TABLES: tuple[Table, ...] = (
                                 "response", "error"), ("delivery_id", "number")),
     Table("schedules", ("id", "spec", "paused", "from_config", "next_fire", "last_fire", "last_job_id",
                         "create_time", "update_time"), ("id",), frozenset({"paused", "from_config"})),
+    Table("queues", ("name", "paused", "concurrency", "rate", "burst", "key_limit", "default_priority",
+                     "default_max_attempts", "tokens", "tokens_time", "create_time", "update_time"), ("name",),
+          frozenset({"paused"})),
 )
 
 

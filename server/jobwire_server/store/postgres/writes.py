@@ -18,6 +18,7 @@ import asyncpg
 
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
+from jobwire_server.domain.queues import QueueSettings, start_room
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
@@ -29,7 +30,7 @@ from jobwire_server.store.base import (
     InsertResult,
     LeaseRenewal,
 )
-from jobwire_server.store.postgres import batch, outbox
+from jobwire_server.store.postgres import batch, outbox, queues
 
 Conn = asyncpg.Connection
 
@@ -39,7 +40,7 @@ ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
 _JOB_TYPES = (
     "uuid", "text", "text", "bytea", "int4", "text", "int4", "int4", "int4", "float8", "float8", "text", "jsonb",
     "jsonb", "text", "jsonb", "jsonb", "bool", "text", "text", "int4", "timestamptz", "timestamptz", "timestamptz",
-    "timestamptz", "timestamptz",
+    "timestamptz", "timestamptz", "text",
 )
 _INSERT_JOBS = (
     f"INSERT INTO jobs ({rows.JOB_SELECT}) SELECT * FROM {batch.rows_of(1, _JOB_TYPES)} AS u "
@@ -196,7 +197,8 @@ def write_details(pending: Pending, written: Sequence[tuple[JobChange, Job]]) ->
 async def insert_jobs(conn: Conn, pending: Pending, new_jobs: Sequence[NewJob], now: float,
                       ttl: float) -> list[InsertResult]:
     plan = plans.plan_inserts(new_jobs, await _known_requests(conn, new_jobs, now),
-                              await _active_dedupe_keys(conn, new_jobs), now, ttl)
+                              await _active_dedupe_keys(conn, new_jobs), now, ttl,
+                              await queues.defaults(conn, plans.queues_needing_defaults(new_jobs)))
     await _insert_rows(conn, pending, plan.created, plan.request_rows, now)
     results = plans.insert_results(plan, await load_jobs(conn, plan.existing_ids, pending=pending), now)
     pending.outbox.extend(e for r in results if r.job.webhook is not None for e in r.events)
@@ -253,7 +255,7 @@ def _job_params(job: Job) -> tuple[Any, ...]:
         rows.error_to_json(job.error), rows.history_to_json(job.error_history), job.dedupe_key or None,
         json.dumps(dict(job.labels)) if job.labels else "{}", rows.webhook_to_json(job.webhook),
         job.cancel_requested, job.cancel_reason, job.trace_parent, job.last_sequence, job.create_time,
-        job.update_time, job.run_at, job.start_time, job.finish_time,
+        job.update_time, job.run_at, job.start_time, job.finish_time, job.concurrency_key or None,
     )
 
 
@@ -389,8 +391,8 @@ def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...
 
 async def claim_jobs(conn: Conn, pending: Pending, params: ClaimParams) -> ClaimResult:
     promoted, next_due = await _promote_due(conn, pending, params.now)
-    claimed = await _claim_ready(conn, pending, params) if params.limit > 0 else []
-    return ClaimResult(promoted, claimed, next_due)
+    claimed, next_token = await _claim_ready(conn, pending, params) if params.limit > 0 else ([], None)
+    return ClaimResult(promoted, claimed, next_due, next_token)
 
 
 # The due jobs become QUEUED, and the earliest run_at of those still waiting, in one round trip
@@ -418,6 +420,7 @@ async def _promote_due(conn: Conn, pending: Pending, now: float) -> tuple[list[C
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
+_QUEUE = rows.JOB_COLUMNS.index("queue")
 _ORDER = "ORDER BY priority DESC, run_at, id"
 _CLAIM_SET = (
     "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = $1, "
@@ -436,14 +439,20 @@ _CLAIM_BEST = (
 )
 
 
-async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> list[Committed]:
-    if p.queue_room:
-        ids = await _candidates(conn, p)
-        if not ids:
-            return []
-        found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids)
-    else:
+async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[list[Committed], float | None]:
+    controls = await queues.controls(conn)
+    if not (p.queue_room or controls):
         found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit)
+        return await _claimed(conn, pending, p, found), None
+    ids = await _candidates(conn, p, controls)
+    found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
+    started: dict[str, int] = {}
+    for row in found:
+        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
+    return await _claimed(conn, pending, p, found), await queues.spend(conn, p.now, controls, started)
+
+
+async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
     ids = [row[0] for row in found]
@@ -462,24 +471,31 @@ async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> list[Com
     return write_details(pending, changes)
 
 
-async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
-    """The best `limit` QUEUED jobs no other transaction holds, taking at most `room` from each
-    limited queue; their rows stay locked until the commit."""
-    limited = sorted(p.queue_room)
-    found = list(await conn.fetch(
+async def _candidates(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings]) -> list[str]:
+    """The best `limit` QUEUED jobs no other transaction holds: from the queues without limits in
+    one query, and from each limited queue (a process limit, stored settings) at most its room;
+    their rows stay locked until the commit."""
+    limited = sorted(set(p.queue_room) | set(controls))
+    found: list[tuple[str, int, float, str]] = [(row[0], row[1], row[2], "") for row in await conn.fetch(
         f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) {_ORDER} "
-        "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit))
+        "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit)]
     for queue in limited:
-        room = min(p.queue_room[queue], p.limit)
-        if room > 0 and queue in p.global_limits:
-            room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
+        room = await _room(conn, p, queue, controls.get(queue))
         if room > 0:
-            found += await conn.fetch(
-                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue = $1 {_ORDER} "
-                "LIMIT $2 FOR UPDATE SKIP LOCKED", queue, room)
-    if limited:
-        found.sort(key=lambda row: (-row[1], row[2], row[0]))
+            found += await queues.candidates(conn, queue, room, controls.get(queue))
+    found.sort(key=lambda row: (-row[1], row[2], row[0]))
     return [row[0] for row in found[: p.limit]]
+
+
+async def _room(conn: Conn, p: ClaimParams, queue: str, settings: QueueSettings | None) -> int:
+    """How many jobs of a limited queue may start: its process limit (global on all replicas
+    with `global_limits`), and its stored settings (counted under the row lock `controls` took)."""
+    room = min(p.queue_room.get(queue, p.limit), p.limit)
+    if room > 0 and queue in p.global_limits and queue in p.queue_room:
+        room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
+    if room > 0 and settings is not None:
+        room = min(room, start_room(settings, p.now, await queues.running(conn, queue) if settings.concurrency else 0))
+    return room
 
 
 async def _global_room(conn: Conn, queue: str, limit: int) -> int:

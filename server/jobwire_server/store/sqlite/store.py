@@ -23,10 +23,12 @@ from jobwire_server.domain.errors import (
 )
 from jobwire_server.domain.models import Event, Job, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import JobState
 from jobwire_server.store.base import (
     ApplyChange,
+    ChangeQueue,
     ClaimJobs,
     DeleteStale,
     InsertJobs,
@@ -45,7 +47,7 @@ from jobwire_server.store.base import (
     WriteOp,
 )
 from jobwire_server.store.operations import SingleOperations
-from jobwire_server.store.sqlite import bulk, migrate, outbox, reads, schedules, writes
+from jobwire_server.store.sqlite import bulk, migrate, outbox, queues, reads, schedules, writes
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
 Conn = sqlite3.Connection
@@ -209,6 +211,15 @@ class SqliteJobStore(SingleOperations):
     async def next_schedule_fire(self) -> float | None:
         return await self._read(schedules.next_due)
 
+    async def queue_settings(self, name: str) -> QueueSettings | None:
+        return await self._read(queues.get, name)
+
+    async def list_queue_settings(self) -> list[QueueSettings]:
+        return await self._read(queues.list_all)
+
+    async def running_counts(self, queue: str, key: str) -> tuple[int, int]:
+        return await self._read(queues.running_counts, queue, key)
+
 
 # ---------------------------------------------------------------------- one transaction
 
@@ -256,7 +267,7 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
             results.extend(writes.apply_changes(conn, [o.change for o in ops[index:end]]))  # type: ignore[union-attr]
             index = end
             continue
-        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp):
+        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp | ChangeQueue):
             results.append(_refusable(conn, op))
         elif isinstance(op, UpdateJobs):
             results.append(bulk.update_jobs(conn, op.job_ids, op.build))
@@ -266,7 +277,7 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
-def _refusable(conn: Conn, op: InsertJobs | UpdateJob | ScheduleOp) -> Any:
+def _refusable(conn: Conn, op: InsertJobs | UpdateJob | ScheduleOp | ChangeQueue) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits."""
     conn.execute("SAVEPOINT op")
@@ -294,6 +305,8 @@ def _run_one(conn: Conn, op: WriteOp) -> Any:
             return writes.renew_leases(conn, owner, job_ids, expires)
         case UpdateJobs(job_ids, build):
             return bulk.update_jobs(conn, job_ids, build)
+        case ChangeQueue(name, build, now):
+            return queues.change(conn, name, build, now)
     return _run_upkeep(conn, op)
 
 

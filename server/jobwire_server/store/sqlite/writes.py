@@ -12,6 +12,7 @@ from typing import Any
 
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
+from jobwire_server.domain.queues import QueueSettings, start_room
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
@@ -23,7 +24,7 @@ from jobwire_server.store.base import (
     InsertResult,
     LeaseRenewal,
 )
-from jobwire_server.store.sqlite import outbox
+from jobwire_server.store.sqlite import outbox, queues
 
 Conn = sqlite3.Connection
 
@@ -111,7 +112,7 @@ def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list
 
 def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: float) -> list[InsertResult]:
     plan = plans.plan_inserts(new_jobs, _known_requests(conn, new_jobs, now), _active_dedupe_keys(conn, new_jobs),
-                              now, ttl)
+                              now, ttl, queues.defaults(conn, plans.queues_needing_defaults(new_jobs)))
     _insert_rows(conn, plan.created, plan.request_rows)
     results = plans.insert_results(plan, load_jobs(conn, plan.existing_ids), now)
     if any(job.webhook is not None for job in plan.created):
@@ -158,7 +159,7 @@ def _job_params(job: Job) -> tuple[Any, ...]:
         rows.error_to_json(job.error), rows.history_to_json(job.error_history), job.dedupe_key or None,
         json.dumps(dict(job.labels)), rows.webhook_to_json(job.webhook), int(job.cancel_requested),
         job.cancel_reason, job.trace_parent, job.last_sequence, job.create_time, job.update_time, job.run_at,
-        job.start_time, job.finish_time,
+        job.start_time, job.finish_time, job.concurrency_key or None,
     )
 
 
@@ -247,8 +248,8 @@ def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tup
 
 def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
     promoted = _promote_due(conn, params.now)
-    claimed = _claim_ready(conn, params) if params.limit > 0 else []
-    return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)))
+    claimed, next_token = _claim_ready(conn, params) if params.limit > 0 else ([], None)
+    return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)), next_token)
 
 
 def _promote_due(conn: Conn, now: float) -> list[Committed]:
@@ -264,15 +265,29 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
+_QUEUE = rows.JOB_COLUMNS.index("queue")
+_ORDER = "ORDER BY priority DESC, run_at, id"
+_CLAIM_SET = ("UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
+              "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? ")
 
 
-def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
-    candidates, args = _candidate_sql(p)
-    found = conn.execute(
-        "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
-        "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? "
-        f"WHERE id IN ({candidates}) RETURNING {rows.JOB_SELECT}",
-        (p.now, p.now, p.owner, p.lease_expires, *args)).fetchall()
+def _claim_ready(conn: Conn, p: ClaimParams) -> tuple[list[Committed], float | None]:
+    controls = queues.controls(conn)
+    if not (controls or p.queue_room):  # the common case: one statement
+        found = conn.execute(
+            f"{_CLAIM_SET} WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED' {_ORDER} LIMIT ?) "
+            f"RETURNING {rows.JOB_SELECT}", (p.now, p.now, p.owner, p.lease_expires, p.limit)).fetchall()
+        return _claimed(conn, p, found), None
+    ids = [row[0] for row in _candidates(conn, p, controls)]
+    found = conn.execute(f"{_CLAIM_SET} WHERE id IN (SELECT value FROM json_each(?)) RETURNING {rows.JOB_SELECT}",
+                         (p.now, p.now, p.owner, p.lease_expires, json.dumps(ids))).fetchall() if ids else []
+    started: dict[str, int] = {}
+    for row in found:
+        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
+    return _claimed(conn, p, found), queues.spend(conn, p.now, controls, started)
+
+
+def _claimed(conn: Conn, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
     phases = load_phases(conn, [row[0] for row in found])
@@ -287,25 +302,22 @@ def _claim_ready(conn: Conn, p: ClaimParams) -> list[Committed]:
     return _write_details(conn, changes)
 
 
-_ORDER = "ORDER BY priority DESC, run_at, id"
-
-
-def _candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
-    """The ids to claim: the best `limit` QUEUED jobs, taking at most `room` from each limited queue."""
-    limited = sorted(p.queue_room)
-    parts = ["SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED'"
-             + (" AND queue NOT IN (SELECT value FROM json_each(?))" if limited else "")
-             + f" {_ORDER} LIMIT ?)"]
-    args: list[Any] = [json.dumps(limited)] if limited else []
-    args.append(p.limit)
+def _candidates(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings]) -> list[queues.Candidate]:
+    """The best `limit` QUEUED jobs: from the queues without limits in one query, and from each
+    limited queue (a process limit, stored settings) at most its room, merged in claim order."""
+    limited = sorted(set(p.queue_room) | set(controls))
+    found: list[queues.Candidate] = [tuple(row) for row in conn.execute(
+        "SELECT id, priority, run_at, queue FROM jobs WHERE state = 'QUEUED' "
+        f"AND queue NOT IN (SELECT value FROM json_each(?)) {_ORDER} LIMIT ?", (json.dumps(limited), p.limit))]
     for queue in limited:
-        room = min(p.queue_room[queue], p.limit)
+        settings = controls.get(queue)
+        room = min(p.queue_room.get(queue, p.limit), p.limit)
+        if settings is not None and room > 0:
+            room = min(room, start_room(settings, p.now, queues.running(conn, queue) if settings.concurrency else 0))
         if room > 0:
-            parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
-                         f"AND queue = ? {_ORDER} LIMIT ?)")
-            args.extend((queue, room))
-    union = " UNION ALL ".join(parts)
-    return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, p.limit]
+            found += queues.candidates(conn, queue, room, settings)
+    found.sort(key=lambda row: (-row[1], row[2], row[0]))
+    return found[: p.limit]
 
 
 def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:

@@ -1,0 +1,139 @@
+"""SQL of queue settings and the claim's queue controls (PostgreSQL): coroutines on the writer
+connection inside the transaction `PostgresJobStore.write` opens (the writes, the claim) or on a
+pooled reader.
+
+Replicas claim from the same queues. A claim locks the settings row of every limited queue it
+claims from (`FOR UPDATE`, in name order, so two claims cannot deadlock on each other's rows)
+before it counts the queue's RUNNING jobs (per key) and spends its bucket; the lock is held until
+the commit, so a replica claiming the same queue waits and then, its next statement reading the
+latest commit, counts what the first one started. Candidate rows are still taken with
+`FOR UPDATE SKIP LOCKED`, as everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from jobwire_server.domain.queues import KeyRoom, QueueSettings, available_tokens, next_token_time, take_tokens
+from jobwire_server.store import queue_rows as qrows
+
+Conn = asyncpg.Connection
+#: A candidate: (id, priority, run_at, queue).
+Candidate = tuple[str, int, float, str]
+
+_ORDER = "ORDER BY priority DESC, run_at, id"
+_TYPES = ("text", "bool", "int4", "float8", "int4", "int4", "int4", "int4", "float8", "float8", "timestamptz",
+          "timestamptz")
+_UPSERT = (f"INSERT INTO queues ({qrows.SELECT}) VALUES ("
+           + ", ".join(f"${n}::{t}" for n, t in enumerate(_TYPES, 1))
+           + ") ON CONFLICT (name) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in qrows.COLUMNS[1:]))
+
+
+async def get(conn: Conn, name: str) -> QueueSettings | None:
+    row = await conn.fetchrow(f"SELECT {qrows.SELECT} FROM queues WHERE name = $1", name)
+    return None if row is None else qrows.from_row(row)
+
+
+async def list_all(conn: Conn) -> list[QueueSettings]:
+    return [qrows.from_row(row) for row in await conn.fetch(f"SELECT {qrows.SELECT} FROM queues ORDER BY name")]
+
+
+async def change(conn: Conn, name: str, build: Any, now: float) -> QueueSettings:
+    """Lock the row (made first when missing, so two replicas changing a new queue take turns too)."""
+    fresh = QueueSettings(name, create_time=now, update_time=now)
+    await conn.execute(f"{_UPSERT.split(' ON CONFLICT')[0]} ON CONFLICT (name) DO NOTHING", *qrows.params(fresh))
+    row = await conn.fetchrow(f"SELECT {qrows.SELECT} FROM queues WHERE name = $1 FOR UPDATE", name)
+    if row is None:  # cannot happen: the row was made above, in this transaction
+        raise RuntimeError(f"queue {name} has no settings row")
+    after: QueueSettings = build(qrows.from_row(row))
+    await conn.execute(_UPSERT, *qrows.params(after))
+    return after
+
+
+async def defaults(conn: Conn, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
+    if not queues:
+        return {}
+    found = await conn.fetch("SELECT name, default_priority, default_max_attempts FROM queues "
+                             "WHERE name = ANY($1::text[])", list(queues))
+    return {row[0]: (row[1], row[2]) for row in found}
+
+
+async def controls(conn: Conn) -> dict[str, QueueSettings]:
+    """The queues a claim must treat on their own: paused ones (not locked: a claim only leaves
+    them alone), and those with a limit, locked in name order until the commit."""
+    found = await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE {qrows.CONTROLS} AND NOT paused "
+                             "ORDER BY name FOR UPDATE")
+    paused = await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE paused")
+    return {row[0]: qrows.from_row(row) for row in [*found, *paused]}
+
+
+async def running(conn: Conn, queue: str) -> int:
+    value: int = await conn.fetchval("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING'", queue)
+    return value
+
+
+async def running_counts(conn: Conn, queue: str, key: str) -> tuple[int, int]:
+    with_key = 0
+    if key:
+        with_key = await conn.fetchval("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING' "
+                                       "AND concurrency_key = $2", queue, key)
+    return await running(conn, queue), with_key
+
+
+async def candidates(conn: Conn, queue: str, room: int, settings: QueueSettings | None) -> list[Candidate]:
+    """The best `room` QUEUED jobs of `queue` that its key limit lets start, locked (SKIP LOCKED)."""
+    if settings is None or settings.key_limit <= 0:
+        found = await conn.fetch(f"SELECT id, priority, run_at, queue FROM jobs WHERE state = 'QUEUED' AND queue = $1 "
+                                 f"{_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED", queue, room)
+        return [(row[0], row[1], row[2], row[3]) for row in found]
+    return await _by_key(conn, queue, room, settings.key_limit)
+
+
+async def _by_key(conn: Conn, queue: str, room: int, limit: int) -> list[Candidate]:
+    """As the SQLite store's: keys saturated before the claim are left out by the query, keys that
+    fill up during it are skipped page by page."""
+    counted = await conn.fetch("SELECT concurrency_key, count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING' "
+                               "AND concurrency_key IS NOT NULL GROUP BY concurrency_key", queue)
+    keys = KeyRoom(limit, {row[0]: row[1] for row in counted})
+    taken: list[Candidate] = []
+    page = max(4 * room, 64)
+    after: tuple[int, float, str] | None = None
+    while len(taken) < room:
+        sql = ("SELECT id, priority, run_at, queue, concurrency_key FROM jobs WHERE state = 'QUEUED' AND queue = $1 "
+               "AND (concurrency_key IS NULL OR concurrency_key <> ALL($2::text[]))")
+        args: list[Any] = [queue, keys.saturated()]
+        if after is not None:
+            sql += " AND (-priority, run_at, id) > ($4::int4, $5::timestamptz, $6::uuid)"
+            args.extend(after)
+        found = await conn.fetch(f"{sql} {_ORDER} LIMIT $3 FOR UPDATE SKIP LOCKED", *args[:2], page, *args[2:])
+        for row in found:
+            if len(taken) == room:
+                break
+            if keys.take(row[4]):
+                taken.append((row[0], row[1], row[2], row[3]))
+        if len(found) < page:
+            break
+        after = (-found[-1][1], found[-1][2], found[-1][0])
+    return taken
+
+
+async def spend(conn: Conn, now: float, limited: Mapping[str, QueueSettings],
+                started: Mapping[str, int]) -> float | None:
+    """Spend the tokens of the jobs the claim started (rows locked by `controls`); returns when a
+    rate-limited queue whose QUEUED jobs wait for tokens next has one."""
+    wake: float | None = None
+    for name, settings in limited.items():
+        if settings.rate <= 0 or settings.paused:
+            continue
+        after = take_tokens(settings, now, started.get(name, 0))
+        if started.get(name, 0):
+            await conn.execute("UPDATE queues SET tokens = $1, tokens_time = $2 WHERE name = $3",
+                               after.tokens, after.tokens_time, name)
+        if available_tokens(after, now) < 1.0 - 1e-9 and await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'QUEUED' AND queue = $1)", name):
+            due = next_token_time(after, now)
+            wake = due if wake is None or (due is not None and due < wake) else wake
+    return wake
