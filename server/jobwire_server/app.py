@@ -34,6 +34,7 @@ from jobwire_server.engine.dispatcher import Dispatcher
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.leases import LeaseKeeper
+from jobwire_server.engine.queues import QueueService
 from jobwire_server.engine.replicas import Leadership, ReplicaLink
 from jobwire_server.engine.retention import Retention, RetentionPolicy
 from jobwire_server.engine.schedules import Scheduler, ScheduleService
@@ -166,6 +167,9 @@ class App:
                                    request_ttl=config.request_id_ttl, on_cancel=self.executor.request_cancel,
                                    may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always)
         self.dispatcher.on_timer.append(self.scheduler.tick)
+        self.queues = QueueService(self.store, self.writer, self.clock, check_open=self.service.check_open,
+                                   process_limits=config.queue_concurrency,
+                                   limits_global=config.queue_concurrency_global)
         self.schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
                                          request_ttl=config.request_id_ttl, check_open=self.service.check_open)
         try:
@@ -279,7 +283,7 @@ class App:
         servicer = JobServicer(self.service, self.registry, self.clock,
                                Limits(max_payload_bytes=cfg.max_payload_bytes),
                                max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
-                               retention=self.retention, schedules=self.schedules, auth=auth)
+                               retention=self.retention, schedules=self.schedules, auth=auth, queues=self.queues)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

@@ -5,7 +5,7 @@ The tokens file (``tokens_file`` setting) is TOML and stores only SHA-256 digest
     [[token]]
     name = "ci"                          # shown in logs; unique
     sha256 = "9f86d081884c7d65…"         # hex digest of the secret token
-    scopes = ["jobs:read", "jobs:write"] # any of jobs:read, jobs:write, admin
+    scopes = ["jobs:read", "jobs:write"] # any of jobs:read, jobs:write, schedules:write, queues:write, admin
 
 Make a token and its digest with::
 
@@ -45,6 +45,7 @@ __all__ = [
     "BEARER_CREDENTIALS",
     "METHOD_SCOPES",
     "OPEN_PREFIXES",
+    "QUEUES",
     "READ",
     "SCHEDULES",
     "SCOPES",
@@ -64,7 +65,9 @@ WRITE: Final = "jobs:write"
 ADMIN: Final = "admin"
 #: Creating, changing and firing schedules: a schedule enqueues jobs on its own, for as long as it lives.
 SCHEDULES: Final = "schedules:write"
-SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES})
+#: Pausing, resuming and limiting queues: it decides what runs, for every client of the queue.
+QUEUES: Final = "queues:write"
+SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES, QUEUES})
 
 _SERVICE: Final = "/jobwire.v1.JobService/"
 #: The scope each JobService method needs; ``admin`` grants every method, listed here or not.
@@ -78,6 +81,8 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
     **{_SERVICE + name: READ for name in ("GetSchedule", "ListSchedules")},
     **{_SERVICE + name: SCHEDULES for name in ("CreateSchedule", "UpdateSchedule", "DeleteSchedule",
                                                "PauseSchedule", "ResumeSchedule", "TriggerSchedule")},
+    **{_SERVICE + name: READ for name in ("GetQueue", "ListQueues")},
+    **{_SERVICE + name: QUEUES for name in ("PauseQueue", "ResumeQueue", "UpdateQueue")},
 }
 #: Methods under these prefixes need no token: load balancers probe health, tools list services.
 OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -24,6 +24,7 @@ from jobwire_server.domain.errors import (
     InvalidTransition,
     JobNotFound,
     PayloadTooLarge,
+    QueueNotFound,
     RequestIdReused,
     ScheduleExists,
     ScheduleFromConfig,
@@ -82,6 +83,8 @@ def to_status(exc: BaseException) -> grpc.Status:
     if isinstance(exc, InvalidTransition):
         return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
                       {"job_id": exc.job_id, "state": str(exc.state), "action": exc.action})
+    if isinstance(exc, QueueNotFound):
+        return _build(grpc.StatusCode.NOT_FOUND, str(exc), exc.reason, {"queue": exc.queue})
     if isinstance(exc, ScheduleNotFound):
         return _build(grpc.StatusCode.NOT_FOUND, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
     if isinstance(exc, ScheduleExists):

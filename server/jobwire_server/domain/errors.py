@@ -93,6 +93,16 @@ class ScheduleFromConfig(JobwireError):
         self.schedule_id, self.action = schedule_id, action
 
 
+class QueueNotFound(JobwireError):
+    """No queue of that name has settings or holds a job."""
+
+    reason = "QUEUE_NOT_FOUND"
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue} not found: it has no settings and holds no job")
+        self.queue = queue
+
+
 class SchemaTooNew(JobwireError):
     reason = "SCHEMA_TOO_NEW"
 
