@@ -63,11 +63,17 @@ async def defaults(conn: Conn, queues: Sequence[str]) -> dict[str, tuple[int, in
 
 async def controls(conn: Conn) -> dict[str, QueueSettings]:
     """The queues a claim must treat on their own: paused ones (not locked: a claim only leaves
-    them alone), and those with a limit, locked in name order until the commit."""
-    found = await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE {qrows.CONTROLS} AND NOT paused "
-                             "ORDER BY name FOR UPDATE")
-    paused = await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE paused")
-    return {row[0]: qrows.from_row(row) for row in [*found, *paused]}
+    them alone), and those with a limit, locked in name order until the commit and read again
+    under the lock (another replica's claim may have spent tokens meanwhile). Without any such
+    row (the common case) this is one small query."""
+    found = {row[0]: qrows.from_row(row)
+             for row in await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE {qrows.CONTROLS}")}
+    limited = sorted(name for name, settings in found.items() if not settings.paused)
+    if limited:
+        locked = await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE name = ANY($1::text[]) "
+                                  "ORDER BY name FOR UPDATE", limited)
+        found.update({row[0]: qrows.from_row(row) for row in locked})
+    return {name: settings for name, settings in found.items() if settings.controls_claims}
 
 
 async def running(conn: Conn, queue: str) -> int:
