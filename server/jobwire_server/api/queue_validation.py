@@ -14,7 +14,7 @@ from google.protobuf import message as _message
 from google.protobuf import unknown_fields
 from jobwire.v1 import jobwire_pb2
 
-from jobwire_server.api.validation import decode_page_token
+from jobwire_server.api.validation import MAX_ATTEMPTS, decode_page_token
 from jobwire_server.domain.errors import FieldViolation, InvalidArgument
 from jobwire_server.domain.models import MAX_PRIORITY, MIN_PRIORITY
 from jobwire_server.domain.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -23,7 +23,6 @@ from jobwire_server.handlers.kind import NAME_PATTERN
 
 #: What a ListQueues page token carries instead of a filters digest (so another list's token is refused).
 PAGE_TOKEN_KIND: Final = "queues"
-MAX_ATTEMPTS: Final = 1000
 _SETTINGS: Final = ("concurrency_limit", "rate_limit", "rate_burst", "key_limit", "default_priority",
                     "default_max_attempts")
 _NAME_RULE: Final = "must be 1–128 letters, digits, '.', '-' or '_'"

@@ -27,9 +27,9 @@ Candidate = tuple[str, int, float, str]
 _ORDER = "ORDER BY priority DESC, run_at, id"
 _TYPES = ("text", "bool", "int4", "float8", "int4", "int4", "int4", "int4", "float8", "float8", "timestamptz",
           "timestamptz")
-_UPSERT = (f"INSERT INTO queues ({qrows.SELECT}) VALUES ("
-           + ", ".join(f"${n}::{t}" for n, t in enumerate(_TYPES, 1))
-           + ") ON CONFLICT (name) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in qrows.COLUMNS[1:]))
+_INSERT = (f"INSERT INTO queues ({qrows.SELECT}) VALUES ("
+           + ", ".join(f"${n}::{t}" for n, t in enumerate(_TYPES, 1)) + ")")
+_UPSERT = f"{_INSERT} ON CONFLICT (name) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in qrows.COLUMNS[1:])
 
 
 async def get(conn: Conn, name: str) -> QueueSettings | None:
@@ -44,7 +44,7 @@ async def list_all(conn: Conn) -> list[QueueSettings]:
 async def change(conn: Conn, name: str, build: Any, now: float) -> QueueSettings:
     """Lock the row (made first when missing, so two replicas changing a new queue take turns too)."""
     fresh = QueueSettings(name, create_time=now, update_time=now)
-    await conn.execute(f"{_UPSERT.split(' ON CONFLICT')[0]} ON CONFLICT (name) DO NOTHING", *qrows.params(fresh))
+    await conn.execute(f"{_INSERT} ON CONFLICT (name) DO NOTHING", *qrows.params(fresh))
     row = await conn.fetchrow(f"SELECT {qrows.SELECT} FROM queues WHERE name = $1 FOR UPDATE", name)
     if row is None:  # cannot happen: the row was made above, in this transaction
         raise RuntimeError(f"queue {name} has no settings row")
