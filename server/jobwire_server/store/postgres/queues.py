@@ -12,7 +12,7 @@ latest commit, counts what the first one started. Candidate rows are still taken
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -51,14 +51,6 @@ async def change(conn: Conn, name: str, build: Any, now: float) -> QueueSettings
     after: QueueSettings = build(qrows.from_row(row))
     await conn.execute(_UPSERT, *qrows.params(after))
     return after
-
-
-async def defaults(conn: Conn, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
-    if not queues:
-        return {}
-    found = await conn.fetch("SELECT name, default_priority, default_max_attempts FROM queues "
-                             "WHERE name = ANY($1::text[])", list(queues))
-    return {row[0]: (row[1], row[2]) for row in found}
 
 
 async def controls(conn: Conn) -> dict[str, QueueSettings]:

@@ -42,10 +42,29 @@ _JOB_TYPES = (
     "jsonb", "text", "jsonb", "jsonb", "bool", "text", "text", "int4", "timestamptz", "timestamptz", "timestamptz",
     "timestamptz", "timestamptz", "text",
 )
+_PRIORITY, _MAX_ATTEMPTS = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("max_attempts")
+_PRIORITY_UNSET, _MAX_ATTEMPTS_UNSET = len(_JOB_TYPES), len(_JOB_TYPES) + 1
+
+
+def _insert_column(index: int) -> str:
+    """A job column as inserted: the row's value, except a priority or max attempts the request
+    left unset, which the queue's stored default (when it has one) replaces, read in this
+    statement rather than in a round trip of its own."""
+    if index == _PRIORITY:
+        return f"CASE WHEN u.c{_PRIORITY_UNSET} AND q.default_priority > 0 THEN q.default_priority ELSE u.c{index} END"
+    if index == _MAX_ATTEMPTS:
+        return (f"CASE WHEN u.c{_MAX_ATTEMPTS_UNSET} AND q.default_max_attempts > 0 THEN q.default_max_attempts "
+                f"ELSE u.c{index} END")
+    return f"u.c{index}"
+
+
 _INSERT_JOBS = (
-    f"INSERT INTO jobs ({rows.JOB_SELECT}) SELECT * FROM {batch.rows_of(1, _JOB_TYPES)} AS u "
+    f"INSERT INTO jobs ({rows.JOB_SELECT}) "
+    f"SELECT {', '.join(_insert_column(i) for i in range(len(_JOB_TYPES)))} "
+    f"FROM {batch.rows_of(1, (*_JOB_TYPES, 'bool', 'bool'))} "
+    f"AS u({', '.join(f'c{i}' for i in range(len(_JOB_TYPES) + 2))}) LEFT JOIN queues q ON q.name = u.c1 "
     f"ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ({ACTIVE_SQL}) DO NOTHING "
-    "RETURNING id"
+    "RETURNING id, priority, max_attempts"
 )
 _PHASE_ROW = ("uuid", "int4", "text", "text")
 _INSERT_PHASES = "INSERT INTO phases (job_id, idx, name, state) SELECT * FROM {rows} AS u"
@@ -197,9 +216,13 @@ def write_details(pending: Pending, written: Sequence[tuple[JobChange, Job]]) ->
 async def insert_jobs(conn: Conn, pending: Pending, new_jobs: Sequence[NewJob], now: float,
                       ttl: float) -> list[InsertResult]:
     plan = plans.plan_inserts(new_jobs, await _known_requests(conn, new_jobs, now),
-                              await _active_dedupe_keys(conn, new_jobs), now, ttl,
-                              await queues.defaults(conn, plans.queues_needing_defaults(new_jobs)))
-    await _insert_rows(conn, pending, plan.created, plan.request_rows, now)
+                              await _active_dedupe_keys(conn, new_jobs), now, ttl)
+    unset = {job_id: (new.priority_unset, new.max_attempts_unset)
+             for new, (job_id, _, made) in zip(new_jobs, plan.outcome, strict=True) if made}
+    written = await _insert_rows(conn, pending, plan.created, unset, plan.request_rows, now)
+    plan.created = [job if (job.priority, job.max_attempts) == written[job.id]
+                    else evolve(job, priority=written[job.id][0], max_attempts=written[job.id][1])
+                    for job in plan.created]  # a queue's defaults applied by the INSERT
     results = plans.insert_results(plan, await load_jobs(conn, plan.existing_ids, pending=pending), now)
     pending.outbox.extend(e for r in results if r.job.webhook is not None for e in r.events)
     return results
@@ -226,14 +249,18 @@ async def _active_dedupe_keys(conn: Conn, new_jobs: Sequence[NewJob]) -> dict[tu
     return {(row[0], row[1]): row[2] for row in found}
 
 
-async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
-                       request_rows: Sequence[tuple[str, str, str, float]], now: float) -> None:
+async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job], unset: dict[str, tuple[bool, bool]],
+                       request_rows: Sequence[tuple[str, str, str, float]],
+                       now: float) -> dict[str, tuple[int, int]]:
     """Insert jobs and remembered request ids; `Conflict` when another transaction committed an
-    active job with one of their dedupe keys, or one of their request ids, since they were read."""
+    active job with one of their dedupe keys, or one of their request ids, since they were read.
+    Returns each job's priority and max attempts as written (`unset`: which the request left unset)."""
+    written: dict[str, tuple[int, int]] = {}
     if jobs:
-        inserted = await conn.fetch(_INSERT_JOBS, batch.encode([_job_params(job) for job in jobs]))
+        inserted = await conn.fetch(_INSERT_JOBS, batch.encode([(*_job_params(job), *unset[job.id]) for job in jobs]))
         if len(inserted) != len(jobs):
             raise Conflict
+        written = {row[0]: (row[1], row[2]) for row in inserted}
         pending.new_phases.extend((job.id, i, p.name, p.state.value) for job in jobs for i, p in enumerate(job.phases))
         pending.events.extend((job.id, 1, EventType.ENQUEUED.value, job.create_time, "", "") for job in jobs)
     if request_rows:
@@ -246,6 +273,7 @@ async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
             batch.encode(request_rows), now)
         if len(claimed) != len(request_rows):
             raise Conflict
+    return written
 
 
 def _job_params(job: Job) -> tuple[Any, ...]:
@@ -421,7 +449,14 @@ async def _promote_due(conn: Conn, pending: Pending, now: float) -> tuple[list[C
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
 _QUEUE = rows.JOB_COLUMNS.index("queue")
+_PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
+
+
+def _claim_order(row: Any) -> tuple[int, float, str]:
+    return -row[_PRIORITY_COLUMN], row[_RUN_AT], row[0]
+
+
 _CLAIM_SET = (
     "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = $1, "
     "finish_time = NULL, update_time = $1, lease_owner = $2, lease_expires = $3 "
@@ -455,6 +490,8 @@ async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[li
 async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
+    # In claim order (an UPDATE returns its rows in any order): the executor starts them in this order.
+    found = sorted(found, key=_claim_order)
     ids = [row[0] for row in found]
     if pending.touches(ids):  # a job retried in this transaction: its phases are not written yet
         phases = await load_phases(conn, ids, pending)

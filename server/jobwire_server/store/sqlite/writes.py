@@ -266,7 +266,14 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
 _QUEUE = rows.JOB_COLUMNS.index("queue")
+_PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
+
+
+def _claim_order(row: Any) -> tuple[int, float, str]:
+    return -row[_PRIORITY_COLUMN], row[_RUN_AT], row[0]
+
+
 _CLAIM_SET = ("UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
               "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? ")
 
@@ -290,6 +297,8 @@ def _claim_ready(conn: Conn, p: ClaimParams) -> tuple[list[Committed], float | N
 def _claimed(conn: Conn, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
+    # In claim order (an UPDATE returns its rows in any order): the executor starts them in this order.
+    found = sorted(found, key=_claim_order)
     phases = load_phases(conn, [row[0] for row in found])
     changes = []
     for row in found:
