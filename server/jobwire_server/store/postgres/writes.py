@@ -22,6 +22,7 @@ from jobwire_server.domain.queues import QueueSettings, start_room
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
+from jobwire_server.store import queue_rows as qrows
 from jobwire_server.store.base import (
     ChangeBuilder,
     ClaimParams,
@@ -467,18 +468,24 @@ _WITH_PHASES = (
     "p.error::text, p.start_time, p.finish_time) FROM phases p WHERE p.job_id = jobs.id ORDER BY p.idx)"
 )
 _CLAIM = f"{_CLAIM_SET} WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
-# Without limited queues (the common case) candidates and claim are one round trip.
+# Without limited queues (the common case) candidates and claim are one round trip. It claims
+# nothing while any queue is paused or limited (its settings are then read, and the limited claim
+# below is made): so a deployment that uses no queue controls pays nothing for them.
 _CLAIM_BEST = (
-    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' {_ORDER} LIMIT $4 FOR UPDATE SKIP LOCKED) "
+    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' "
+    f"AND NOT EXISTS (SELECT 1 FROM queues WHERE {qrows.CONTROLS}) {_ORDER} LIMIT $4 FOR UPDATE SKIP LOCKED) "
     f"{_CLAIM_SET} FROM best WHERE jobs.id = best.id RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
 )
 
 
 async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[list[Committed], float | None]:
-    controls = await queues.controls(conn)
-    if not (p.queue_room or controls):
+    if not p.queue_room:
         found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit)
-        return await _claimed(conn, pending, p, found), None
+        if found:
+            return await _claimed(conn, pending, p, found), None
+    controls = await queues.controls(conn)  # nothing claimed: nothing ready, or some queue is limited
+    if not (p.queue_room or controls):
+        return [], None
     ids = await _candidates(conn, p, controls)
     found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
     started: dict[str, int] = {}
