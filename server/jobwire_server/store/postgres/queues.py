@@ -7,7 +7,8 @@ claims from (`FOR UPDATE`, in name order, so two claims cannot deadlock on each 
 before it counts the queue's RUNNING jobs (per key) and spends its bucket; the lock is held until
 the commit, so a replica claiming the same queue waits and then, its next statement reading the
 latest commit, counts what the first one started. Candidate rows are still taken with
-`FOR UPDATE SKIP LOCKED`, as everywhere.
+`FOR UPDATE SKIP LOCKED`, as everywhere. A `--queue-concurrency` limit counted on every replica
+(`--queue-concurrency-global`) has no row to lock: it takes the queue's advisory lock instead.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from typing import Any
 
 import asyncpg
 
-from jobwire_server.domain.queues import KeyRoom, QueueSettings, available_tokens, next_token_time, take_tokens
+from jobwire_server.domain.queues import (
+    KeyRoom,
+    QueueSettings,
+    available_tokens,
+    next_token_time,
+    start_room,
+    take_tokens,
+)
 from jobwire_server.store import queue_rows as qrows
+from jobwire_server.store.base import ClaimParams
 
 Conn = asyncpg.Connection
 #: A candidate: (id, priority, run_at, queue).
@@ -135,3 +144,46 @@ async def spend(conn: Conn, now: float, limited: Mapping[str, QueueSettings],
             due = next_token_time(after, now)
             wake = due if wake is None or (due is not None and due < wake) else wake
     return wake
+
+
+# ---------------------------------------------------------------------- the claim's candidates
+
+
+async def claim_candidates(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings]) -> list[str]:
+    """The best `limit` QUEUED jobs no other transaction holds: from the queues without limits in
+    one query, and from each limited queue (a process limit, stored settings) at most its room;
+    their rows stay locked until the commit."""
+    limited = sorted(set(p.queue_room) | set(controls))
+    found: list[tuple[str, int, float, str]] = [(row[0], row[1], row[2], "") for row in await conn.fetch(
+        f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) {_ORDER} "
+        "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit)]
+    for queue in limited:
+        room = await _room(conn, p, queue, controls.get(queue))
+        if room > 0:
+            found += await candidates(conn, queue, room, controls.get(queue))
+    found.sort(key=lambda row: (-row[1], row[2], row[0]))
+    return [row[0] for row in found[: p.limit]]
+
+
+async def _room(conn: Conn, p: ClaimParams, queue: str, settings: QueueSettings | None) -> int:
+    """How many jobs of a limited queue may start: its process limit (global on all replicas
+    with `global_limits`), and its stored settings (counted under the row lock `controls` took)."""
+    room = min(p.queue_room.get(queue, p.limit), p.limit)
+    if room > 0 and queue in p.global_limits and queue in p.queue_room:
+        room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
+    if room > 0 and settings is not None:
+        room = min(room, start_room(settings, p.now, await running(conn, queue) if settings.concurrency else 0))
+    return room
+
+
+async def _global_room(conn: Conn, queue: str, limit: int) -> int:
+    """How many more jobs of `queue` may start on all replicas together. The queue's advisory lock,
+    held until the commit, makes replicas claiming from it take turns, each counting the jobs the
+    others' committed claims started."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", QUEUE_LOCKS, queue)
+    running: int = await conn.fetchval("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING'", queue)
+    return max(0, limit - running)
+
+
+#: The first key of the per-queue advisory locks ("jobw").
+QUEUE_LOCKS = 0x6A6F6277

@@ -18,7 +18,6 @@ import asyncpg
 
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
-from jobwire_server.domain.queues import QueueSettings, start_room
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
@@ -486,7 +485,7 @@ async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[li
     controls = await queues.controls(conn)  # nothing claimed: nothing ready, or some queue is limited
     if not (p.queue_room or controls):
         return [], None
-    ids = await _candidates(conn, p, controls)
+    ids = await queues.claim_candidates(conn, p, controls)
     found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
     started: dict[str, int] = {}
     for row in found:
@@ -513,46 +512,6 @@ async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any
         change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
         changes.append((change, change.job))
     return write_details(pending, changes)
-
-
-async def _candidates(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings]) -> list[str]:
-    """The best `limit` QUEUED jobs no other transaction holds: from the queues without limits in
-    one query, and from each limited queue (a process limit, stored settings) at most its room;
-    their rows stay locked until the commit."""
-    limited = sorted(set(p.queue_room) | set(controls))
-    found: list[tuple[str, int, float, str]] = [(row[0], row[1], row[2], "") for row in await conn.fetch(
-        f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) {_ORDER} "
-        "LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit)]
-    for queue in limited:
-        room = await _room(conn, p, queue, controls.get(queue))
-        if room > 0:
-            found += await queues.candidates(conn, queue, room, controls.get(queue))
-    found.sort(key=lambda row: (-row[1], row[2], row[0]))
-    return [row[0] for row in found[: p.limit]]
-
-
-async def _room(conn: Conn, p: ClaimParams, queue: str, settings: QueueSettings | None) -> int:
-    """How many jobs of a limited queue may start: its process limit (global on all replicas
-    with `global_limits`), and its stored settings (counted under the row lock `controls` took)."""
-    room = min(p.queue_room.get(queue, p.limit), p.limit)
-    if room > 0 and queue in p.global_limits and queue in p.queue_room:
-        room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
-    if room > 0 and settings is not None:
-        room = min(room, start_room(settings, p.now, await queues.running(conn, queue) if settings.concurrency else 0))
-    return room
-
-
-async def _global_room(conn: Conn, queue: str, limit: int) -> int:
-    """How many more jobs of `queue` may start on all replicas together. The queue's advisory lock,
-    held until the commit, makes replicas claiming from it take turns, each counting the jobs the
-    others' committed claims started."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", QUEUE_LOCKS, queue)
-    running: int = await conn.fetchval("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING'", queue)
-    return max(0, limit - running)
-
-
-#: The first key of the per-queue advisory locks ("jobw").
-QUEUE_LOCKS = 0x6A6F6277
 
 
 async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:

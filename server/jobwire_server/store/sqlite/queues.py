@@ -12,8 +12,16 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jobwire_server.domain.queues import KeyRoom, QueueSettings, available_tokens, next_token_time, take_tokens
+from jobwire_server.domain.queues import (
+    KeyRoom,
+    QueueSettings,
+    available_tokens,
+    next_token_time,
+    start_room,
+    take_tokens,
+)
 from jobwire_server.store import queue_rows as qrows
+from jobwire_server.store.base import ClaimParams
 
 Conn = sqlite3.Connection
 #: A candidate: (id, priority, run_at, queue).
@@ -130,3 +138,24 @@ def spend(conn: Conn, now: float, limited: Mapping[str, QueueSettings], started:
 def _has_queued(conn: Conn, queue: str) -> bool:
     return conn.execute("SELECT 1 FROM jobs WHERE state = 'QUEUED' AND queue = ? LIMIT 1", (queue,)).fetchone() \
         is not None
+
+
+# ---------------------------------------------------------------------- the claim's candidates
+
+
+def claim_candidates(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings]) -> list[Candidate]:
+    """The best `limit` QUEUED jobs: from the queues without limits in one query, and from each
+    limited queue (a process limit, stored settings) at most its room, merged in claim order."""
+    limited = sorted(set(p.queue_room) | set(controls))
+    found: list[Candidate] = [tuple(row) for row in conn.execute(
+        "SELECT id, priority, run_at, queue FROM jobs WHERE state = 'QUEUED' "
+        f"AND queue NOT IN (SELECT value FROM json_each(?)) {_ORDER} LIMIT ?", (json.dumps(limited), p.limit))]
+    for queue in limited:
+        settings = controls.get(queue)
+        room = min(p.queue_room.get(queue, p.limit), p.limit)
+        if settings is not None and room > 0:
+            room = min(room, start_room(settings, p.now, running(conn, queue) if settings.concurrency else 0))
+        if room > 0:
+            found += candidates(conn, queue, room, settings)
+    found.sort(key=lambda row: (-row[1], row[2], row[0]))
+    return found[: p.limit]

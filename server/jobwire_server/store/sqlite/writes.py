@@ -12,7 +12,6 @@ from typing import Any
 
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
-from jobwire_server.domain.queues import QueueSettings, start_room
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
@@ -285,7 +284,7 @@ def _claim_ready(conn: Conn, p: ClaimParams) -> tuple[list[Committed], float | N
             f"{_CLAIM_SET} WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED' {_ORDER} LIMIT ?) "
             f"RETURNING {rows.JOB_SELECT}", (p.now, p.now, p.owner, p.lease_expires, p.limit)).fetchall()
         return _claimed(conn, p, found), None
-    ids = [row[0] for row in _candidates(conn, p, controls)]
+    ids = [row[0] for row in queues.claim_candidates(conn, p, controls)]
     found = conn.execute(f"{_CLAIM_SET} WHERE id IN (SELECT value FROM json_each(?)) RETURNING {rows.JOB_SELECT}",
                          (p.now, p.now, p.owner, p.lease_expires, json.dumps(ids))).fetchall() if ids else []
     started: dict[str, int] = {}
@@ -309,24 +308,6 @@ def _claimed(conn: Conn, p: ClaimParams, found: list[Any]) -> list[Committed]:
         change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
         changes.append((change, change.job))
     return _write_details(conn, changes)
-
-
-def _candidates(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings]) -> list[queues.Candidate]:
-    """The best `limit` QUEUED jobs: from the queues without limits in one query, and from each
-    limited queue (a process limit, stored settings) at most its room, merged in claim order."""
-    limited = sorted(set(p.queue_room) | set(controls))
-    found: list[queues.Candidate] = [tuple(row) for row in conn.execute(
-        "SELECT id, priority, run_at, queue FROM jobs WHERE state = 'QUEUED' "
-        f"AND queue NOT IN (SELECT value FROM json_each(?)) {_ORDER} LIMIT ?", (json.dumps(limited), p.limit))]
-    for queue in limited:
-        settings = controls.get(queue)
-        room = min(p.queue_room.get(queue, p.limit), p.limit)
-        if settings is not None and room > 0:
-            room = min(room, start_room(settings, p.now, queues.running(conn, queue) if settings.concurrency else 0))
-        if room > 0:
-            found += queues.candidates(conn, queue, room, settings)
-    found.sort(key=lambda row: (-row[1], row[2], row[0]))
-    return found[: p.limit]
 
 
 def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:
