@@ -161,3 +161,16 @@ async def test_queue_defaults_apply_to_jobs_that_leave_them_unset(stub: Stub) ->
                                 timeout=10)).job
     assert (unset.priority, unset.max_attempts) == (8, 4)
     assert (given.priority, given.max_attempts) == (2, 1)
+
+
+async def test_pausing_a_queue_lets_its_running_job_finish(app: App, stub: Stub) -> None:
+    recorder = Recorder(app.service.hub)
+    running = (await stub.Enqueue(pb.EnqueueRequest(queue="busy", kind="sleep",
+                                                    payload=json.dumps({"seconds": 0.5}).encode()), timeout=10)).job
+    await recorder.wait(running.id, EventType.STARTED, within=10)
+    await stub.PauseQueue(pb.PauseQueueRequest(name="busy"), timeout=10)
+    waiting = (await stub.Enqueue(pb.EnqueueRequest(queue="busy", kind="noop"), timeout=10)).job
+    assert (await recorder.wait_final(running.id, within=10)).type is EventType.SUCCEEDED
+    await claim_round(app)  # the claim of the commit that finished it, and one more, leave the queue alone
+    held = await stub.GetJob(pb.GetJobRequest(id=waiting.id), timeout=10)
+    assert (held.state, held.waiting_reason) == (pb.JOB_STATE_QUEUED, pb.WAITING_REASON_QUEUE_PAUSED)
