@@ -129,3 +129,12 @@ async def test_list_queues_pages_by_name_over_settings_and_jobs(stub: Stub) -> N
     assert second.queues[0].settings.paused
     error = await failure(stub.ListQueues(pb.ListQueuesRequest(page_size=-1, page_token="forged")))
     assert set(error_details(error)[1]) == {"page_size", "page_token"}
+
+
+async def test_a_schedule_template_keeps_its_concurrency_key(stub: Stub) -> None:
+    template = pb.EnqueueRequest(kind="noop", queue="tenants", concurrency_key="tenant-9")
+    created = await stub.CreateSchedule(pb.CreateScheduleRequest(
+        id="per-tenant", spec=pb.ScheduleSpec(template=template, cron="@daily"), paused=True))
+    assert created.spec.template.concurrency_key == "tenant-9"
+    fired = await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="per-tenant"))
+    assert fired.job.concurrency_key == "tenant-9" and fired.job.queue == "tenants"
