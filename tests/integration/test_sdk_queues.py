@@ -62,3 +62,12 @@ def test_the_sync_client_has_the_queue_methods(server: ServerProcess) -> None:
         assert name in [q.name for q in queues]
         assert name in [q.name for q in client.list_queues()]
         assert not client.resume_queue(name).settings.paused
+
+
+async def test_a_schedule_spec_carries_a_concurrency_key(client: jobwire.Client) -> None:
+    name = _name()
+    spec = jobwire.ScheduleSpec(kind="noop", cron="@daily", queue=name, concurrency_key="tenant-3")
+    created = await client.create_schedule(name, spec, paused=True)
+    assert created.spec.concurrency_key == "tenant-3"
+    fired = await client.trigger_schedule(name)
+    assert fired.job is not None and fired.job.concurrency_key == "tenant-3"

@@ -226,6 +226,7 @@ export interface ScheduleSpecInput {
   labels?: Record<string, string>;
   dedupeKey?: string;
   webhook?: WebhookConfig;
+  concurrencyKey?: string;
   cron?: string;
   timeZone?: string;
   intervalSeconds?: number;

@@ -233,7 +233,7 @@ function policy(prefix, value) {
 
 /** A schedule spec as the client takes it (flat, like `enqueue`'s options plus the timing) -> ScheduleSpec. */
 function toScheduleSpec({
-  kind, payload, queue, priority, maxAttempts, timeoutSeconds, labels, dedupeKey, webhook,
+  kind, payload, queue, priority, maxAttempts, timeoutSeconds, labels, dedupeKey, webhook, concurrencyKey,
   cron, timeZone, intervalSeconds, jitterSeconds, overlapPolicy, catchupPolicy, description,
 } = {}) {
   const spec = {
@@ -247,6 +247,7 @@ function toScheduleSpec({
       dedupeKey: dedupeKey ?? '',
       labels: labels ?? {},
       webhook: webhook ? { url: webhook.url, events: webhook.events ?? [] } : null,
+      concurrencyKey: concurrencyKey ?? '',
     },
     timeZone: timeZone ?? '',
     jitter: toDuration(jitterSeconds, 'jitterSeconds'),

@@ -415,6 +415,7 @@ def schedule_spec_to_proto(spec: ScheduleSpec) -> pb.ScheduleSpec:
         max_attempts=spec.max_attempts,
         dedupe_key=spec.dedupe_key,
         labels=dict(spec.labels),
+        concurrency_key=spec.concurrency_key,
     )
     if spec.timeout is not None:
         template.timeout.CopyFrom(to_duration(spec.timeout))
@@ -465,6 +466,7 @@ def schedule_spec_from_proto(message: pb.ScheduleSpec) -> ScheduleSpec:
         overlap_policy=_policy(OverlapPolicy, pb.OverlapPolicy.Name(message.overlap_policy), "OVERLAP_POLICY_"),
         catchup_policy=_policy(CatchupPolicy, pb.CatchupPolicy.Name(message.catchup_policy), "CATCHUP_POLICY_"),
         description=message.description,
+        concurrency_key=t.concurrency_key,
     )
 
 

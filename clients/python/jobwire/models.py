@@ -391,6 +391,7 @@ class ScheduleSpec:
     overlap_policy: OverlapPolicy = OverlapPolicy.UNSPECIFIED
     catchup_policy: CatchupPolicy = CatchupPolicy.UNSPECIFIED
     description: str = ""
+    concurrency_key: str = ""
 
 
 @dataclass(frozen=True)
