@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from jobwire_server.domain.models import evolve
 from jobwire_server.domain.queues import (
     KeyRoom,
     QueueSettings,
@@ -64,16 +65,21 @@ async def change(conn: Conn, name: str, build: Any, now: float) -> QueueSettings
 
 async def controls(conn: Conn) -> dict[str, QueueSettings]:
     """The queues a claim must treat on their own: paused ones (not locked: a claim only leaves
-    them alone), and those with a limit, locked in name order until the commit and read again
-    under the lock (another replica's claim may have spent tokens meanwhile). Without any such
-    row (the common case) this is one small query."""
+    them alone), and those with a limit. Of these, the ones with QUEUED jobs are locked in name
+    order until the commit and read again under the lock (another replica's claim may have spent
+    tokens meanwhile); one with nothing waiting is left out of this claim like a paused one, unlocked,
+    so claims of other replicas do not wait for it (a job enqueued to it meanwhile is claimed by the
+    claim its own commit makes). Without any such row (the common case) this is one small query."""
     found = {row[0]: qrows.from_row(row)
              for row in await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE {qrows.CONTROLS}")}
     limited = sorted(name for name, settings in found.items() if not settings.paused)
     if limited:
-        locked = await conn.fetch(f"SELECT {qrows.SELECT} FROM queues WHERE name = ANY($1::text[]) "
-                                  "ORDER BY name FOR UPDATE", limited)
-        found.update({row[0]: qrows.from_row(row) for row in locked})
+        locked = {row[0]: qrows.from_row(row) for row in await conn.fetch(
+            f"SELECT {qrows.SELECT} FROM queues WHERE name = ANY($1::text[]) "
+            "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.state = 'QUEUED' AND jobs.queue = queues.name) "
+            "ORDER BY name FOR UPDATE", limited)}
+        for name in limited:
+            found[name] = locked.get(name) or evolve(found[name], paused=True)
     return {name: settings for name, settings in found.items() if settings.controls_claims}
 
 
