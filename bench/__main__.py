@@ -35,7 +35,7 @@ from typing import Any
 
 from jobwire_server.config import SYNCHRONOUS_MODES
 
-from bench import bulk, crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas, search
+from bench import bulk, console, crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas, search
 from bench.common import ROOT, STORES, Figure, Refused, Run, ServerLog, Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,6 +52,7 @@ MEASURES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "idle": idle.measure,
     "bulk": bulk.measure,
     "search": search.measure,
+    "console": console.measure,
     "pgqueuer": drain.measure_pgqueuer,
     "replicas": replicas.measure,
     "crosswatch": crosswatch.measure,

@@ -269,7 +269,8 @@ class Replica:
         sqlite = [] if s.postgres else ["--synchronous", s.synchronous]
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jobwire_server", "serve", "--db", self.db, "--listen", "127.0.0.1:0",
-            "--concurrency", str(s.concurrency), *sqlite, "--log-format", "text", "--log-level", "info", *self.args,
+            "--http-listen", "off", "--concurrency", str(s.concurrency), *sqlite, "--log-format", "text",
+            "--log-level", "info", *self.args,
             cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, limit=1 << 20)
         try:

@@ -9,7 +9,7 @@ export JOBWIRE_TARGET=127.0.0.1:$PORT
 scratch=$(mktemp -d)
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$scratch"' EXIT
 
-$JOBWIRE serve --listen "$JOBWIRE_TARGET" --db "$scratch/demo.db" --log-level warning &
+$JOBWIRE serve --listen "$JOBWIRE_TARGET" --http-listen off --db "$scratch/demo.db" --log-level warning &
 server=$!
 for _ in $(seq 100); do  # wait until it answers (a gRPC call, no fixed sleep)
   $JOBWIRE stats >/dev/null 2>&1 && break

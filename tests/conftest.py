@@ -22,6 +22,9 @@ START_TIMEOUT = 20.0
 # Servers started by the tests (in process or as subprocesses) export no spans unless a test asks:
 # a developer's OTEL_* settings or an installed OTLP exporter must not change what the tests see.
 os.environ["OTEL_TRACES_EXPORTER"] = "none"
+# `jobwire serve` opens the HTTP gateway on 127.0.0.1:8080 by default: servers started by the tests
+# open none (tests run side by side on one machine) unless a test asks with --http-listen.
+os.environ["JOBWIRE_HTTP_LISTEN"] = "off"
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
 from jobwire_server.api.decoding import DecodeGuardInterceptor
+from jobwire_server.api.gateway import Gateway, tls_context
 from jobwire_server.api.ports import port_in_use
 from jobwire_server.api.reflection import enable_reflection
 from jobwire_server.api.rpc_metrics import RpcMetricsInterceptor
@@ -179,6 +180,9 @@ class App:
         self.health = health.aio.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
+        #: The HTTP gateway and console (`http_listen`), serving the gRPC server's servicer.
+        self.gateway: Gateway | None = None
+        self._api: tuple[JobServicer, TokenAuthInterceptor | None] | None = None  # set with the gRPC server
         self._state = "new"
         self._corrupt = False
         self._stopped = asyncio.Event()
@@ -197,7 +201,10 @@ class App:
         try:
             await self._start_metrics()
             await self._start_server()
+            await self._start_gateway()
         except BaseException:
+            if self.server is not None:
+                await self.server.stop(None)
             await self._stop_metrics()
             await self.store.close()
             raise
@@ -240,6 +247,26 @@ class App:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+
+    async def _start_gateway(self) -> None:
+        cfg = self.config
+        if not cfg.http_listen or self._api is None:
+            return
+        servicer, auth = self._api
+        try:
+            tls = tls_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot load the TLS files for the HTTP gateway: {exc}") from None
+        gateway = Gateway(servicer, auth=auth, metrics=self.metrics, heartbeat=cfg.http_heartbeat,
+                          max_body=2 * cfg.max_message_bytes, tls=tls)  # JSON spells bytes in base64
+        host, _, port = cfg.http_listen.rpartition(":")
+        try:
+            await gateway.start(host.strip("[]"), int(port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.http_listen} for HTTP: {exc.strerror or exc} "
+                               "(is the port in use? --http-listen off turns the gateway off)") from None
+        self.gateway = gateway
+        log.info("HTTP gateway and console on %s://%s:%d/", "https" if tls else "http", host, gateway.port)
 
     async def _start_server(self) -> None:
         cfg = self.config
@@ -285,6 +312,7 @@ class App:
                                max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
                                retention=self.retention, schedules=self.schedules, auth=auth, queues=self.queues)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+        self._api = (servicer, auth)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         # gRPC reports a certificate that does not match its key like a busy port: name both causes.
@@ -332,6 +360,8 @@ class App:
             self.hub.close_all()
             if self.server is not None:
                 await self.server.stop(SERVER_STOP_GRACE)
+            if self.gateway is not None:
+                await self.gateway.stop()
             await self.leases.stop()
             await self.retention.stop()
             if self.schedule_lease is not None:
@@ -344,6 +374,8 @@ class App:
             await self.webhooks.stop(WEBHOOK_STOP_GRACE)
             await self.writer.stop()
         finally:
+            if self.gateway is not None:
+                await self.gateway.stop()
             await self._stop_metrics()
             await self.store.close()
             # Flushes spans still batched; after the store so no write waits behind an export.

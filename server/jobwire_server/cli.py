@@ -76,8 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging(config.log_format, config.log_level)
     _import_from_cwd()
-    if not config.is_loopback() and not config.tokens_file and not config.allow_unauthenticated:
-        print(f"jobwire: error: refusing to listen on {config.listen} without authentication: configure "
+    exposed = config.exposed()
+    if exposed and not config.tokens_file and not config.allow_unauthenticated:
+        print(f"jobwire: error: refusing to listen on {exposed[0]} without authentication: configure "
               "--tokens-file, or pass --allow-unauthenticated if the network is trusted", file=sys.stderr)
         return EXIT_USAGE
     return asyncio.run(_serve_until_signalled(config))

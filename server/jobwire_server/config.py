@@ -83,6 +83,11 @@ class ServerConfig:
     bulk_batch: int = DEFAULT_BATCH
     #: HOST:PORT of the Prometheus endpoint; empty means off.
     metrics_listen: str = ""
+    #: HOST:PORT of the HTTP/JSON gateway and the console; empty means off (`jobwire serve` defaults
+    #: to SERVE_HTTP_LISTEN; an App built in code has none unless asked).
+    http_listen: str = ""
+    #: Seconds between the comment lines that keep an idle Server-Sent Events stream open.
+    http_heartbeat: float = 15.0
     #: The config file's ``[[schedules]]`` (file only: no flag, no environment variable).
     schedules: tuple[DeclaredSchedule, ...] = ()
 
@@ -96,12 +101,21 @@ class ServerConfig:
 
     def is_loopback(self) -> bool:
         """True when the listen address is only reachable from this machine."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
+
+    def exposed(self) -> list[str]:
+        """The addresses (gRPC, HTTP gateway) reachable from beyond this machine."""
+        addresses = [self.listen, self.http_listen] if self.http_listen else [self.listen]
+        return [a for a in addresses if not is_loopback_host(a.rsplit(":", 1)[0].strip("[]"))]
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -360,6 +374,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "retention_batch": _positive_int,
     "bulk_batch": _positive_int,
     "metrics_listen": _listen_or_off,
+    "http_listen": _listen_or_off,
+    "http_heartbeat": _duration,
     "schedules": _schedules,
 }
 
@@ -413,7 +429,13 @@ _HELP: dict[str, str] = {
     "bulk_batch": "jobs CancelJobs and RetryJobs change per transaction; other writes are committed between "
                   "two (default 100)",
     "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
+    "http_listen": "serve the HTTP/JSON gateway, Server-Sent Events and the web console at HOST:PORT; empty or "
+                   "off: none (default 127.0.0.1:8080)",
+    "http_heartbeat": "time between heartbeat comments on an idle Server-Sent Events stream (default 15s)",
 }
+
+#: Where `jobwire serve` puts the HTTP gateway and console unless told otherwise.
+SERVE_HTTP_LISTEN = "127.0.0.1:8080"
 
 #: Settings only the config file can give.
 _FILE_ONLY = {"schedules"}
@@ -445,7 +467,7 @@ def load_config(
     """Merge the three sources in order of precedence and validate the result."""
     environ = os.environ if environ is None else environ
     path = config_file or environ.get("JOBWIRE_CONFIG")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"http_listen": SERVE_HTTP_LISTEN}
     sources: dict[str, str] = {}
     if path:
         for key, value in _read_toml(path).items():

@@ -34,7 +34,7 @@ import pytest
 from jobwire import models
 from jobwire.sync import Client
 
-from tests.conftest import REPO, ServerProcess, free_port
+from tests.conftest import REPO, StartServer, free_port
 from tests.docs.markdown import PYTHON, SHELL, Block, blocks
 from tests.pg import create_database, drop_database, url_of
 
@@ -143,9 +143,11 @@ def test_readme_followed_line_by_line_on_a_fresh_copy(tmp_path: Path) -> None:
     clone = tmp_path / "jobwire"
     _copy_repository(clone)
     first, second = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    substitutions = [("127.0.0.1:50051", first), ("127.0.0.1:50052", second)]
+    http = f"127.0.0.1:{free_port()}"
+    substitutions = [("127.0.0.1:50051", first), ("127.0.0.1:50052", second), ("127.0.0.1:8080", http)]
     page = blocks(REPO / "README.md")
-    env = clean_env(JOBWIRE_LISTEN=first, JOBWIRE_TARGET=first)  # what `make run` and the CLI default to
+    # What `make run` and the CLI default to.
+    env = clean_env(JOBWIRE_LISTEN=first, JOBWIRE_TARGET=first, JOBWIRE_HTTP_LISTEN=http)
     output = run_page(REPO / "README.md", page, clone, env, substitutions, ".venv/bin/python")
     assert (clone / ".venv" / ".installed-server").exists()
     # `make venv` installs what serving needs and no development tool.
@@ -162,8 +164,10 @@ def _runs_something(path: Path) -> bool:
 
 @pytest.mark.parametrize("path", [p for p in PAGES if p.name != "README.md" and _runs_something(p)],
                          ids=lambda p: p.name)
-def test_docs_page_runs_against_a_live_server(path: Path, server: ServerProcess, tmp_path: Path) -> None:
+def test_docs_page_runs_against_a_live_server(path: Path, start_server: StartServer, tmp_path: Path) -> None:
     page = blocks(path)
+    http = f"127.0.0.1:{free_port()}"  # the HTTP gateway and console, 127.0.0.1:8080 on the pages
+    server = start_server(http_listen=http)
     with Client(server.target) as client:
         finished = client.enqueue("noop", b'{"hello": "world"}')
         finished.result(timeout=30)
@@ -176,7 +180,7 @@ def test_docs_page_runs_against_a_live_server(path: Path, server: ServerProcess,
     (tmp_path / "backup").mkdir()
     substitutions = [("127.0.0.1:50051", server.target), (EXAMPLE_FINISHED_JOB, finished.id),
                      (EXAMPLE_WAITING_JOB, waiting.id), ("/data/jobwire.db", str(server.db_path)),
-                     ("/backup/", f"{tmp_path / 'backup'}/")]
+                     ("/backup/", f"{tmp_path / 'backup'}/"), ("127.0.0.1:8080", http)]
     path_var = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = clean_env(JOBWIRE_TARGET=server.target, PATH=path_var)
     database = create_database() if EXAMPLE_POSTGRES_URL in path.read_text() else None

@@ -107,3 +107,14 @@ def test_client_only_install(wheel: tuple[Path, str], server: ServerProcess, tmp
     assert sdk.returncode == 0, sdk.stderr
     assert sdk.stdout.strip() == "sdk"
     assert os.path.exists(venv / "lib")  # the venv is the one these commands ran in
+
+
+def test_wheel_ships_the_console(wheel: tuple[Path, str]) -> None:
+    console = REPO / "server" / "jobwire_server" / "api" / "console"
+    shipped = {f"jobwire_server/api/console/{f.name}" for f in console.iterdir() if f.is_file()}
+    assert {"jobwire_server/api/console/index.html", "jobwire_server/api/console/app.js"} <= shipped
+    with zipfile.ZipFile(wheel[0]) as archive:
+        names = set(archive.namelist())
+        assert shipped <= names, f"missing from the wheel: {sorted(shipped - names)}"
+        page = archive.read("jobwire_server/api/console/index.html").decode()
+    assert '<script type="module" src="/console/app.js">' in page

@@ -567,3 +567,36 @@ def test_bad_certificate_files_are_a_one_line_start_up_error(tmp_path: Path, pki
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _https(url: str, pki: Pki, client: Pem | None = None) -> int:
+    """The HTTP status of a GET over TLS trusting the test CA, optionally with a client certificate."""
+    import ssl  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    context = ssl.create_default_context(cadata=pki.ca.cert.decode())
+    if client is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            cert, key = Path(folder) / "c.pem", Path(folder) / "c.key"
+            cert.write_bytes(client.cert)
+            key.write_bytes(client.key)
+            context.load_cert_chain(cert, key)
+    with urllib.request.urlopen(url, context=context, timeout=TIMEOUT) as reply:
+        return int(reply.status)
+
+
+def test_the_http_gateway_uses_the_same_tls(start_tls_server: TlsServer, pki: Pki) -> None:
+    import ssl  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    port = free_port()
+    start_tls_server(_tls(pki, pki.client), tls_cert=pki.files["cert"], tls_key=pki.files["key"],
+                     tls_client_ca=pki.files["ca"], http_listen=f"127.0.0.1:{port}")
+    assert _https(f"https://localhost:{port}/v1/queues/stats", pki, pki.client) == 200
+    for client in (None, pki.stranger_client):  # mutual TLS: no certificate, or one of another CA
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            _https(f"https://localhost:{port}/v1/queues/stats", pki, client)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on a TLS port
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/queues/stats", timeout=TIMEOUT)

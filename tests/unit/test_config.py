@@ -4,6 +4,7 @@ and validation errors that name the setting and where its value came from."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def toml(tmp_path: Path, text: str, name: str = "jobwire.toml") -> str:
 
 def test_defaults_when_nothing_is_given() -> None:
     config = load_config({}, {}, None)
-    assert config == ServerConfig()
+    assert config == replace(ServerConfig(), http_listen="127.0.0.1:8080")  # `jobwire serve` opens the console
     assert config.listen == "127.0.0.1:50051"
     assert config.concurrency == 100
     assert config.synchronous == "FULL"
@@ -183,6 +184,16 @@ def test_metrics_are_off_unless_an_address_is_given(tmp_path: Path) -> None:
     assert load_config({"metrics_listen": "0.0.0.0:9464"}, {}, None).metrics_listen == "0.0.0.0:9464"
     path = toml(tmp_path, 'metrics-listen = "127.0.0.1:9000"\n')
     assert load_config({}, {}, path).metrics_listen == "127.0.0.1:9000"
+
+
+def test_http_listen_defaults_for_serve_and_turns_off() -> None:
+    assert ServerConfig().http_listen == ""  # an App built in code opens no HTTP port unless asked
+    assert load_config({}, {}, None).http_listen == "127.0.0.1:8080"
+    assert load_config({}, {"JOBWIRE_HTTP_LISTEN": "off"}, None).http_listen == ""
+    assert load_config({"http_listen": ""}, {}, None).http_listen == ""
+    assert load_config({"http_listen": "0.0.0.0:80"}, {}, None).exposed() == ["0.0.0.0:80"]
+    assert load_config({}, {}, None).exposed() == []
+    assert_config_error(["http_listen", "--http-listen"], flags={"http_listen": "8080"})
 
 
 @pytest.mark.parametrize("value", ["9464", "127.0.0.1:", "127.0.0.1:99999"])

@@ -38,7 +38,9 @@ export async function startServer({ flags = [], dir, target, readyMs = 20_000 } 
   const ownDir = !dir;
   dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-server-'));
   target ??= `127.0.0.1:${await freePort()}`;
-  const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(dir, 'j.db'), ...flags];
+  // No HTTP gateway (its default port is one for the whole machine): tests run side by side.
+  const args = ['-m', 'jobwire_server', 'serve', '--listen', target, '--db', path.join(dir, 'j.db'),
+    '--http-listen', 'off', ...flags];
   const server = spawn(pythonExecutable(), args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   server.stdout.on('data', (chunk) => { output += chunk; });

@@ -216,23 +216,29 @@ class TokenAuthInterceptor(aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        if method.startswith(OPEN_PREFIXES):
-            return await continuation(handler_call_details)
-        token = self.authenticate(handler_call_details.invocation_metadata)
-        if token is None:
-            _log.debug("unauthenticated call to %.200s", method)
-            status = status_with(grpc.StatusCode.UNAUTHENTICATED,
-                                 "missing or invalid bearer token (send 'authorization: Bearer <token>')",
-                                 "UNAUTHENTICATED")
-        elif not token.allows(method):
-            _log.info("token %r lacks the scope for %.200s", token.name, method)
-            # Only a known method's name is echoed back: an unknown one is whatever the client sent.
-            status = scope_refused(token, METHOD_SCOPES.get(method, ADMIN),
-                                   method if method in METHOD_SCOPES else "this method")
-        else:
+        status = self.refusal(handler_call_details.method, handler_call_details.invocation_metadata)
+        if status is None:
             return await continuation(handler_call_details)
         return _refusal(await continuation(handler_call_details), status)
+
+    def refusal(self, method: str, metadata: Any) -> grpc.Status | None:
+        """None when a call to `method` (``/package.Service/Method``) with this metadata may go on;
+        otherwise the UNAUTHENTICATED or PERMISSION_DENIED status that ends it. The HTTP gateway
+        asks the same question for each request."""
+        if method.startswith(OPEN_PREFIXES):
+            return None
+        token = self.authenticate(metadata)
+        if token is None:
+            _log.debug("unauthenticated call to %.200s", method)
+            return status_with(grpc.StatusCode.UNAUTHENTICATED,
+                               "missing or invalid bearer token (send 'authorization: Bearer <token>')",
+                               "UNAUTHENTICATED")
+        if not token.allows(method):
+            _log.info("token %r lacks the scope for %.200s", token.name, method)
+            # Only a known method's name is echoed back: an unknown one is whatever the client sent.
+            return scope_refused(token, METHOD_SCOPES.get(method, ADMIN),
+                                 method if method in METHOD_SCOPES else "this method")
+        return None
 
     def authenticate(self, metadata: Any) -> Token | None:
         """The token the call's ``authorization`` metadata presents, or None when it is missing,
