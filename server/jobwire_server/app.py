@@ -168,11 +168,7 @@ class App:
                                    request_ttl=config.request_id_ttl, on_cancel=self.executor.request_cancel,
                                    may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always)
         self.dispatcher.on_timer.append(self.scheduler.tick)
-        self.queues = QueueService(self.store, self.writer, self.clock, check_open=self.service.check_open,
-                                   process_limits=config.queue_concurrency,
-                                   limits_global=config.queue_concurrency_global)
-        self.schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
-                                         request_ttl=config.request_id_ttl, check_open=self.service.check_open)
+        self.queues, self.schedules = self._rpc_services(config)
         try:
             self.declared_schedules = declared_specs(config.schedules, self.registry)
         except InvalidArgument as exc:
@@ -186,6 +182,14 @@ class App:
         self._state = "new"
         self._corrupt = False
         self._stopped = asyncio.Event()
+
+    def _rpc_services(self, config: ServerConfig) -> tuple[QueueService, ScheduleService]:
+        """The queue and schedule RPCs' services, on the store, writer and scheduler made above."""
+        queues = QueueService(self.store, self.writer, self.clock, check_open=self.service.check_open,
+                              process_limits=config.queue_concurrency, limits_global=config.queue_concurrency_global)
+        schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
+                                    request_ttl=config.request_id_ttl, check_open=self.service.check_open)
+        return queues, schedules
 
     # ------------------------------------------------------------------ start
 
