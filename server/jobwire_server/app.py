@@ -37,6 +37,7 @@ from jobwire_server.engine.execution import Execution
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.leases import LeaseKeeper
+from jobwire_server.engine.queues import QueueService
 from jobwire_server.engine.remote.executor import RemoteExecutor
 from jobwire_server.engine.remote.kinds import RemoteKinds
 from jobwire_server.engine.replicas import Leadership, ReplicaLink
@@ -176,8 +177,7 @@ class App:
                                    request_ttl=config.request_id_ttl, on_cancel=self.execution.request_cancel,
                                    may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always)
         self.dispatcher.on_timer.append(self.scheduler.tick)
-        self.schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
-                                         request_ttl=config.request_id_ttl, check_open=self.service.check_open)
+        self.queues, self.schedules = self._rpc_services(config)
         try:
             self.declared_schedules = declared_specs(config.schedules, self.registry)
         except InvalidArgument as exc:
@@ -205,6 +205,14 @@ class App:
                                      on_room=self._remote_room, tracer=self.tracing.tracer)
         self.execution = Execution(self.executor, self.remote)
         self.workers: WorkerServicer | None = None
+
+    def _rpc_services(self, config: ServerConfig) -> tuple[QueueService, ScheduleService]:
+        """The queue and schedule RPCs' services, on the store, writer and scheduler made above."""
+        queues = QueueService(self.store, self.writer, self.clock, check_open=self.service.check_open,
+                              process_limits=config.queue_concurrency, limits_global=config.queue_concurrency_global)
+        schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
+                                    request_ttl=config.request_id_ttl, check_open=self.service.check_open)
+        return queues, schedules
 
     # ------------------------------------------------------------------ start
 
@@ -331,7 +339,7 @@ class App:
                                Limits(max_payload_bytes=cfg.max_payload_bytes),
                                max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
                                retention=self.retention, schedules=self.schedules, auth=auth,
-                               refresh_kinds=self.remote_kinds.load)
+                               refresh_kinds=self.remote_kinds.load, queues=self.queues)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
         self._api = (servicer, auth)
         self.workers = WorkerServicer(self.remote, self.clock, auth=auth)

@@ -36,6 +36,7 @@ from tests.testkit import running
 
 READER, WRITER, ADMIN = "reader-secret-1", "writer-secret-2", "admin-secret-3"
 SCHEDULER = "scheduler-secret-4"
+QUEUER = "queuer-secret-5"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 TIMEOUT = 10.0
 
@@ -59,6 +60,11 @@ scopes = ["admin"]
 name = "scheduler"
 sha256 = "{hash_token(SCHEDULER)}"
 scopes = ["schedules:write"]
+
+[[token]]
+name = "queuer"
+sha256 = "{hash_token(QUEUER)}"
+scopes = ["queues:write"]
 """
 
 
@@ -308,6 +314,26 @@ def test_schedules_are_written_with_schedules_write_and_read_with_jobs_read(
     assert _refused(lambda: stub.DeleteSchedule(jobwire_pb2.DeleteScheduleRequest(id="s"), timeout=TIMEOUT,
                                                 metadata=_bearer(READER)), denied) == "PERMISSION_DENIED"
     stub.DeleteSchedule(jobwire_pb2.DeleteScheduleRequest(id="s"), timeout=TIMEOUT, metadata=_bearer(ADMIN))
+
+
+def test_queues_are_changed_with_queues_write_and_read_with_jobs_read(
+        stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    writes = [lambda md: stub.PauseQueue(jobwire_pb2.PauseQueueRequest(name="q"), timeout=TIMEOUT, metadata=md),
+              lambda md: stub.ResumeQueue(jobwire_pb2.ResumeQueueRequest(name="q"), timeout=TIMEOUT, metadata=md),
+              lambda md: stub.UpdateQueue(jobwire_pb2.UpdateQueueRequest(name="q", rate_limit=5), timeout=TIMEOUT,
+                                          metadata=md)]
+    for write in writes:
+        for token in (READER, WRITER, SCHEDULER):
+            assert _refused(lambda write=write, token=token: write(_bearer(token)), denied) == "PERMISSION_DENIED"
+        assert write(_bearer(QUEUER)).name == "q"
+        assert write(_bearer(ADMIN)).name == "q"
+    assert _refused(lambda: stub.GetQueue(jobwire_pb2.GetQueueRequest(name="q"), timeout=TIMEOUT,
+                                          metadata=_bearer(QUEUER)), denied) == "PERMISSION_DENIED"
+    got = stub.GetQueue(jobwire_pb2.GetQueueRequest(name="q"), timeout=TIMEOUT, metadata=_bearer(READER))
+    assert got.settings.rate_limit == 5
+    listed = stub.ListQueues(jobwire_pb2.ListQueuesRequest(), timeout=TIMEOUT, metadata=_bearer(READER))
+    assert "q" in [q.name for q in listed.queues]
 
 
 def test_domain_errors_still_come_through_once_authorized(stub: jobwire_pb2_grpc.JobServiceStub) -> None:

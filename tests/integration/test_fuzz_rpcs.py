@@ -179,9 +179,32 @@ def _schedule_requests(method: str) -> st.SearchStrategy[Any]:
     }[method]
 
 
+QUEUE_NAMES = {"name": st.sampled_from(["q-fuzz", "media", "a" * 128])}
+WILD_QUEUE_NAMES = {"name": TEXT}
+QUEUE_SETTINGS = {"concurrency_limit": st.integers(0, 10), "rate_limit": st.floats(0, 100),
+                  "rate_burst": st.integers(0, 5), "key_limit": st.integers(0, 5),
+                  "default_priority": st.integers(0, 10), "default_max_attempts": st.integers(0, 10)}
+WILD_QUEUE_SETTINGS = {"concurrency_limit": INT32, "rate_limit": st.floats(), "rate_burst": INT32, "key_limit": INT32,
+                       "default_priority": INT32, "default_max_attempts": INT32}
+
+
+def _queue_requests(method: str) -> st.SearchStrategy[Any]:
+    return {
+        "PauseQueue": _mutated(jobwire_pb2.PauseQueueRequest, QUEUE_NAMES, WILD_QUEUE_NAMES),
+        "ResumeQueue": _mutated(jobwire_pb2.ResumeQueueRequest, QUEUE_NAMES, WILD_QUEUE_NAMES),
+        "GetQueue": _mutated(jobwire_pb2.GetQueueRequest, QUEUE_NAMES, WILD_QUEUE_NAMES),
+        "ListQueues": _mutated(jobwire_pb2.ListQueuesRequest, {"page_size": st.integers(0, 2000)},
+                               {"page_size": INT32, "page_token": _page_token()}),
+        "UpdateQueue": _mutated(jobwire_pb2.UpdateQueueRequest, {**QUEUE_NAMES, **QUEUE_SETTINGS},
+                                {**WILD_QUEUE_NAMES, **WILD_QUEUE_SETTINGS}),
+    }[method]
+
+
 def _requests(method: str, known: list[str]) -> st.SearchStrategy[Any]:
     if method.endswith(("Schedule", "Schedules")):
         return _schedule_requests(method)
+    if method.endswith(("Queue", "Queues")):
+        return _queue_requests(method)
     ids = {"id": st.sampled_from(known)}
     wild_ids = {"id": st.one_of(st.uuids().map(str), st.uuids(version=4).map(str), TEXT)}
     return {
@@ -214,7 +237,8 @@ def _requests(method: str, known: list[str]) -> st.SearchStrategy[Any]:
 
 UNARY = ["Enqueue", "EnqueueBatch", "GetJob", "ListJobs", "CancelJob", "RetryJob", "GetQueueStats",
          "ListWebhookDeliveries", "PruneJobs", "CreateSchedule", "UpdateSchedule", "GetSchedule", "ListSchedules",
-         "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "TriggerSchedule"]
+         "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "TriggerSchedule", "PauseQueue", "ResumeQueue",
+         "GetQueue", "ListQueues", "UpdateQueue"]
 STREAMS = ["WatchJob", "WatchEvents"]
 
 

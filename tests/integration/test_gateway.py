@@ -133,6 +133,7 @@ async def test_every_unary_route_answers_json(gateway: HttpServer, session: aioh
     assert (await api.call("POST", "/v1/jobs:prune", {"dryRun": True}))["dryRun"] is True
 
     await _every_schedule_route(api)
+    await _every_queue_route(api)
     assert api.used == {(r.method, r.path) for r in ROUTES}, "a route of routes.py is not exercised here"
 
 
@@ -156,6 +157,25 @@ async def _every_schedule_route(api: Api) -> None:
     assert await api.call("DELETE", "/v1/schedules/hourly", route="/v1/schedules/{id}") == {}
     error = await api.call("GET", "/v1/schedules/hourly", expect=404, route="/v1/schedules/{id}")
     assert error_reason(error) == "SCHEDULE_NOT_FOUND"
+
+
+async def _every_queue_route(api: Api) -> None:
+    paused = await api.call("POST", "/v1/queues/media:pause", route="/v1/queues/{name}:pause")
+    assert paused["name"] == "media" and paused["settings"]["paused"] is True
+    updated = await api.call("PATCH", "/v1/queues/media", {"rateLimit": 50, "rateBurst": 10, "keyLimit": 1},
+                             route="/v1/queues/{name}")
+    assert (updated["settings"]["rateLimit"], updated["settings"]["rateBurst"]) == (50, 10)
+    cleared = await api.call("PATCH", "/v1/queues/media", {"rateLimit": 0}, route="/v1/queues/{name}")
+    assert cleared["settings"]["rateLimit"] == 0 and cleared["settings"]["keyLimit"] == 1, "0 is sent and written"
+    got = await api.call("GET", "/v1/queues/media", route="/v1/queues/{name}")
+    assert got["settings"] == cleared["settings"]
+    assert "media" in [q["name"] for q in (await api.call("GET", "/v1/queues"))["queues"]]
+    resumed = await api.call("POST", "/v1/queues/media:resume", {}, route="/v1/queues/{name}:resume")
+    assert resumed["settings"]["paused"] is False
+    error = await api.call("PATCH", "/v1/queues/media", {"rateLimit": -1}, expect=400, route="/v1/queues/{name}")
+    assert error_reason(error) == "INVALID_ARGUMENT"
+    missing = await api.call("GET", "/v1/queues/nobody", expect=404, route="/v1/queues/{name}")
+    assert error_reason(missing) == "QUEUE_NOT_FOUND"
 
 
 # ----------------------------------------------------------------------------- errors

@@ -68,6 +68,12 @@ TEMPLATES: dict[str, list[Message]] = {
     "PauseSchedule": [pb.PauseScheduleRequest(id="fuzz")],
     "ResumeSchedule": [pb.ResumeScheduleRequest(id="fuzz")],
     "TriggerSchedule": [pb.TriggerScheduleRequest(id="fuzz", request_id="r")],
+    "PauseQueue": [pb.PauseQueueRequest(name="fuzz")],
+    "ResumeQueue": [pb.ResumeQueueRequest(name="fuzz")],
+    "GetQueue": [pb.GetQueueRequest(name="fuzz")],
+    "ListQueues": [pb.ListQueuesRequest(page_size=5)],
+    "UpdateQueue": [pb.UpdateQueueRequest(name="fuzz", concurrency_limit=2, rate_limit=2.5, rate_burst=3, key_limit=1,
+                                          default_priority=7, default_max_attempts=4)],
 }
 
 

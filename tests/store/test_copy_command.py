@@ -23,10 +23,11 @@ from jobwire_server.domain.deliveries import AttemptOutcome, AttemptRecord, Verd
 from jobwire_server.domain.kinds import KindSpec
 from jobwire_server.domain.models import Job, JobError, PendingEvent, Webhook
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueChange, apply_change
 from jobwire_server.domain.schedules import CatchupPolicy, JobTemplate, OverlapPolicy, ScheduleSpec, new_schedule
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.domain.transitions import fail, finish_phase, report_progress, retry_after_failure
-from jobwire_server.store.base import ChangeSchedule, ClaimParams, CreateSchedule, DeclareKinds
+from jobwire_server.store.base import ChangeQueue, ChangeSchedule, ClaimParams, CreateSchedule, DeclareKinds
 from jobwire_server.store.postgres import PostgresJobStore
 from jobwire_server.store.postgres.schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from jobwire_server.store.postgres.store import _setup_connection
@@ -84,8 +85,8 @@ async def build_source(path: Path, now: float = T, lease: float = 30.0) -> dict[
             "failed": replace(nj("copy.bad", priority=9, phases=("only",), max_attempts=2, dedupe_key="bad"),
                               webhook=hook),
             "running": nj("copy.run", priority=9, phases=("x", "y"), timeout=12.5),
-            "queued": nj("copy.wait", priority=2, payload=b"\x00\xff\x10", dedupe_key="dk", request_id="req-q",
-                         fingerprint="fp-q", labels={"a": "1"}),
+            "queued": replace(nj("copy.wait", priority=2, payload=b"\x00\xff\x10", dedupe_key="dk", request_id="req-q",
+                                 fingerprint="fp-q", labels={"a": "1"}), concurrency_key="tenant-1"),
             "scheduled": nj("copy.later", run_at=now + 3600),
             "cancelled": nj("copy.cancel", priority=1),
             "retried": nj("copy.again", priority=1, phases=("p",)),
@@ -152,6 +153,9 @@ async def build_source(path: Path, now: float = T, lease: float = 30.0) -> dict[
         # A kind a remote worker declared.
         await store.write([DeclareKinds([KindSpec("copy.remote", ("fetch", "resize"), "media", 4, 2.5, 0.5, 9.0)],
                                         now + 1)])
+        # A queue with settings and a started token bucket.
+        change = QueueChange(rate=2.5, burst=4, key_limit=1, default_priority=7)
+        await store.write([ChangeQueue("media", lambda q: apply_change(q, change, now + 0.25), now + 0.25)])
     finally:
         await store.close()
     return ids
@@ -263,7 +267,7 @@ async def test_every_column_of_every_row_is_copied(tmp_path: Path, empty_url: st
     expected = sqlite_rows(source)
     assert {t: len(rows) for t, rows in expected.items()} == {
         "jobs": 7, "phases": 12, "events": 32, "requests": 2, "deliveries": 5, "delivery_attempts": 3, "schedules": 2,
-        "kinds": 1}
+        "kinds": 1, "queues": 1}
     assert await postgres_rows(empty_url) == expected
 
 
@@ -278,9 +282,10 @@ def test_the_output_counts_each_table_and_says_the_copy_was_checked(tmp_path: Pa
     assert lines[1:9] == [f"  {'jobs':<18} {7:>10} rows", f"  {'phases':<18} {12:>10} rows",
                           f"  {'events':<18} {32:>10} rows", f"  {'requests':<18} {2:>10} rows",
                           f"  {'deliveries':<18} {5:>10} rows", f"  {'delivery_attempts':<18} {3:>10} rows",
-                          f"  {'schedules':<18} {2:>10} rows", f"  {'kinds':<18} {1:>10} rows"]
+                          f"  {'schedules':<18} {2:>10} rows", f"  {'kinds':<18} {1:>10} rows",
+                          f"  {'queues':<18} {1:>10} rows"]
     assert f"the target was migrated first, from schema version 0 to {PG_SCHEMA_VERSION}" in out
-    assert "copied 64 rows in 8 tables" in out
+    assert "copied 65 rows in 9 tables" in out
     assert ("  jobs by state: CANCELLED 1, FAILED 1, QUEUED 2, RUNNING 1, SCHEDULED 1, SUCCEEDED 1" in lines)
     assert "  deliveries by state: DELIVERED 1, FAILED 1, PENDING 1, STOPPED 2" in lines
     assert "verified: the target holds as many rows as the source in every table" in out
@@ -316,7 +321,7 @@ def test_a_second_copy_into_the_same_target_is_refused(tmp_path: Path, empty_url
     assert jobwire(capsys, "copy", "--from", str(source), "--to", empty_url)[0] == 0
     code, _, err = jobwire(capsys, "copy", "--from", str(source), "--to", empty_url)
     assert code == 1 and "is not empty (it holds 7 jobs, 12 phases, 32 events, 2 requests, 5 deliveries, " \
-                          "3 delivery_attempts, 2 schedules, 1 kinds)" in err
+                          "3 delivery_attempts, 2 schedules, 1 kinds, 1 queues)" in err
 
 
 def test_a_value_postgresql_refuses_rolls_the_whole_copy_back(tmp_path: Path, empty_url: str,

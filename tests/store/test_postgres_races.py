@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
+import asyncpg
 import pytest
 from jobwire_server.domain.actions import plan_cancel
 from jobwire_server.domain.bulk import Skipped, SkipReason, cancel_builder
 from jobwire_server.domain.errors import InvalidTransition
 from jobwire_server.domain.models import Job, JobError, Webhook
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueChange, apply_change
 from jobwire_server.domain.states import TERMINAL_STATES, EventType, JobState
 from jobwire_server.domain.transitions import finish_phase, rescue_expired
-from jobwire_server.store.base import ClaimParams, InsertJobs, UpdateJob
+from jobwire_server.store.base import ChangeQueue, ClaimParams, InsertJobs, UpdateJob
 from jobwire_server.store.postgres import PostgresJobStore
 
 from tests.store.conformance import LEASE, REQUEST_TTL, T0, claim, claim_one, insert, nj, stored_events
@@ -209,3 +212,71 @@ async def test_two_replicas_cancelling_the_same_jobs_change_each_once(
         final = EventType.CANCEL_REQUESTED if job.id == running.id else EventType.CANCELLED
         assert events.count(final) == 1, events
         await assert_gapless(a, job)
+
+
+# ---------------------------------------------------------------------- queue controls across replicas
+
+
+async def _set_queue(store: PostgresJobStore, name: str, **settings: Any) -> None:
+    change = QueueChange(**settings)
+    await store.write([ChangeQueue(name, lambda q: apply_change(q, change, T0), T0)])
+
+
+async def test_a_key_limit_holds_across_two_replicas_claiming_and_finishing_at_once(
+        pair: tuple[PostgresJobStore, PostgresJobStore]) -> None:
+    a, b = pair
+    await _set_queue(a, "tenants", key_limit=1)
+    keys = [f"tenant-{n}" for n in range(5)]
+    jobs = await insert(a, *[replace(nj(queue="tenants", phases=("only",)), concurrency_key=keys[n % 5])
+                             for n in range(100)])
+    done: dict[str, list[str]] = {"a": [], "b": []}
+    racing = True
+    seen_over: list[tuple[str, int]] = []
+
+    async def work(name: str, store: PostgresJobStore) -> None:
+        idle = 0
+        while idle < 3:  # the other replica may hold every key for a moment: look again
+            _, claimed = await claim(store, T0 + 1, limit=3, owner=name)
+            idle = 0 if claimed else idle + 1
+            for item in claimed:
+                (finished,) = await store.apply_changes([finish_phase(item.job, 0, b"", T0 + 2)])
+                assert finished is not None
+                done[name].append(item.job.id)
+
+    async def observe() -> None:
+        conn = await asyncpg.connect(a.url)
+        try:
+            while racing:
+                over = await conn.fetch("SELECT concurrency_key, count(*) FROM jobs WHERE state = 'RUNNING' "
+                                        "GROUP BY concurrency_key HAVING count(*) > 1")
+                seen_over.extend((row[0], row[1]) for row in over)
+        finally:
+            await conn.close()
+
+    observer = asyncio.get_running_loop().create_task(observe())
+    await asyncio.gather(work("a", a), work("b", b))
+    racing = False
+    await observer
+    assert seen_over == [], "two jobs of one key ran at once"
+    assert sorted(done["a"] + done["b"]) == sorted(j.id for j in jobs), "every job ran exactly once"
+    assert done["a"] and done["b"], "both replicas got work"
+
+
+async def test_a_concurrency_limit_and_a_rate_limit_hold_across_two_replicas_claiming_at_once(
+        pair: tuple[PostgresJobStore, PostgresJobStore]) -> None:
+    a, b = pair
+    await _set_queue(a, "capped", concurrency=3)
+    await _set_queue(a, "paced", rate=10.0, burst=5)
+    await insert(a, *[nj(queue="capped") for _ in range(20)], *[nj(queue="paced") for _ in range(40)])
+
+    async def both(now: float) -> list[Job]:
+        results = await asyncio.gather(*[claim(store, now, limit=10, owner=name)
+                                         for name, store in (("a", a), ("b", b)) for _ in range(3)])
+        return [c.job for _, claimed in results for c in claimed]
+
+    first = await both(T0 + 1)
+    assert sum(j.queue == "capped" for j in first) == 3, "the concurrency limit counts both replicas' jobs"
+    assert sum(j.queue == "paced" for j in first) == 5, "one bucket: burst jobs in all"
+    second = await both(T0 + 2)  # one second: 10 more tokens (the bucket holds at most 5)
+    assert sum(j.queue == "paced" for j in second) == 5
+    assert sum(j.queue == "capped" for j in second) == 0

@@ -128,3 +128,15 @@ def test_the_openapi_document_has_every_route_and_resolves() -> None:
     assert schemas["JobEvent"]["properties"]["sequence"]["type"] == "string"  # uint64 in proto3 JSON
     listing = {p["name"] for p in document["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert {"queue", "kind", "states", "pageSize", "pageToken"} <= listing
+
+
+def test_a_path_field_repeated_in_the_body_must_be_a_string_and_numbers_are_not_booleans() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        decode_request(jobwire_pb2.PauseQueueRequest.DESCRIPTOR, b'{"name": {}}', {"name": "media"}, [])
+    assert [v.field for v in info.value.violations] == ["name"]
+    with pytest.raises(InvalidArgument) as info:
+        decode_request(jobwire_pb2.UpdateQueueRequest.DESCRIPTOR, b'{"rateLimit": false}', {"name": "media"}, [])
+    assert [v.field for v in info.value.violations] == ["rate_limit"]
+    request = decode_request(jobwire_pb2.UpdateQueueRequest.DESCRIPTOR, b'{"name": null, "rateLimit": 0}',
+                             {"name": "media"}, [])
+    assert request.name == "media" and request.HasField("rate_limit") and request.rate_limit == 0

@@ -78,6 +78,61 @@ export interface Job {
   /** uint64 as a decimal string. */
   lastSequence: string;
   timeout: Duration | null;
+  countedAttempts: number;
+  /** Empty when the job has none. */
+  concurrencyKey: string;
+  /** Why a QUEUED job waits, as `get` reads it; WAITING_REASON_UNSPECIFIED elsewhere. */
+  waitingReason: WaitingReason;
+}
+
+export type WaitingReason =
+  | 'WAITING_REASON_UNSPECIFIED'
+  | 'WAITING_REASON_NONE'
+  | 'WAITING_REASON_QUEUE_PAUSED'
+  | 'WAITING_REASON_QUEUE_CONCURRENCY'
+  | 'WAITING_REASON_CONCURRENCY_KEY'
+  | 'WAITING_REASON_RATE_LIMIT';
+
+/** A queue's stored controls; 0 means no limit (or no default). */
+export interface QueueSettings {
+  paused: boolean;
+  concurrencyLimit: number;
+  /** Jobs started per second (a token bucket). */
+  rateLimit: number;
+  rateBurst: number;
+  keyLimit: number;
+  defaultPriority: number;
+  defaultMaxAttempts: number;
+}
+
+/** What `updateQueue` changes: each setting given is written (0 removes it), the others are kept. */
+export type QueueSettingsInput = Partial<Omit<QueueSettings, 'paused'>>;
+
+export interface QueueStats {
+  queue: string;
+  /** int64 counts as decimal strings. */
+  scheduled: string;
+  queued: string;
+  running: string;
+  retrying: string;
+  succeeded: string;
+  failed: string;
+  cancelled: string;
+  stale: string;
+  oldestQueuedAge: Duration | null;
+  paused: boolean;
+  settings: QueueSettings | null;
+}
+
+export interface Queue {
+  name: string;
+  settings: QueueSettings | null;
+  stats: QueueStats | null;
+  /** The answering server's `--queue-concurrency` limit for the queue (0: none). */
+  replicaConcurrencyLimit: number;
+  replicaLimitGlobal: boolean;
+  /** Unset when the queue has no settings. */
+  updateTime: Timestamp | null;
 }
 
 export interface JobEvent {
@@ -148,6 +203,8 @@ export interface EnqueueOptions {
   dedupeKey?: string;
   requestId?: string;
   webhook?: WebhookConfig;
+  /** With the queue's `keyLimit`, at most that many jobs with this key run at once. */
+  concurrencyKey?: string;
 }
 
 export type OverlapPolicy =
@@ -169,6 +226,7 @@ export interface ScheduleSpecInput {
   labels?: Record<string, string>;
   dedupeKey?: string;
   webhook?: WebhookConfig;
+  concurrencyKey?: string;
   cron?: string;
   timeZone?: string;
   intervalSeconds?: number;
@@ -299,6 +357,12 @@ export class JobwireClient {
   resumeSchedule(id: string): Promise<Schedule>;
   /** `job`: the job enqueued, or with `skipped` the previous firing's job, still active. */
   triggerSchedule(id: string, options?: { requestId?: string }): Promise<{ job: Job | null; skipped: boolean }>;
+  /** Starts nothing more from the queue until `resumeQueue` (it still takes enqueues). */
+  pauseQueue(name: string): Promise<Queue>;
+  resumeQueue(name: string): Promise<Queue>;
+  getQueue(name: string): Promise<Queue>;
+  listQueues(options?: { pageSize?: number; pageToken?: string }): Promise<{ queues: Queue[]; nextPageToken: string }>;
+  updateQueue(name: string, settings: QueueSettingsInput): Promise<Queue>;
   close(): void;
 }
 

@@ -235,7 +235,7 @@ function policy(prefix, value) {
 
 /** A schedule spec as the client takes it (flat, like `enqueue`'s options plus the timing) -> ScheduleSpec. */
 function toScheduleSpec({
-  kind, payload, queue, priority, maxAttempts, timeoutSeconds, labels, dedupeKey, webhook,
+  kind, payload, queue, priority, maxAttempts, timeoutSeconds, labels, dedupeKey, webhook, concurrencyKey,
   cron, timeZone, intervalSeconds, jitterSeconds, overlapPolicy, catchupPolicy, description,
 } = {}) {
   const spec = {
@@ -249,6 +249,7 @@ function toScheduleSpec({
       dedupeKey: dedupeKey ?? '',
       labels: labels ?? {},
       webhook: webhook ? { url: webhook.url, events: webhook.events ?? [] } : null,
+      concurrencyKey: concurrencyKey ?? '',
     },
     timeZone: timeZone ?? '',
     jitter: toDuration(jitterSeconds, 'jitterSeconds'),
@@ -387,6 +388,7 @@ export class JobwireClient {
    */
   async enqueue(kind, {
     payload, queue, priority, delaySeconds, runAt, maxAttempts, timeoutSeconds, labels, dedupeKey, requestId, webhook,
+    concurrencyKey,
   } = {}) {
     const request = {
       kind,
@@ -401,6 +403,7 @@ export class JobwireClient {
       requestId: requestId ?? '',
       labels: labels ?? {},
       webhook: webhook ? { url: webhook.url, events: webhook.events ?? [] } : null,
+      concurrencyKey: concurrencyKey ?? '',
     };
     const res = await this._unary('Enqueue', request);
     return { job: res.job, deduplicated: res.deduplicated };
@@ -522,12 +525,56 @@ export class JobwireClient {
     return { job: res.job, skipped: res.skipped };
   }
 
+  // -------------------------------------------------------------------------------------------
+  // Queues: changes need the `queues:write` scope, reads `jobs:read`. Settings are kept in the
+  // server's database and hold on every replica.
+
+  /** Starts nothing more from the queue until it is resumed (it still takes enqueues). Resolves to the Queue. */
+  pauseQueue(name) {
+    return this._unary('PauseQueue', { name });
+  }
+
+  /** Lets a paused queue start jobs again. */
+  resumeQueue(name) {
+    return this._unary('ResumeQueue', { name });
+  }
+
+  /** The queue's settings and counts; NOT_FOUND (QUEUE_NOT_FOUND) when it has neither settings nor jobs. */
+  getQueue(name) {
+    return this._unary('GetQueue', { name });
+  }
+
+  /** One page of queues by name: `{queues, nextPageToken}` ("" on the last page). */
+  async listQueues({ pageSize = 0, pageToken = '' } = {}) {
+    const res = await this._unary('ListQueues', { pageSize, pageToken });
+    return { queues: res.queues, nextPageToken: res.nextPageToken };
+  }
+
+  /**
+   * Changes the settings given and keeps the others (0 removes a limit or a default):
+   * `{concurrencyLimit, rateLimit, rateBurst, keyLimit, defaultPriority, defaultMaxAttempts}`.
+   * `rateLimit` is jobs started per second, `rateBurst` how many may start at once.
+   */
+  updateQueue(name, settings = {}) {
+    const request = { name };
+    for (const field of QUEUE_SETTINGS) {
+      const value = settings[field];
+      if (value === undefined || value === null) continue;
+      if (typeof value !== 'number' || !Number.isFinite(value)) throw new TypeError(`${field} must be a finite number`);
+      request[field] = value;  // proto3 optional: a field given (0 too) is sent and written
+    }
+    return this._unary('UpdateQueue', request);
+  }
+
   /** Closes the channel. Calls still in flight are cancelled. */
   close() {
     this._closed = true;
     this._stub.close();
   }
 }
+
+const QUEUE_SETTINGS = Object.freeze(['concurrencyLimit', 'rateLimit', 'rateBurst', 'keyLimit', 'defaultPriority',
+  'defaultMaxAttempts']);
 
 /** How `watch` retries by default: 5 tries in a row without an event, backoff 100 ms doubling to 2 s. */
 export const DEFAULT_RETRY = Object.freeze({ maxAttempts: 5, initialBackoffMs: 100, maxBackoffMs: 2000, multiplier: 2 });

@@ -36,10 +36,13 @@ from jobwire.models import (
     PhaseState,
     Progress,
     PruneResult,
+    Queue,
+    QueueSettings,
     QueueStats,
     Schedule,
     ScheduleSpec,
     TriggerResult,
+    WaitingReason,
     Webhook,
     WebhookAttempt,
     WebhookDelivery,
@@ -97,7 +100,7 @@ def _prefixed(prefix: str, name: str) -> str:
 # --- well-known types --------------------------------------------------------------------------
 
 
-def _time(message: pb.Job | pb.Phase | pb.JobError | pb.JobEvent, name: str) -> datetime | None:
+def _time(message: pb.Job | pb.Phase | pb.JobError | pb.JobEvent | pb.Queue, name: str) -> datetime | None:
     if not message.HasField(name):
         return None
     ts: timestamp_pb2.Timestamp = getattr(message, name)
@@ -176,6 +179,8 @@ def job_from_proto(message: pb.Job) -> Job:
         error=job_error_from_proto(message.error) if message.HasField("error") else None,
         error_history=tuple(job_error_from_proto(e) for e in message.error_history),
         dedupe_key=message.dedupe_key,
+        concurrency_key=message.concurrency_key,
+        waiting_reason=_waiting_reason(message.waiting_reason),
         labels=dict(message.labels),
         webhook=webhook_from_proto(message.webhook) if message.HasField("webhook") else None,
         cancel_requested=message.cancel_requested,
@@ -203,8 +208,49 @@ def event_from_proto(message: pb.JobEvent) -> JobEvent:
     )
 
 
+def _waiting_reason(value: int) -> WaitingReason:
+    try:
+        return WaitingReason(pb.WaitingReason.Name(value).removeprefix("WAITING_REASON_"))
+    except ValueError:  # a number a newer server sends
+        return WaitingReason.UNSPECIFIED
+
+
+def queue_settings_from_proto(message: pb.QueueSettings) -> QueueSettings:
+    return QueueSettings(paused=message.paused, concurrency_limit=message.concurrency_limit,
+                         rate_limit=message.rate_limit, rate_burst=message.rate_burst, key_limit=message.key_limit,
+                         default_priority=message.default_priority, default_max_attempts=message.default_max_attempts)
+
+
+def queue_from_proto(message: pb.Queue) -> Queue:
+    return Queue(name=message.name, settings=queue_settings_from_proto(message.settings),
+                 stats=queue_stats_from_proto(message.stats) if message.HasField("stats") else None,
+                 replica_concurrency_limit=message.replica_concurrency_limit,
+                 replica_limit_global=message.replica_limit_global, update_time=_time(message, "update_time"))
+
+
+def queue_name_request(method: str, name: str) -> Message:
+    """The request of a queue method that takes only a name (PauseQueue, ResumeQueue, GetQueue)."""
+    request: Message = getattr(pb, f"{method}Request")(name=name)
+    return request
+
+
+def list_queues_request(page_size: int, page_token: str) -> pb.ListQueuesRequest:
+    return pb.ListQueuesRequest(page_size=page_size, page_token=page_token)
+
+
+def update_queue_request(name: str, settings: Mapping[str, float | int | None]) -> pb.UpdateQueueRequest:
+    """An UpdateQueue request setting the fields given (None: left as it is)."""
+    request = pb.UpdateQueueRequest(name=name)
+    for field_name, value in settings.items():
+        if value is not None:
+            setattr(request, field_name, value)
+    return request
+
+
 def queue_stats_from_proto(message: pb.QueueStats) -> QueueStats:
     return QueueStats(
+        paused=message.paused,
+        settings=queue_settings_from_proto(message.settings),
         queue=message.queue,
         scheduled=message.scheduled,
         queued=message.queued,
@@ -287,6 +333,7 @@ def enqueue_request(spec: EnqueueSpec) -> pb.EnqueueRequest:
         dedupe_key=spec.dedupe_key,
         request_id=spec.request_id or new_request_id(),
         labels=dict(spec.labels),
+        concurrency_key=spec.concurrency_key,
     )
     if spec.run_at is not None:
         request.run_at.CopyFrom(to_timestamp(spec.run_at))
@@ -368,6 +415,7 @@ def schedule_spec_to_proto(spec: ScheduleSpec) -> pb.ScheduleSpec:
         max_attempts=spec.max_attempts,
         dedupe_key=spec.dedupe_key,
         labels=dict(spec.labels),
+        concurrency_key=spec.concurrency_key,
     )
     if spec.timeout is not None:
         template.timeout.CopyFrom(to_duration(spec.timeout))
@@ -418,6 +466,7 @@ def schedule_spec_from_proto(message: pb.ScheduleSpec) -> ScheduleSpec:
         overlap_policy=_policy(OverlapPolicy, pb.OverlapPolicy.Name(message.overlap_policy), "OVERLAP_POLICY_"),
         catchup_policy=_policy(CatchupPolicy, pb.CatchupPolicy.Name(message.catchup_policy), "CATCHUP_POLICY_"),
         description=message.description,
+        concurrency_key=t.concurrency_key,
     )
 
 

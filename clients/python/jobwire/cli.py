@@ -29,7 +29,17 @@ from jobwire import __version__
 from jobwire.client import DEFAULT_TARGET, TLSConfig
 from jobwire.errors import JobwireError
 from jobwire.health import JOB_SERVICE, health_status
-from jobwire.models import BulkResult, EventType, Job, JobEvent, JobState, Phase, Progress, WebhookDelivery
+from jobwire.models import (
+    BulkResult,
+    EventType,
+    Job,
+    JobEvent,
+    JobState,
+    Phase,
+    Progress,
+    WaitingReason,
+    WebhookDelivery,
+)
 from jobwire.sync import Client
 
 EXIT_OK = 0
@@ -61,8 +71,8 @@ class UsageError(Exception):
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune, schedules, health and worker
-    to a parser."""
+    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune, schedules, queues, health and
+    worker to a parser."""
     common = _common_flags()
 
     def command(name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -96,6 +106,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--label", action="append", type=_label, default=[], metavar="K=V", help="label (repeatable)")
     p.add_argument("--max-attempts", type=int, default=0, metavar="N", help="attempts including the first")
     p.add_argument("--dedupe-key", default="", metavar="KEY", help="fold into an active job with this key")
+    p.add_argument("--concurrency-key", default="", metavar="KEY",
+                   help="with the queue's key limit, at most that many jobs with this key run at once")
     p.add_argument("--request-id", default="", metavar="ID", help="idempotency key (default: generated)")
     p.add_argument("--webhook", default="", metavar="URL", help="POST the job's events to URL (signed)")
     p.add_argument("--webhook-event", action="append", type=_event_type, default=[], metavar="TYPE",
@@ -168,22 +180,19 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--queue", default="", help="only this queue (default: every queue holding jobs)")
     p.set_defaults(func=cmd_stats)
     _add_webhook_and_retention_commands(command)
-    _add_schedule_commands(subparsers, common)
     _add_health_command(command)
-    _add_worker_command(subparsers)
+    _add_schedule_queue_and_worker_commands(subparsers, common)
 
 
-def _add_worker_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_schedule_queue_and_worker_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                                            common: argparse.ArgumentParser) -> None:
+    from jobwire.cli_queues import add_queue_commands  # noqa: PLC0415 - they build on this module
+    from jobwire.cli_schedules import add_schedule_commands  # noqa: PLC0415
     from jobwire.worker.cli import add_worker_command  # noqa: PLC0415 - keeps `jobwire --help` fast
 
-    add_worker_command(subparsers)
-
-
-def _add_schedule_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-                           common: argparse.ArgumentParser) -> None:
-    from jobwire.cli_schedules import add_schedule_commands  # noqa: PLC0415 - it builds on this module
-
     add_schedule_commands(subparsers, common)
+    add_queue_commands(subparsers, common)
+    add_worker_command(subparsers)
 
 
 def _add_health_command(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -401,6 +410,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             request_id=args.request_id,
             webhook_url=args.webhook,
             webhook_events=tuple(args.webhook_event),
+            concurrency_key=args.concurrency_key,
         )
         if args.json:
             _print_json({"job": handle.job, "deduplicated": handle.deduplicated})
@@ -806,6 +816,14 @@ def format_job_table(jobs: Sequence[Job]) -> str:
     return _table(header, rows)
 
 
+_WAITING = {
+    WaitingReason.QUEUE_PAUSED: "its queue is paused",
+    WaitingReason.QUEUE_CONCURRENCY: "its queue's concurrency limit is reached",
+    WaitingReason.CONCURRENCY_KEY: "its concurrency key's limit is reached",
+    WaitingReason.RATE_LIMIT: "its queue's rate limit (next token)",
+}
+
+
 def describe_job(job: Job) -> str:
     """The ``jobwire get`` text: the job's fields, then its phases and errors."""
     lines = [
@@ -825,6 +843,10 @@ def describe_job(job: Job) -> str:
         lines.append("labels:     " + ", ".join(f"{k}={v}" for k, v in sorted(job.labels.items())))
     if job.dedupe_key:
         lines.append(f"dedupe key: {job.dedupe_key}")
+    if job.concurrency_key:
+        lines.append(f"conc. key:  {job.concurrency_key}")
+    if job.waiting_reason not in (WaitingReason.UNSPECIFIED, WaitingReason.NONE):
+        lines.append(f"waiting:    {_WAITING[job.waiting_reason]}")
     if job.cancel_reason:
         lines.append(f"cancelled:  {job.cancel_reason}")
     if job.payload:

@@ -98,6 +98,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-attempts", type=int, metavar="N", help="attempts per job including the first")
     p.add_argument("--timeout", type=_duration, metavar="DURATION", help="time limit of each phase attempt")
     p.add_argument("--dedupe-key", metavar="KEY", help="fold a firing into an active job with this key")
+    p.add_argument("--concurrency-key", metavar="KEY", help="concurrency key of its jobs (the queue's key limit)")
     p.add_argument("--label", action="append", type=cli._label, metavar="K=V", help="label (repeatable)")
     p.add_argument("--webhook", metavar="URL", help="POST each job's events to URL")
     p.add_argument("--webhook-event", action="append", type=cli._event_type, metavar="TYPE",
@@ -146,7 +147,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     plain = {"time_zone": "time_zone", "jitter": "jitter", "overlap": "overlap_policy", "catchup": "catchup_policy",
              "description": "description", "queue": "queue", "priority": "priority",
              "max_attempts": "max_attempts", "timeout": "timeout", "dedupe_key": "dedupe_key",
-             "webhook": "webhook_url"}
+             "concurrency_key": "concurrency_key", "webhook": "webhook_url"}
     for flag, name in plain.items():
         if getattr(args, flag) is not None:
             changes[name] = getattr(args, flag)

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from jobwire import _convert
+from jobwire._queues import QueueCalls
 from jobwire._schedules import ScheduleCalls
 from jobwire.errors import (
     JobCancelled,
@@ -115,7 +116,7 @@ class RetryPolicy:
         return ceiling * random.uniform(0.5, 1.0)
 
 
-class Client(ScheduleCalls):
+class Client(ScheduleCalls, QueueCalls):
     """An asynchronous connection to a jobwire server.
 
     Use it as an async context manager (``async with Client(...) as client``) or call
@@ -189,6 +190,7 @@ class Client(ScheduleCalls):
         labels: Mapping[str, str] | None = None,
         webhook_url: str = "",
         webhook_events: Iterable[EventType | str] = (),
+        concurrency_key: str = "",
     ) -> JobHandle:
         """Create a job and return its handle once the server has stored it durably.
 
@@ -196,7 +198,8 @@ class Client(ScheduleCalls):
         and ``timeout`` take a ``timedelta`` or seconds; ``timeout`` limits each phase attempt.
         ``request_id`` is generated when not given, so the automatic retries of this call can never
         create a second job. ``handle.deduplicated`` tells whether an active job with the same
-        ``dedupe_key`` was returned instead of a new one.
+        ``dedupe_key`` was returned instead of a new one. ``concurrency_key``: when the queue has a
+        ``key_limit``, at most that many jobs with the same key run at once.
         """
         spec = EnqueueSpec(
             kind=kind,
@@ -212,6 +215,7 @@ class Client(ScheduleCalls):
             labels=dict(labels or {}),
             webhook_url=webhook_url,
             webhook_events=tuple(EventType(str(e).upper().removeprefix("EVENT_TYPE_")) for e in webhook_events),
+            concurrency_key=concurrency_key,
         )
         request = _convert.enqueue_request(spec)
         response = await self._unary(self._service().Enqueue, request)

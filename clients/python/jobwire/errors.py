@@ -73,6 +73,10 @@ class ScheduleNotFound(JobwireError):
     """NOT_FOUND with reason SCHEDULE_NOT_FOUND: no schedule with that id."""
 
 
+class QueueNotFound(JobwireError):
+    """NOT_FOUND with reason QUEUE_NOT_FOUND: the queue has no settings and holds no job."""
+
+
 class ScheduleFromConfig(JobwireError):
     """FAILED_PRECONDITION with reason SCHEDULE_FROM_CONFIG: the schedule is declared in the server's
     config file, so only that file changes or deletes it."""
@@ -146,6 +150,7 @@ _BY_CODE: Mapping[grpc.StatusCode, type[JobwireError]] = {
 
 _BY_REASON: Mapping[str, type[JobwireError]] = {
     "SCHEDULE_NOT_FOUND": ScheduleNotFound,
+    "QUEUE_NOT_FOUND": QueueNotFound,
     "SCHEDULE_FROM_CONFIG": ScheduleFromConfig,
 }
 

@@ -152,6 +152,10 @@ class Job:
     #: Attempts counted against ``max_attempts`` (a RetryJob starts a fresh budget; attempts a
     #: shutdown interrupted do not count); ``attempt`` counts every attempt ever made.
     counted_attempts: int = 0
+    #: At most the queue's ``key_limit`` jobs with the same key run at once; "" means none.
+    concurrency_key: str = ""
+    #: Why a QUEUED job has not started, as ``get_job`` read it (UNSPECIFIED elsewhere).
+    waiting_reason: WaitingReason = field(default_factory=lambda: WaitingReason.UNSPECIFIED)
 
     @property
     def attempts_left(self) -> int:
@@ -194,6 +198,33 @@ class JobEvent:
     detail: str = ""
 
 
+class WaitingReason(StrEnum):
+    """What holds a QUEUED job back (``Job.waiting_reason``, read by ``get_job``)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    #: Nothing in its queue's settings: it starts when a worker slot is free.
+    NONE = "NONE"
+    QUEUE_PAUSED = "QUEUE_PAUSED"
+    QUEUE_CONCURRENCY = "QUEUE_CONCURRENCY"
+    CONCURRENCY_KEY = "CONCURRENCY_KEY"
+    RATE_LIMIT = "RATE_LIMIT"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """A queue's stored controls, enforced by every replica; 0 means no limit (or no default)."""
+
+    paused: bool = False
+    concurrency_limit: int = 0
+    #: Jobs started per second (a token bucket) and the bucket's size.
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    #: Jobs with the same ``concurrency_key`` running at once.
+    key_limit: int = 0
+    default_priority: int = 0
+    default_max_attempts: int = 0
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """One queue's job counts per state, and the age of its oldest QUEUED job."""
@@ -208,6 +239,23 @@ class QueueStats:
     cancelled: int = 0
     stale: int = 0
     oldest_queued_age: timedelta = timedelta(0)
+    paused: bool = False
+    settings: QueueSettings = field(default_factory=QueueSettings)
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One queue: its stored settings, its counts, and the answering server's own limit for it."""
+
+    name: str
+    settings: QueueSettings = field(default_factory=QueueSettings)
+    stats: QueueStats | None = None
+    #: The server's ``--queue-concurrency`` limit (0: none); with ``replica_limit_global`` it counts
+    #: every replica's jobs. It applies besides ``settings.concurrency_limit``.
+    replica_concurrency_limit: int = 0
+    replica_limit_global: bool = False
+    #: When its settings last changed (None: it has none).
+    update_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +343,7 @@ class EnqueueSpec:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     webhook_url: str = ""
     webhook_events: tuple[EventType, ...] = ()
+    concurrency_key: str = ""
 
 
 class OverlapPolicy(StrEnum):
@@ -342,6 +391,7 @@ class ScheduleSpec:
     overlap_policy: OverlapPolicy = OverlapPolicy.UNSPECIFIED
     catchup_policy: CatchupPolicy = CatchupPolicy.UNSPECIFIED
     description: str = ""
+    concurrency_key: str = ""
 
 
 @dataclass(frozen=True)

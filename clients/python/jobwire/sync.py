@@ -32,6 +32,7 @@ from jobwire.models import (
     JobState,
     Payload,
     PruneResult,
+    Queue,
     QueueStats,
     Schedule,
     ScheduleSpec,
@@ -178,6 +179,7 @@ class Client:
         labels: Mapping[str, str] | None = None,
         webhook_url: str = "",
         webhook_events: Iterable[EventType | str] = (),
+        concurrency_key: str = "",
     ) -> JobHandle:
         """Create a job; see :meth:`jobwire.Client.enqueue`."""
         handle = self._runner.run(
@@ -195,6 +197,7 @@ class Client:
                 labels=labels,
                 webhook_url=webhook_url,
                 webhook_events=tuple(webhook_events),
+                concurrency_key=concurrency_key,
             )
         )
         return JobHandle(self._runner, handle)
@@ -405,6 +408,36 @@ class Client:
     def trigger_schedule(self, schedule_id: str, *, request_id: str = "") -> TriggerResult:
         """Fire the schedule once now; see :meth:`jobwire.Client.trigger_schedule`."""
         return self._runner.run(self._client.trigger_schedule(schedule_id, request_id=request_id))
+
+    # --- queues (see jobwire.Client) --------------------------------------------------------------
+
+    def pause_queue(self, name: str) -> Queue:
+        """Start nothing more from the queue until it is resumed."""
+        return self._runner.run(self._client.pause_queue(name))
+
+    def resume_queue(self, name: str) -> Queue:
+        """Let a paused queue start jobs again."""
+        return self._runner.run(self._client.resume_queue(name))
+
+    def get_queue(self, name: str) -> Queue:
+        """The queue's settings and counts."""
+        return self._runner.run(self._client.get_queue(name))
+
+    def list_queues_page(self, *, page_size: int = 0, page_token: str = "") -> tuple[list[Queue], str]:
+        """One page of queues by name and the next page's token."""
+        return self._runner.run(self._client.list_queues_page(page_size=page_size, page_token=page_token))
+
+    def list_queues(self, *, page_size: int = 0) -> Generator[Queue, None, None]:
+        """Every queue with settings or jobs, by name, across pages."""
+        return self._runner.iterate(self._client.list_queues(page_size=page_size))
+
+    def update_queue(self, name: str, *, concurrency_limit: int | None = None, rate_limit: float | None = None,
+                     rate_burst: int | None = None, key_limit: int | None = None,
+                     default_priority: int | None = None, default_max_attempts: int | None = None) -> Queue:
+        """Change the settings given; see :meth:`jobwire.Client.update_queue`."""
+        return self._runner.run(self._client.update_queue(
+            name, concurrency_limit=concurrency_limit, rate_limit=rate_limit, rate_burst=rate_burst,
+            key_limit=key_limit, default_priority=default_priority, default_max_attempts=default_max_attempts))
 
 
 class JobHandle:

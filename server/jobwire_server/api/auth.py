@@ -5,7 +5,7 @@ The tokens file (``tokens_file`` setting) is TOML and stores only SHA-256 digest
     [[token]]
     name = "ci"                          # shown in logs; unique
     sha256 = "9f86d081884c7d65…"         # hex digest of the secret token
-    scopes = ["jobs:read", "jobs:write"] # any of jobs:read, jobs:write, jobs:work, schedules:write, admin
+    scopes = ["jobs:read", "jobs:write"] # any of jobs:read, jobs:write, jobs:work, schedules:write, queues:write, admin
     queues = ["media"]                   # optional: the queues a `jobs:work` token's workers may serve
 
 Make a token and its digest with::
@@ -46,6 +46,7 @@ __all__ = [
     "BEARER_CREDENTIALS",
     "METHOD_SCOPES",
     "OPEN_PREFIXES",
+    "QUEUES",
     "READ",
     "SCHEDULES",
     "SCOPES",
@@ -68,7 +69,9 @@ ADMIN: Final = "admin"
 SCHEDULES: Final = "schedules:write"
 #: Remote workers: WorkerService.Connect and nothing else (optionally only for some queues).
 WORK: Final = "jobs:work"
-SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES, WORK})
+#: Pausing, resuming and limiting queues: it decides what runs, for every client of the queue.
+QUEUES: Final = "queues:write"
+SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES, WORK, QUEUES})
 
 _SERVICE: Final = "/jobwire.v1.JobService/"
 #: The scope each JobService method needs; ``admin`` grants every method, listed here or not.
@@ -82,6 +85,8 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
     **{_SERVICE + name: READ for name in ("GetSchedule", "ListSchedules")},
     **{_SERVICE + name: SCHEDULES for name in ("CreateSchedule", "UpdateSchedule", "DeleteSchedule",
                                                "PauseSchedule", "ResumeSchedule", "TriggerSchedule")},
+    **{_SERVICE + name: READ for name in ("GetQueue", "ListQueues")},
+    **{_SERVICE + name: QUEUES for name in ("PauseQueue", "ResumeQueue", "UpdateQueue")},
     "/jobwire.v1.WorkerService/Connect": WORK,
 }
 #: Methods under these prefixes need no token: load balancers probe health, tools list services.

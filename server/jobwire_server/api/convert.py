@@ -200,6 +200,8 @@ def _fill_job(target: jobwire_pb2.Job, job: Job) -> None:
         for error in job.error_history:
             _fill_error(add_error(), error)
     target.dedupe_key = job.dedupe_key  # proto3 strings have no presence: "" is "not set"
+    if job.concurrency_key:
+        target.concurrency_key = job.concurrency_key
     if job.labels:
         target.labels.update(job.labels)
     if job.webhook is not None:

@@ -26,6 +26,7 @@ from jobwire_server.domain.errors import (
     KindInProcess,
     KindMismatch,
     PayloadTooLarge,
+    QueueNotFound,
     RequestIdReused,
     ScheduleExists,
     ScheduleFromConfig,
@@ -84,18 +85,9 @@ def to_status(exc: BaseException) -> grpc.Status:
     if isinstance(exc, InvalidTransition):
         return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
                       {"job_id": exc.job_id, "state": str(exc.state), "action": exc.action})
-    if isinstance(exc, ScheduleNotFound):
-        return _build(grpc.StatusCode.NOT_FOUND, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
-    if isinstance(exc, ScheduleExists):
-        return _build(grpc.StatusCode.ALREADY_EXISTS, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
-    if isinstance(exc, ScheduleFromConfig):
-        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
-                      {"schedule_id": exc.schedule_id, "action": exc.action})
-    if isinstance(exc, KindMismatch):
-        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
-                      {"kind": exc.kind, "phases": ",".join(exc.known), "declared": ",".join(exc.declared)})
-    if isinstance(exc, KindInProcess):
-        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason, {"kind": exc.kind})
+    named = _named_resource_status(exc)
+    if named is not None:
+        return named
     if isinstance(exc, RequestIdReused):
         return _build(grpc.StatusCode.ALREADY_EXISTS, str(exc), exc.reason,
                       {"request_id": _clip(exc.request_id, 200)})
@@ -111,6 +103,25 @@ def to_status(exc: BaseException) -> grpc.Status:
         return _build(code, str(exc), exc.reason, {"database": exc.path})
     _log.exception("unexpected error in a gRPC call", exc_info=exc)
     return _build(grpc.StatusCode.INTERNAL, "internal error", INTERNAL_REASON, None)
+
+
+def _named_resource_status(exc: BaseException) -> grpc.Status | None:
+    """The status of an error about a queue, a schedule or a kind; None for any other error."""
+    if isinstance(exc, QueueNotFound):
+        return _build(grpc.StatusCode.NOT_FOUND, str(exc), exc.reason, {"queue": exc.queue})
+    if isinstance(exc, ScheduleNotFound):
+        return _build(grpc.StatusCode.NOT_FOUND, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
+    if isinstance(exc, ScheduleExists):
+        return _build(grpc.StatusCode.ALREADY_EXISTS, str(exc), exc.reason, {"schedule_id": exc.schedule_id})
+    if isinstance(exc, ScheduleFromConfig):
+        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
+                      {"schedule_id": exc.schedule_id, "action": exc.action})
+    if isinstance(exc, KindMismatch):
+        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason,
+                      {"kind": exc.kind, "phases": ",".join(exc.known), "declared": ",".join(exc.declared)})
+    if isinstance(exc, KindInProcess):
+        return _build(grpc.StatusCode.FAILED_PRECONDITION, str(exc), exc.reason, {"kind": exc.kind})
+    return None
 
 
 async def abort_with(context: aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:

@@ -25,6 +25,7 @@ def spec_to_proto(spec: ScheduleSpec) -> jobwire_pb2.ScheduleSpec:
     t = spec.template
     template = jobwire_pb2.EnqueueRequest(queue=t.queue, kind=t.kind, payload=t.payload, priority=t.priority,
                                           max_attempts=t.max_attempts, dedupe_key=t.dedupe_key, labels=dict(t.labels),
+                                          concurrency_key=t.concurrency_key,
                                           timeout=duration_to_proto(t.timeout))
     if t.webhook is not None:
         template.webhook.CopyFrom(jobwire_pb2.WebhookConfig(

@@ -25,6 +25,8 @@ from jobwire_server.api.convert import (
 )
 from jobwire_server.api.errors import abort, abort_with, status_with
 from jobwire_server.api.errors import unary as _unary
+from jobwire_server.api.queue_convert import WAITING_REASONS, queue_stats_to_proto
+from jobwire_server.api.queues import QueueMethods
 from jobwire_server.api.schedules import ScheduleMethods
 from jobwire_server.api.validation import (
     Limits,
@@ -41,6 +43,7 @@ from jobwire_server.domain.models import Event, Job, NewJob
 from jobwire_server.domain.queries import JobQuery, filters_digest
 from jobwire_server.domain.states import FINAL_EVENTS, TERMINAL_STATES, JobState
 from jobwire_server.engine.hub import EventFilter, Subscription
+from jobwire_server.engine.queues import QueueService
 from jobwire_server.engine.retention import Retention
 from jobwire_server.engine.schedules import ScheduleService
 from jobwire_server.engine.service import JobService
@@ -52,16 +55,18 @@ from jobwire_server.telemetry import ATTR_JOB_ID, ATTR_KIND, ATTR_QUEUE, enqueue
 Context = aio.ServicerContext[Any, Any]
 
 
-class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
+class JobServicer(ScheduleMethods, QueueMethods, jobwire_pb2_grpc.JobServiceServicer):
     def __init__(self, service: JobService, registry: Registry, clock: Clock, limits: Limits, *,
                  max_watch_streams: int, page_secret: bytes | None = None,
                  webhook_guard: AddressGuard | None = None, retention: Retention | None = None,
                  schedules: ScheduleService | None = None, auth: TokenAuthInterceptor | None = None,
-                 refresh_kinds: Callable[[], Awaitable[int]] | None = None) -> None:
+                 refresh_kinds: Callable[[], Awaitable[int]] | None = None,
+                 queues: QueueService | None = None) -> None:
         self._service = service
         #: Reads the kinds remote workers declared (on any replica) when Enqueue meets an unknown one.
         self._refresh_kinds = refresh_kinds
         self._schedules = schedules
+        self._queues = queues
         #: Access control, when tokens are configured: bulk actions check the `admin` scope themselves.
         self._auth = auth
         self._guard = webhook_guard or AddressGuard()
@@ -188,7 +193,12 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
 
     @_unary
     async def GetJob(self, request: jobwire_pb2.GetJobRequest, context: Context) -> jobwire_pb2.Job:
-        return job_to_proto(await self._service.get(validate_job_id(request.id)))
+        job = await self._service.get(validate_job_id(request.id))
+        message = job_to_proto(job)
+        reason = await self._queues.waiting_reason(job) if self._queues is not None else None
+        if reason is not None:
+            message.waiting_reason = WAITING_REASONS[reason]
+        return message
 
     @_unary
     async def ListJobs(self, request: jobwire_pb2.ListJobsRequest, context: Context) -> jobwire_pb2.ListJobsResponse:
@@ -204,7 +214,9 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
             raise InvalidArgument([FieldViolation(
                 "queue", "must be 1–128 letters, digits, '.', '-' or '_'")])
         stats = await self._service.queue_stats(request.queue)
-        return jobwire_pb2.GetQueueStatsResponse(queues=[stats_to_proto(s) for s in stats])
+        settings = await self._queues.all_settings() if self._queues is not None else {}
+        return jobwire_pb2.GetQueueStatsResponse(queues=[queue_stats_to_proto(stats_to_proto(s), settings.get(s.queue))
+                                                         for s in stats])
 
     @_unary
     async def ListWebhookDeliveries(self, request: jobwire_pb2.ListWebhookDeliveriesRequest,

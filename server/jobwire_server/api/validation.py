@@ -29,6 +29,7 @@ from jobwire_server.domain.errors import FieldViolation, InvalidArgument, Payloa
 from jobwire_server.domain.ids import is_job_id
 from jobwire_server.domain.models import DEFAULT_PRIORITY, DEFAULT_QUEUE, MAX_PRIORITY, MIN_PRIORITY, NewJob, Webhook
 from jobwire_server.domain.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobQuery, filters_digest
+from jobwire_server.domain.queues import MAX_CONCURRENCY_KEY
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.handlers.kind import NAME_PATTERN, Kind
 from jobwire_server.handlers.registry import Registry
@@ -315,7 +316,11 @@ def enqueue_to_new_job(req: jobwire_pb2.EnqueueRequest, registry: Registry, now:
         out.add("dedupe_key", f"must be at most {MAX_DEDUPE_KEY} characters, got {len(req.dedupe_key)}")
     if len(req.request_id) > MAX_REQUEST_ID:
         out.add("request_id", f"must be at most {MAX_REQUEST_ID} characters, got {len(req.request_id)}")
-    for field, value in (("dedupe_key", req.dedupe_key), ("request_id", req.request_id)):
+    if len(req.concurrency_key) > MAX_CONCURRENCY_KEY:
+        out.add("concurrency_key", f"must be at most {MAX_CONCURRENCY_KEY} characters, "
+                                   f"got {len(req.concurrency_key)}")
+    for field, value in (("dedupe_key", req.dedupe_key), ("request_id", req.request_id),
+                         ("concurrency_key", req.concurrency_key)):
         if "\x00" in value:
             out.add(field, NO_NUL)
     labels = _check_labels(req.labels, "labels", limits.max_labels, out)
@@ -338,6 +343,10 @@ def enqueue_to_new_job(req: jobwire_pb2.EnqueueRequest, registry: Registry, now:
         labels=MappingProxyType(labels),
         webhook=webhook,
         trace_parent=trace_parent,
+        concurrency_key=req.concurrency_key,
+        # Unset: the queue's stored default (applied when the job is written) replaces these.
+        priority_unset=req.priority == 0,
+        max_attempts_unset=req.max_attempts == 0,
     )
 
 

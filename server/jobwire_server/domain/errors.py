@@ -115,6 +115,16 @@ class KindInProcess(JobwireError):
         self.kind = kind
 
 
+class QueueNotFound(JobwireError):
+    """No queue of that name has settings or holds a job."""
+
+    reason = "QUEUE_NOT_FOUND"
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue} not found: it has no settings and holds no job")
+        self.queue = queue
+
+
 class SchemaTooNew(JobwireError):
     reason = "SCHEMA_TOO_NEW"
 

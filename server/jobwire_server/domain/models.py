@@ -85,6 +85,8 @@ class Job:
     finish_time: float | None = None
     last_sequence: int = 0
     trace_parent: str = ""
+    #: At most the queue's `key_limit` jobs with the same key run at once; empty means no key.
+    concurrency_key: str = ""
 
     @property
     def result(self) -> bytes:
@@ -153,6 +155,11 @@ class NewJob:
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY_LABELS)
     webhook: Webhook | None = None
     trace_parent: str = ""
+    concurrency_key: str = ""
+    #: The request left priority (max_attempts) unset: the queue's stored default, if it has one,
+    #: replaces the value here (the server's or the kind's default) when the job is created.
+    priority_unset: bool = False
+    max_attempts_unset: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ class JobTemplate:
     dedupe_key: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     webhook: Webhook | None = None
+    concurrency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +227,8 @@ def job_of(schedule: Schedule, key: str, run_at: float) -> NewJob:
     return NewJob(queue=template.queue, kind=template.kind, payload=template.payload, priority=template.priority,
                   run_at=run_at, max_attempts=template.max_attempts, timeout=template.timeout,
                   phase_names=template.phase_names, dedupe_key=template.dedupe_key, request_id=key,
-                  fingerprint=key, labels=labels, webhook=template.webhook)
+                  fingerprint=key, labels=labels, webhook=template.webhook,
+                  concurrency_key=template.concurrency_key)
 
 
 def firing_key(schedule_id: str, moment: str) -> str:

@@ -2,8 +2,9 @@
 claims them in its next commit, together with whatever else that commit writes (the outcomes
 of finishing jobs, the enqueue that made a job ready).
 
-No polling interval: claiming happens when an enqueue, a retry or a freed slot wakes it, or when a
-timer set to the next run_at of a SCHEDULED or RETRYING job fires.
+No polling interval: claiming happens when an enqueue, a retry, a queue's settings change or a
+freed slot wakes it, or when a timer fires, set to the next run_at of a SCHEDULED or RETRYING job
+or to the next token of a rate-limited queue whose jobs wait for one.
 
 Jobs of kinds remote workers run are claimed apart from this process's slots: only as many as the
 connected workers' credit (`RemoteExecutor.claim_room`), in the same transaction, and handed to the
@@ -26,6 +27,7 @@ from jobwire_server.engine.remote.executor import RemoteExecutor
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import (
     ApplyChange,
+    ChangeQueue,
     ClaimParams,
     ClaimResult,
     FireSchedules,
@@ -154,11 +156,8 @@ class Dispatcher:
         """Could a job start now, here or on a remote worker?"""
         return self._executor.free_slots() > 0 or (self._remote is not None and bool(self._remote.claim_room()))
 
-    def claim_failed(self) -> None:
-        self._wanted = True
-
-    def after_cycle(self, ops: Sequence[WriteOp], results: Sequence[Any], claim: ClaimParams | None,
-                    claimed: ClaimResult | None) -> None:
+    def _note_written(self, ops: Sequence[WriteOp], results: Sequence[Any]) -> bool:
+        """Free the slots of jobs that finished, arm timers for jobs that wait; whether a job became ready."""
         readied = False
         for op, result in zip(ops, results, strict=True):
             for job in _jobs_written(op, result):
@@ -170,13 +169,23 @@ class Dispatcher:
                     self.note_wakeup(job.run_at)
                 elif job.state is JobState.QUEUED:
                     readied = True
+        return readied
+
+    def claim_failed(self) -> None:
+        self._wanted = True
+
+    def after_cycle(self, ops: Sequence[WriteOp], results: Sequence[Any], claim: ClaimParams | None,
+                    claimed: ClaimResult | None) -> None:
+        readied = self._note_written(ops, results)
         if claimed is None or claim is None:
             if readied and self._room():
                 self.wake()  # a job became ready in a transaction that did not claim (with no slot
             return           # free, the commit that frees one claims it)
         local = self._start(claimed, claim.remote_kinds)
-        if claimed.next_due is not None:
-            self.note_wakeup(claimed.next_due)
+        # The next due job, and the next token of a rate-limited queue whose jobs wait for one.
+        for due in (claimed.next_due, claimed.next_token):
+            if due is not None:
+                self.note_wakeup(due)
         self.rounds += 1
         self.claimed.set()
         self.claimed = asyncio.Event()
@@ -195,14 +204,14 @@ _WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 
 
 def _readying(ops: Sequence[WriteOp], remote_kinds: frozenset[str]) -> tuple[bool, bool]:
-    """Whether the batch may make a job ready (an enqueue due now, a retry, a rescue, a firing):
-    (one this process runs, one a remote worker runs)."""
+    """Whether the batch may make a job ready (an enqueue due now, a retry, a rescue, a firing, a queue
+    resumed or a limit raised): (one this process runs, one a remote worker runs)."""
     here = remote = False
     for op in ops:
         if isinstance(op, InsertJobs):
             due = [job.kind in remote_kinds for job in op.jobs if job.run_at <= op.now]
             here, remote = here or not all(due), remote or any(due)
-        elif isinstance(op, UpdateJob | UpdateJobs | FireSchedules):
+        elif isinstance(op, UpdateJob | UpdateJobs | FireSchedules | ChangeQueue):
             return True, True
     return here, remote
 

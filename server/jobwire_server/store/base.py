@@ -22,6 +22,7 @@ from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryI
 from jobwire_server.domain.kinds import KindSpec
 from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.schedules import Firing, Schedule
 from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange
@@ -57,6 +58,17 @@ class RemoteRoom:
     kinds: tuple[str, ...]
     queues: tuple[str, ...]
     room: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimScope:
+    """Which QUEUED jobs one pass of a claim may take: none of the `exclude` kinds (this process's
+    slots never take the kinds remote workers run); with `include`, only jobs of those kinds, and of
+    `queues` when it is not empty (a remote worker's room)."""
+
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] | None = None
+    queues: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,11 +325,25 @@ class DeclareKinds:
     now: float
 
 
+# ---------------------------------------------------------------------- queue settings
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeQueue:
+    """→ QueueSettings. Read the queue's settings (the defaults, created at `now`, when it has no
+    row yet), build the new ones, write them. On a shared store the row is locked, so a change and
+    a claim of the queue (which locks it too) take turns."""
+
+    name: str
+    build: Callable[[QueueSettings], QueueSettings]
+    now: float
+
+
 ScheduleOp = FireSchedules | CreateSchedule | ChangeSchedule | DeleteSchedule | SyncSchedules
 
 WriteOp = (InsertJobs | UpdateJob | ApplyChange | ClaimJobs | RenewLeases | TakeDeliveries | RecordDeliveryAttempt
            | ReleaseDeliveryLeases | MarkStale | DeleteStale | PruneDeliveryLog | PruneRequests
-           | ScheduleOp | UpdateJobs | DeclareKinds)
+           | ScheduleOp | UpdateJobs | DeclareKinds | ChangeQueue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +352,8 @@ class ClaimResult:
     claimed: list[Committed]
     #: Earliest run_at of a SCHEDULED or RETRYING job after the claim.
     next_due: float | None
+    #: When a rate-limited queue whose QUEUED jobs wait for tokens next has one (None: none waits).
+    next_token: float | None = None
 
 
 class JobStore(Protocol):
@@ -451,4 +479,18 @@ class JobStore(Protocol):
 
     async def list_kinds(self) -> list[KindSpec]:
         """Every declared kind, by name."""
+        ...
+
+    # Queue settings: written by ChangeQueue, read by every claim.
+
+    async def queue_settings(self, name: str) -> QueueSettings | None:
+        """The queue's stored settings; None when it has none (every default)."""
+        ...
+
+    async def list_queue_settings(self) -> list[QueueSettings]:
+        """Every queue's stored settings, by name."""
+        ...
+
+    async def running_counts(self, queue: str, key: str) -> tuple[int, int]:
+        """RUNNING jobs of `queue`, and of those the ones with concurrency key `key` (0 for no key)."""
         ...

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from jobwire_server.domain.errors import RequestIdReused
 from jobwire_server.domain.ids import new_job_id
-from jobwire_server.domain.models import Event, Job, NewJob, Phase
+from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store.base import InsertResult
@@ -38,10 +38,12 @@ class InsertPlan:
 
 
 def plan_inserts(new_jobs: Sequence[NewJob], known_requests: dict[str, tuple[str, str]],
-                 active: dict[tuple[str, str], str], now: float, ttl: float) -> InsertPlan:
+                 active: dict[tuple[str, str], str], now: float, ttl: float,
+                 defaults: Mapping[str, tuple[int, int]] | None = None) -> InsertPlan:
     """Honour request ids (`known_requests`: id → (fingerprint, job id); a reused id with another
     request is RequestIdReused) and active dedupe keys (`active`: (queue, key) → job id), the
-    batch's own included. Both mappings are updated as the batch is planned."""
+    batch's own included. Both mappings are updated as the batch is planned. `defaults`: queue →
+    its stored (default priority, default max attempts), 0 for none (`queues_needing_defaults`)."""
     plan = InsertPlan()
     for new in new_jobs:
         if new.request_id in known_requests:
@@ -54,7 +56,7 @@ def plan_inserts(new_jobs: Sequence[NewJob], known_requests: dict[str, tuple[str
             job_id = active[(new.queue, new.dedupe_key)]
             plan.outcome.append((job_id, True, False))
         else:
-            job = job_from_new(new, now)
+            job = job_from_new(_with_defaults(new, defaults), now)
             plan.created.append(job)
             job_id = job.id
             plan.outcome.append((job_id, False, True))
@@ -64,6 +66,24 @@ def plan_inserts(new_jobs: Sequence[NewJob], known_requests: dict[str, tuple[str
             known_requests[new.request_id] = (new.fingerprint, job_id)
             plan.request_rows.append((new.request_id, new.fingerprint, job_id, now + ttl))
     return plan
+
+
+def queues_needing_defaults(new_jobs: Sequence[NewJob]) -> list[str]:
+    """Queues whose stored defaults the batch may need (a request left a defaulted field unset)."""
+    return sorted({j.queue for j in new_jobs if j.priority_unset or j.max_attempts_unset})
+
+
+def _with_defaults(new: NewJob, defaults: Mapping[str, tuple[int, int]] | None) -> NewJob:
+    found = defaults.get(new.queue) if defaults else None
+    if found is None:
+        return new
+    priority, max_attempts = found
+    changes: dict[str, int] = {}
+    if new.priority_unset and priority:
+        changes["priority"] = priority
+    if new.max_attempts_unset and max_attempts:
+        changes["max_attempts"] = max_attempts
+    return evolve(new, **changes) if changes else new
 
 
 def insert_results(plan: InsertPlan, existing: Mapping[str, Job], now: float) -> list[InsertResult]:
@@ -86,5 +106,5 @@ def job_from_new(new: NewJob, now: float) -> Job:
         state=JobState.SCHEDULED if new.run_at > now else JobState.QUEUED, max_attempts=new.max_attempts,
         phases=tuple(Phase(name) for name in new.phase_names), create_time=now, update_time=now,
         run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
-        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1,
+        webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1, concurrency_key=new.concurrency_key,
     )

@@ -15,7 +15,7 @@ JOB_COLUMNS = (
     "id", "queue", "kind", "payload", "priority", "state", "attempt", "uncounted_attempts", "max_attempts",
     "timeout", "progress_pct", "progress_msg", "error", "error_history", "dedupe_key", "labels", "webhook",
     "cancel_requested", "cancel_reason", "trace_parent", "seq", "create_time", "update_time", "run_at",
-    "start_time", "finish_time",
+    "start_time", "finish_time", "concurrency_key",
 )
 JOB_SELECT = ", ".join(JOB_COLUMNS)
 JOB_RETURNING = ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
@@ -83,7 +83,7 @@ def phase_params(job_id: str, index: int, phase: Phase) -> tuple[Any, ...]:
 def job_from_row(row: Row, phases: Iterable[Phase]) -> Job:
     (id_, queue, kind, payload, priority, state, attempt, uncounted, max_attempts, timeout, pct, msg, error,
      history, dedupe_key, labels, webhook, cancel_requested, cancel_reason, trace_parent, seq, create_time,
-     update_time, run_at, start_time, finish_time) = row
+     update_time, run_at, start_time, finish_time, concurrency_key) = row
     return Job(
         id=id_, queue=queue, kind=kind, payload=payload, priority=priority, state=_STATES[state],
         attempt=attempt, uncounted_attempts=uncounted, max_attempts=max_attempts, timeout=timeout,
@@ -93,7 +93,7 @@ def job_from_row(row: Row, phases: Iterable[Phase]) -> Job:
         webhook=_webhook_from_json(webhook), cancel_requested=bool(cancel_requested),
         cancel_reason=cancel_reason, trace_parent=trace_parent, last_sequence=seq, create_time=create_time,
         update_time=update_time, run_at=run_at, start_time=start_time, finish_time=finish_time,
-        phases=tuple(phases),
+        phases=tuple(phases), concurrency_key=concurrency_key or "",
     )
 
 

@@ -29,6 +29,8 @@ def spec_to_json(spec: ScheduleSpec) -> str:
         "phase_names": list(t.phase_names), "dedupe_key": t.dedupe_key, "labels": dict(t.labels),
         "webhook": None if t.webhook is None else {"url": t.webhook.url, "events": [e.value for e in t.webhook.events]},
     }
+    if t.concurrency_key:  # only when set: the specs stored before there were keys read back the same
+        template["concurrency_key"] = t.concurrency_key
     return json.dumps({
         "template": template, "cron": spec.cron, "time_zone": spec.time_zone, "interval": spec.interval,
         "jitter": spec.jitter, "overlap": spec.overlap.value, "catchup": spec.catchup.value,
@@ -44,7 +46,8 @@ def spec_from_json(text: str) -> ScheduleSpec:
         queue=t["queue"], kind=t["kind"], payload=base64.b64decode(t["payload"]), priority=int(t["priority"]),
         max_attempts=int(t["max_attempts"]), timeout=float(t["timeout"]), phase_names=tuple(t["phase_names"]),
         dedupe_key=t.get("dedupe_key", ""), labels=MappingProxyType(dict(t.get("labels", {}))),
-        webhook=None if hook is None else Webhook(hook["url"], tuple(EventType(e) for e in hook["events"])))
+        webhook=None if hook is None else Webhook(hook["url"], tuple(EventType(e) for e in hook["events"])),
+        concurrency_key=t.get("concurrency_key", ""))
     return ScheduleSpec(
         template=template, cron=data.get("cron", ""), time_zone=data.get("time_zone", ""),
         interval=int(data.get("interval", 0)), jitter=float(data.get("jitter", 0.0)),

@@ -46,6 +46,9 @@ TABLES: tuple[Table, ...] = (
                         "create_time", "update_time"), ("id",), frozenset({"paused", "from_config"})),
     Table("kinds", ("name", "phases", "queue", "max_attempts", "timeout", "retry_base_delay", "retry_max_delay",
                     "declare_time"), ("name",)),
+    Table("queues", ("name", "paused", "concurrency", "rate", "burst", "key_limit", "default_priority",
+                     "default_max_attempts", "tokens", "tokens_time", "create_time", "update_time"), ("name",),
+          frozenset({"paused"})),
 )
 
 

@@ -32,6 +32,15 @@ class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SKIP_REASON_NO_LONGER_MATCHES: _ClassVar[SkipReason]
     SKIP_REASON_NOT_FOUND: _ClassVar[SkipReason]
 
+class WaitingReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WAITING_REASON_UNSPECIFIED: _ClassVar[WaitingReason]
+    WAITING_REASON_NONE: _ClassVar[WaitingReason]
+    WAITING_REASON_QUEUE_PAUSED: _ClassVar[WaitingReason]
+    WAITING_REASON_QUEUE_CONCURRENCY: _ClassVar[WaitingReason]
+    WAITING_REASON_CONCURRENCY_KEY: _ClassVar[WaitingReason]
+    WAITING_REASON_RATE_LIMIT: _ClassVar[WaitingReason]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -102,6 +111,12 @@ SKIP_REASON_NOTHING_TO_RESUME: SkipReason
 SKIP_REASON_DEDUPE_KEY_TAKEN: SkipReason
 SKIP_REASON_NO_LONGER_MATCHES: SkipReason
 SKIP_REASON_NOT_FOUND: SkipReason
+WAITING_REASON_UNSPECIFIED: WaitingReason
+WAITING_REASON_NONE: WaitingReason
+WAITING_REASON_QUEUE_PAUSED: WaitingReason
+WAITING_REASON_QUEUE_CONCURRENCY: WaitingReason
+WAITING_REASON_CONCURRENCY_KEY: WaitingReason
+WAITING_REASON_RATE_LIMIT: WaitingReason
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_SCHEDULED: JobState
 JOB_STATE_QUEUED: JobState
@@ -145,7 +160,7 @@ CATCHUP_POLICY_SKIP: CatchupPolicy
 CATCHUP_POLICY_RUN_ONCE: CatchupPolicy
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("queue", "kind", "payload", "priority", "run_at", "delay", "max_attempts", "timeout", "dedupe_key", "request_id", "labels", "webhook")
+    __slots__ = ("queue", "kind", "payload", "priority", "run_at", "delay", "max_attempts", "timeout", "dedupe_key", "request_id", "labels", "webhook", "concurrency_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +180,7 @@ class EnqueueRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: str
     kind: str
     payload: bytes
@@ -177,7 +193,8 @@ class EnqueueRequest(_message.Message):
     request_id: str
     labels: _containers.ScalarMap[str, str]
     webhook: WebhookConfig
-    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedupe_key: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., webhook: _Optional[_Union[WebhookConfig, _Mapping]] = ...) -> None: ...
+    concurrency_key: str
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedupe_key: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., webhook: _Optional[_Union[WebhookConfig, _Mapping]] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
 
 class WebhookConfig(_message.Message):
     __slots__ = ("url", "events")
@@ -316,7 +333,7 @@ class GetQueueStatsResponse(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ...) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("queue", "scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled", "stale", "oldest_queued_age")
+    __slots__ = ("queue", "scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled", "stale", "oldest_queued_age", "paused", "settings")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +344,8 @@ class QueueStats(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     OLDEST_QUEUED_AGE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     scheduled: int
     queued: int
@@ -337,7 +356,9 @@ class QueueStats(_message.Message):
     cancelled: int
     stale: int
     oldest_queued_age: _duration_pb2.Duration
-    def __init__(self, queue: _Optional[str] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., stale: _Optional[int] = ..., oldest_queued_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    paused: bool
+    settings: QueueSettings
+    def __init__(self, queue: _Optional[str] = ..., scheduled: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., retrying: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., stale: _Optional[int] = ..., oldest_queued_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., paused: _Optional[bool] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
 
 class ListWebhookDeliveriesRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -508,7 +529,7 @@ class PruneJobsResponse(_message.Message):
     def __init__(self, marked_stale: _Optional[int] = ..., deleted: _Optional[int] = ..., delivery_log_pruned: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "queue", "kind", "payload", "priority", "state", "attempt", "max_attempts", "phases", "progress", "result", "error", "error_history", "dedupe_key", "labels", "webhook", "cancel_requested", "cancel_reason", "create_time", "update_time", "run_at", "start_time", "finish_time", "last_sequence", "timeout", "trace_parent", "counted_attempts")
+    __slots__ = ("id", "queue", "kind", "payload", "priority", "state", "attempt", "max_attempts", "phases", "progress", "result", "error", "error_history", "dedupe_key", "labels", "webhook", "cancel_requested", "cancel_reason", "create_time", "update_time", "run_at", "start_time", "finish_time", "last_sequence", "timeout", "trace_parent", "counted_attempts", "concurrency_key", "waiting_reason")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -543,6 +564,8 @@ class Job(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     COUNTED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     queue: str
     kind: str
@@ -570,7 +593,9 @@ class Job(_message.Message):
     timeout: _duration_pb2.Duration
     trace_parent: str
     counted_attempts: int
-    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[bytes] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., dedupe_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., webhook: _Optional[_Union[WebhookConfig, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., cancel_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace_parent: _Optional[str] = ..., counted_attempts: _Optional[int] = ...) -> None: ...
+    concurrency_key: str
+    waiting_reason: WaitingReason
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[bytes] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., error_history: _Optional[_Iterable[_Union[JobError, _Mapping]]] = ..., dedupe_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., webhook: _Optional[_Union[WebhookConfig, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., cancel_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace_parent: _Optional[str] = ..., counted_attempts: _Optional[int] = ..., concurrency_key: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ...) -> None: ...
 
 class Phase(_message.Message):
     __slots__ = ("name", "state", "progress", "result", "error", "start_time", "finish_time")
@@ -753,3 +778,89 @@ class TriggerScheduleResponse(_message.Message):
     job: Job
     skipped: bool
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., skipped: _Optional[bool] = ...) -> None: ...
+
+class QueueSettings(_message.Message):
+    __slots__ = ("paused", "concurrency_limit", "rate_limit", "rate_burst", "key_limit", "default_priority", "default_max_attempts")
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    KEY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    paused: bool
+    concurrency_limit: int
+    rate_limit: float
+    rate_burst: int
+    key_limit: int
+    default_priority: int
+    default_max_attempts: int
+    def __init__(self, paused: _Optional[bool] = ..., concurrency_limit: _Optional[int] = ..., rate_limit: _Optional[float] = ..., rate_burst: _Optional[int] = ..., key_limit: _Optional[int] = ..., default_priority: _Optional[int] = ..., default_max_attempts: _Optional[int] = ...) -> None: ...
+
+class Queue(_message.Message):
+    __slots__ = ("name", "settings", "stats", "replica_concurrency_limit", "replica_limit_global", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_LIMIT_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    settings: QueueSettings
+    stats: QueueStats
+    replica_concurrency_limit: int
+    replica_limit_global: bool
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., stats: _Optional[_Union[QueueStats, _Mapping]] = ..., replica_concurrency_limit: _Optional[int] = ..., replica_limit_global: _Optional[bool] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PauseQueueRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ResumeQueueRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetQueueRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("queues", "next_page_token")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[Queue]
+    next_page_token: str
+    def __init__(self, queues: _Optional[_Iterable[_Union[Queue, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateQueueRequest(_message.Message):
+    __slots__ = ("name", "concurrency_limit", "rate_limit", "rate_burst", "key_limit", "default_priority", "default_max_attempts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    KEY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    concurrency_limit: int
+    rate_limit: float
+    rate_burst: int
+    key_limit: int
+    default_priority: int
+    default_max_attempts: int
+    def __init__(self, name: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., rate_limit: _Optional[float] = ..., rate_burst: _Optional[int] = ..., key_limit: _Optional[int] = ..., default_priority: _Optional[int] = ..., default_max_attempts: _Optional[int] = ...) -> None: ...

@@ -35,6 +35,7 @@ class JobServiceStub:
     - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
     - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
     ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
+    - `queues:write`: PauseQueue, ResumeQueue, UpdateQueue; GetQueue and ListQueues need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -50,6 +51,7 @@ class JobServiceStub:
     - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
     - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
     (FAILED_PRECONDITION): see the schedule RPCs.
+    - QUEUE_NOT_FOUND (NOT_FOUND): GetQueue of a queue that has no settings and holds no job.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -165,6 +167,31 @@ class JobServiceStub:
                 request_serializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsRequest.SerializeToString,
                 response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/jobwire.v1.JobService/PauseQueue',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/jobwire.v1.JobService/ResumeQueue',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+                _registered_method=True)
+        self.GetQueue = channel.unary_unary(
+                '/jobwire.v1.JobService/GetQueue',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+                _registered_method=True)
+        self.ListQueues = channel.unary_unary(
+                '/jobwire.v1.JobService/ListQueues',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
+        self.UpdateQueue = channel.unary_unary(
+                '/jobwire.v1.JobService/UpdateQueue',
+                request_serializer=jobwire_dot_v1_dot_jobwire__pb2.UpdateQueueRequest.SerializeToString,
+                response_deserializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -177,6 +204,7 @@ class JobServiceServicer:
     - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
     - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
     ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
+    - `queues:write`: PauseQueue, ResumeQueue, UpdateQueue; GetQueue and ListQueues need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -192,6 +220,7 @@ class JobServiceServicer:
     - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
     - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
     (FAILED_PRECONDITION): see the schedule RPCs.
+    - QUEUE_NOT_FOUND (NOT_FOUND): GetQueue of a queue that has no settings and holds no job.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -464,6 +493,61 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseQueue(self, request, context):
+        """PauseQueue stops a queue from starting jobs until ResumeQueue, on every replica: it still
+        accepts enqueues, and jobs already running finish. Pausing a paused queue changes nothing. A
+        queue need not hold jobs to be paused (its settings are kept from then on). Returns the queue
+        after the change. Needs `queues:write`.
+
+        Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """ResumeQueue lets a paused queue start jobs again; its waiting jobs start as slots and its
+        limits allow. Resuming a running queue changes nothing. Needs `queues:write`.
+
+        Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueue(self, request, context):
+        """GetQueue returns a queue's stored settings, its job counts and the process limit of the
+        replica that answered. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (a bad name), NOT_FOUND (QUEUE_NOT_FOUND: no settings and no job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQueues(self, request, context):
+        """ListQueues returns every queue that has stored settings or holds a job, by name, one page at a
+        time. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQueue(self, request, context):
+        """UpdateQueue changes the settings the request sets and keeps the others; it returns the queue
+        after the change. The settings are kept in the database and hold on every replica. Needs
+        `queues:write`.
+
+        Errors: INVALID_ARGUMENT (with field violations: a bad name, a negative or too large limit,
+        a rate with a burst below 1, a default priority outside 1-10, fields this server does not
+        know), UNAVAILABLE (SHUTTING_DOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -572,6 +656,31 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsRequest.FromString,
                     response_serializer=jobwire_dot_v1_dot_jobwire__pb2.RetryJobsResponse.SerializeToString,
             ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.PauseQueueRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.SerializeToString,
+            ),
+            'GetQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueue,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.GetQueueRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.SerializeToString,
+            ),
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.ListQueuesRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'UpdateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQueue,
+                    request_deserializer=jobwire_dot_v1_dot_jobwire__pb2.UpdateQueueRequest.FromString,
+                    response_serializer=jobwire_dot_v1_dot_jobwire__pb2.Queue.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'jobwire.v1.JobService', rpc_method_handlers)
@@ -590,6 +699,7 @@ class JobService:
     - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
     - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
     ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
+    - `queues:write`: PauseQueue, ResumeQueue, UpdateQueue; GetQueue and ListQueues need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -605,6 +715,7 @@ class JobService:
     - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
     - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
     (FAILED_PRECONDITION): see the schedule RPCs.
+    - QUEUE_NOT_FOUND (NOT_FOUND): GetQueue of a queue that has no settings and holds no job.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -1166,6 +1277,141 @@ class JobService:
             '/jobwire.v1.JobService/RetryJobs',
             jobwire_dot_v1_dot_jobwire__pb2.RetryJobsRequest.SerializeToString,
             jobwire_dot_v1_dot_jobwire__pb2.RetryJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/PauseQueue',
+            jobwire_dot_v1_dot_jobwire__pb2.PauseQueueRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/ResumeQueue',
+            jobwire_dot_v1_dot_jobwire__pb2.ResumeQueueRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/GetQueue',
+            jobwire_dot_v1_dot_jobwire__pb2.GetQueueRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/ListQueues',
+            jobwire_dot_v1_dot_jobwire__pb2.ListQueuesRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobwire.v1.JobService/UpdateQueue',
+            jobwire_dot_v1_dot_jobwire__pb2.UpdateQueueRequest.SerializeToString,
+            jobwire_dot_v1_dot_jobwire__pb2.Queue.FromString,
             options,
             channel_credentials,
             insecure,

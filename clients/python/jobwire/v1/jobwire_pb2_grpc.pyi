@@ -49,6 +49,7 @@ class JobServiceStub:
       - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
       - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
         ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
+      - `queues:write`: PauseQueue, ResumeQueue, UpdateQueue; GetQueue and ListQueues need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -64,6 +65,7 @@ class JobServiceStub:
       - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
       - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
         (FAILED_PRECONDITION): see the schedule RPCs.
+      - QUEUE_NOT_FOUND (NOT_FOUND): GetQueue of a queue that has no settings and holds no job.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -256,6 +258,41 @@ class JobServiceStub:
     one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
     cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
     """
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.PauseQueueRequest, _jobwire_pb2.Queue]
+    """PauseQueue stops a queue from starting jobs until ResumeQueue, on every replica: it still
+    accepts enqueues, and jobs already running finish. Pausing a paused queue changes nothing. A
+    queue need not hold jobs to be paused (its settings are kept from then on). Returns the queue
+    after the change. Needs `queues:write`.
+
+    Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.ResumeQueueRequest, _jobwire_pb2.Queue]
+    """ResumeQueue lets a paused queue start jobs again; its waiting jobs start as slots and its
+    limits allow. Resuming a running queue changes nothing. Needs `queues:write`.
+
+    Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    GetQueue: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.GetQueueRequest, _jobwire_pb2.Queue]
+    """GetQueue returns a queue's stored settings, its job counts and the process limit of the
+    replica that answered. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (a bad name), NOT_FOUND (QUEUE_NOT_FOUND: no settings and no job).
+    """
+    ListQueues: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.ListQueuesRequest, _jobwire_pb2.ListQueuesResponse]
+    """ListQueues returns every queue that has stored settings or holds a job, by name, one page at a
+    time. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+    """
+    UpdateQueue: _grpc.UnaryUnaryMultiCallable[_jobwire_pb2.UpdateQueueRequest, _jobwire_pb2.Queue]
+    """UpdateQueue changes the settings the request sets and keeps the others; it returns the queue
+    after the change. The settings are kept in the database and hold on every replica. Needs
+    `queues:write`.
+
+    Errors: INVALID_ARGUMENT (with field violations: a bad name, a negative or too large limit,
+    a rate with a burst below 1, a default priority outside 1-10, fields this server does not
+    know), UNAVAILABLE (SHUTTING_DOWN).
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -268,6 +305,7 @@ class JobServiceAsyncStub(JobServiceStub):
       - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
       - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
         ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
+      - `queues:write`: PauseQueue, ResumeQueue, UpdateQueue; GetQueue and ListQueues need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -283,6 +321,7 @@ class JobServiceAsyncStub(JobServiceStub):
       - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
       - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
         (FAILED_PRECONDITION): see the schedule RPCs.
+      - QUEUE_NOT_FOUND (NOT_FOUND): GetQueue of a queue that has no settings and holds no job.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -472,6 +511,41 @@ class JobServiceAsyncStub(JobServiceStub):
     one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
     cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
     """
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.PauseQueueRequest, _jobwire_pb2.Queue]  # type: ignore[assignment]
+    """PauseQueue stops a queue from starting jobs until ResumeQueue, on every replica: it still
+    accepts enqueues, and jobs already running finish. Pausing a paused queue changes nothing. A
+    queue need not hold jobs to be paused (its settings are kept from then on). Returns the queue
+    after the change. Needs `queues:write`.
+
+    Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.ResumeQueueRequest, _jobwire_pb2.Queue]  # type: ignore[assignment]
+    """ResumeQueue lets a paused queue start jobs again; its waiting jobs start as slots and its
+    limits allow. Resuming a running queue changes nothing. Needs `queues:write`.
+
+    Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+    """
+    GetQueue: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.GetQueueRequest, _jobwire_pb2.Queue]  # type: ignore[assignment]
+    """GetQueue returns a queue's stored settings, its job counts and the process limit of the
+    replica that answered. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (a bad name), NOT_FOUND (QUEUE_NOT_FOUND: no settings and no job).
+    """
+    ListQueues: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.ListQueuesRequest, _jobwire_pb2.ListQueuesResponse]  # type: ignore[assignment]
+    """ListQueues returns every queue that has stored settings or holds a job, by name, one page at a
+    time. Needs `jobs:read`.
+
+    Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+    """
+    UpdateQueue: _aio.UnaryUnaryMultiCallable[_jobwire_pb2.UpdateQueueRequest, _jobwire_pb2.Queue]  # type: ignore[assignment]
+    """UpdateQueue changes the settings the request sets and keeps the others; it returns the queue
+    after the change. The settings are kept in the database and hold on every replica. Needs
+    `queues:write`.
+
+    Errors: INVALID_ARGUMENT (with field violations: a bad name, a negative or too large limit,
+    a rate with a burst below 1, a default priority outside 1-10, fields this server does not
+    know), UNAVAILABLE (SHUTTING_DOWN).
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService creates, inspects, watches, cancels and retries jobs.
@@ -483,6 +557,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
       - `admin`: every RPC, and CancelJobs and RetryJobs whose filter matches more than one job.
       - `schedules:write`: CreateSchedule, UpdateSchedule, DeleteSchedule, PauseSchedule,
         ResumeSchedule, TriggerSchedule; GetSchedule and ListSchedules need `jobs:read`.
+      - `queues:write`: PauseQueue, ResumeQueue, UpdateQueue; GetQueue and ListQueues need `jobs:read`.
     Missing or invalid credentials give UNAUTHENTICATED; a missing scope gives PERMISSION_DENIED.
 
     Errors: every error this service raises itself carries a `google.rpc.ErrorInfo` detail whose
@@ -498,6 +573,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
       - UNKNOWN_KIND (INVALID_ARGUMENT): no handler is registered for the job's `kind`.
       - SCHEDULE_NOT_FOUND (NOT_FOUND), SCHEDULE_EXISTS (ALREADY_EXISTS), SCHEDULE_FROM_CONFIG
         (FAILED_PRECONDITION): see the schedule RPCs.
+      - QUEUE_NOT_FOUND (NOT_FOUND): GetQueue of a queue that has no settings and holds no job.
     Requests larger than the server's gRPC maximum message size are rejected by gRPC itself with
     RESOURCE_EXHAUSTED and carry no ErrorInfo.
     """
@@ -810,6 +886,71 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """RetryJobs puts every finished job the filter matches back in the queue, as RetryJob does each
         one, or with `dry_run` only counts them. Batches, scope and errors as in CancelJobs; jobs that
         cannot be retried (still active, SUCCEEDED without `from_start`) are counted in `skipped`.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _jobwire_pb2.PauseQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Queue, _abc.Awaitable[_jobwire_pb2.Queue]]:
+        """PauseQueue stops a queue from starting jobs until ResumeQueue, on every replica: it still
+        accepts enqueues, and jobs already running finish. Pausing a paused queue changes nothing. A
+        queue need not hold jobs to be paused (its settings are kept from then on). Returns the queue
+        after the change. Needs `queues:write`.
+
+        Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _jobwire_pb2.ResumeQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Queue, _abc.Awaitable[_jobwire_pb2.Queue]]:
+        """ResumeQueue lets a paused queue start jobs again; its waiting jobs start as slots and its
+        limits allow. Resuming a running queue changes nothing. Needs `queues:write`.
+
+        Errors: INVALID_ARGUMENT (a bad name), UNAVAILABLE (SHUTTING_DOWN).
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueue(
+        self,
+        request: _jobwire_pb2.GetQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Queue, _abc.Awaitable[_jobwire_pb2.Queue]]:
+        """GetQueue returns a queue's stored settings, its job counts and the process limit of the
+        replica that answered. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (a bad name), NOT_FOUND (QUEUE_NOT_FOUND: no settings and no job).
+        """
+
+    @_abc_1.abstractmethod
+    def ListQueues(
+        self,
+        request: _jobwire_pb2.ListQueuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.ListQueuesResponse, _abc.Awaitable[_jobwire_pb2.ListQueuesResponse]]:
+        """ListQueues returns every queue that has stored settings or holds a job, by name, one page at a
+        time. Needs `jobs:read`.
+
+        Errors: INVALID_ARGUMENT (negative `page_size`, a malformed `page_token`).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateQueue(
+        self,
+        request: _jobwire_pb2.UpdateQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobwire_pb2.Queue, _abc.Awaitable[_jobwire_pb2.Queue]]:
+        """UpdateQueue changes the settings the request sets and keeps the others; it returns the queue
+        after the change. The settings are kept in the database and hold on every replica. Needs
+        `queues:write`.
+
+        Errors: INVALID_ARGUMENT (with field violations: a bad name, a negative or too large limit,
+        a rate with a burst below 1, a default priority outside 1-10, fields this server does not
+        know), UNAVAILABLE (SHUTTING_DOWN).
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

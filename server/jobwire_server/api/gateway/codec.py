@@ -64,9 +64,11 @@ def decode_request(descriptor: Descriptor, body: bytes | None, path: Mapping[str
                    query: Iterable[tuple[str, str]], aliases: Mapping[str, str] | None = None) -> Message:
     """The request message; raises InvalidArgument naming the part that does not decode."""
     data: dict[str, Any] = _body(body) if body is not None else {}
+    _check_types(data, descriptor)
     for key, value in query:
         _put(data, descriptor, (aliases or {}).get(key, key), value)
     for name, value in path.items():
+        _drop_path_field(data, descriptor, name)
         data[name] = value
     message = message_class(descriptor)()
     try:
@@ -75,6 +77,33 @@ def decode_request(descriptor: Descriptor, body: bytes | None, path: Mapping[str
         problem = str(exc).splitlines()[0]
         raise InvalidArgument([FieldViolation(_field_of(problem), problem)]) from None
     return message
+
+
+def _drop_path_field(data: dict[str, Any], descriptor: Descriptor, name: str) -> None:
+    """A body may repeat a field the path fills (the path wins), but as the string it is: a value
+    of another type is refused, as the OpenAPI document's schema says."""
+    field = descriptor.fields_by_name.get(name)
+    for key in {name} if field is None else {name, field.json_name}:
+        given = data.pop(key, None)
+        if given is not None and not isinstance(given, str):
+            raise InvalidArgument([FieldViolation(name, f"must be a string, got {json.dumps(given)[:40]}")])
+
+
+def _check_types(data: dict[str, Any], descriptor: Descriptor, prefix: str = "") -> None:
+    """What the proto3 JSON parser lets through but the document's types do not allow: true or
+    false for a floating-point field (read as 1 or 0)."""
+    for key, value in data.items():
+        field = next((f for f in descriptor.fields if key in (f.name, f.json_name)), None)
+        if field is None:
+            continue  # ParseDict names it
+        if field.type in _FLOATS and isinstance(value, bool):
+            raise InvalidArgument([FieldViolation(prefix + field.name, f"must be a number, got {json.dumps(value)}")])
+        nested = field.message_type
+        if nested is not None and not _is_map(field) and not _is_repeated(field) and isinstance(value, dict):
+            _check_types(value, nested, f"{prefix}{field.name}.")
+
+
+_FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 
 
 def _body(body: bytes) -> dict[str, Any]:

@@ -72,6 +72,11 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("PauseSchedule", "POST", "/v1/schedules/{id}:pause", body="*"),
     Route("ResumeSchedule", "POST", "/v1/schedules/{id}:resume", body="*"),
     Route("TriggerSchedule", "POST", "/v1/schedules/{id}:trigger", body="*"),
+    Route("GetQueue", "GET", "/v1/queues/{name}"),
+    Route("ListQueues", "GET", "/v1/queues"),
+    Route("UpdateQueue", "PATCH", "/v1/queues/{name}", body="*"),
+    Route("PauseQueue", "POST", "/v1/queues/{name}:pause", body="*"),
+    Route("ResumeQueue", "POST", "/v1/queues/{name}:resume", body="*"),
 )
 
 STREAM_ROUTES: Final[tuple[StreamRoute, ...]] = (

@@ -174,6 +174,29 @@ MIGRATIONS: tuple[str, ...] = (
     -- Claims for remote workers read the ready jobs of their kinds.
     CREATE INDEX jobs_ready_by_kind ON jobs (kind, priority DESC, run_at, id) WHERE state = 'QUEUED';
     """,
+    # 5: queue controls. `queues` holds the settings of each queue that was paused or given a limit
+    # or default (a queue without a row has none), and its rate limit's token bucket (`tokens` as of
+    # `tokens_time`, epoch seconds); a claim locks the rows of the queues it limits, so replicas
+    # take turns counting and spending. A job's concurrency key is counted among the queue's
+    # RUNNING jobs (the partial index) when the queue has a key limit.
+    """
+    CREATE TABLE queues (
+        name                  text PRIMARY KEY,
+        paused                boolean NOT NULL DEFAULT false,
+        concurrency           integer NOT NULL DEFAULT 0,
+        rate                  double precision NOT NULL DEFAULT 0,
+        burst                 integer NOT NULL DEFAULT 0,
+        key_limit             integer NOT NULL DEFAULT 0,
+        default_priority      integer NOT NULL DEFAULT 0,
+        default_max_attempts  integer NOT NULL DEFAULT 0,
+        tokens                double precision NOT NULL DEFAULT 0,
+        tokens_time           double precision NOT NULL DEFAULT 0,
+        create_time           timestamptz NOT NULL,
+        update_time           timestamptz NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN concurrency_key text;
+    CREATE INDEX jobs_running_keys ON jobs (queue, concurrency_key) WHERE state = 'RUNNING';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

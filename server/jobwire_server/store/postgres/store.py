@@ -33,11 +33,13 @@ from jobwire_server.domain.errors import (
 from jobwire_server.domain.kinds import KindSpec
 from jobwire_server.domain.models import Event, Job, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.store import rows
 from jobwire_server.store.base import (
     ApplyChange,
+    ChangeQueue,
     ClaimJobs,
     Committed,
     DeclareKinds,
@@ -60,7 +62,7 @@ from jobwire_server.store.base import (
     WriteOp,
 )
 from jobwire_server.store.operations import SingleOperations
-from jobwire_server.store.postgres import batch, bulk, kinds, migrate, outbox, reads, schedules, writes
+from jobwire_server.store.postgres import batch, bulk, kinds, migrate, outbox, queues, reads, schedules, writes
 
 log = logging.getLogger("jobwire.store")
 T = TypeVar("T")
@@ -527,14 +529,25 @@ class PostgresJobStore(SingleOperations):
     async def list_kinds(self) -> list[KindSpec]:
         return await self._read(kinds.list_all)
 
+    async def queue_settings(self, name: str) -> QueueSettings | None:
+        return await self._read(queues.get, name)
+
+    async def list_queue_settings(self) -> list[QueueSettings]:
+        return await self._read(queues.list_all)
+
+    async def running_counts(self, queue: str, key: str) -> tuple[int, int]:
+        return await self._read(queues.running_counts, queue, key)
+
 
 def _schedule_news(ops: Sequence[WriteOp], results: Sequence[Any]) -> tuple[bool, bool, list[str]]:
-    """What a batch's schedule operations tell the other replicas: (events written, work made
-    ready, jobs whose cancel was requested). Any schedule write is work: the replica leading
+    """What a batch's schedule (and queue settings) operations tell the other replicas: (events
+    written, work made ready, jobs whose cancel was requested). Any schedule write is work: the replica leading
     schedules then looks at their next firing again."""
     events = work = False
     cancelled: list[str] = []
     for op, result in zip(ops, results, strict=True):
+        if isinstance(op, ChangeQueue) and not isinstance(result, JobwireError):
+            work = True  # a queue resumed or a limit raised: the other replicas claim again
         if not isinstance(op, ScheduleOp) or isinstance(result, JobwireError):
             continue
         work = True
@@ -585,7 +598,7 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
             results.extend(await writes.apply_changes(conn, pending, changes))
             index = end
             continue
-        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp | DeclareKinds):
+        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp | DeclareKinds | ChangeQueue):
             results.append(await _refusable(conn, pending, op))
         elif isinstance(op, UpdateJobs):
             results.append(await bulk.update_jobs(conn, pending, op.job_ids, op.build))
@@ -598,7 +611,7 @@ async def _run_ops(conn: Conn, pending: writes.Pending, ops: list[WriteOp]) -> l
 
 
 async def _refusable(conn: Conn, pending: writes.Pending,
-                     op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds) -> Any:
+                     op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds | ChangeQueue) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits. A conflict with another
     replica's commit (a request id or dedupe key it took meanwhile) runs it again, and then it
@@ -620,10 +633,11 @@ async def _refusable(conn: Conn, pending: writes.Pending,
     raise StorageUnavailable("(shared)", "a write kept conflicting with other replicas' commits; retry it")
 
 
-def _may_read_pending(pending: writes.Pending, op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds) -> bool:
+def _may_read_pending(pending: writes.Pending,
+                      op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds | ChangeQueue) -> bool:
     """Whether `op` may read phases still pending (which a read writes first)."""
-    if isinstance(op, DeclareKinds):
-        return False  # the kinds table only
+    if isinstance(op, DeclareKinds | ChangeQueue):
+        return False  # the kinds table, or one queue's row, only
     if isinstance(op, ScheduleOp):
         return True  # a firing reads and writes jobs; schedule operations are rare
     if isinstance(op, UpdateJob):
@@ -648,6 +662,8 @@ async def _run_one(conn: Conn, pending: writes.Pending, op: WriteOp) -> Any:
             return await bulk.update_jobs(conn, pending, job_ids, build)
         case DeclareKinds(specs, now):
             return await kinds.declare(conn, specs, now)
+        case ChangeQueue(name, build, now):
+            return await queues.change(conn, name, build, now)
     return await _run_upkeep(conn, pending, op)
 
 

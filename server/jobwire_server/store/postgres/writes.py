@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -21,15 +22,17 @@ from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
+from jobwire_server.store import queue_rows as qrows
 from jobwire_server.store.base import (
     ChangeBuilder,
     ClaimParams,
     ClaimResult,
+    ClaimScope,
     Committed,
     InsertResult,
     LeaseRenewal,
 )
-from jobwire_server.store.postgres import batch, outbox
+from jobwire_server.store.postgres import batch, outbox, queues
 
 Conn = asyncpg.Connection
 
@@ -39,12 +42,31 @@ ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES))
 _JOB_TYPES = (
     "uuid", "text", "text", "bytea", "int4", "text", "int4", "int4", "int4", "float8", "float8", "text", "jsonb",
     "jsonb", "text", "jsonb", "jsonb", "bool", "text", "text", "int4", "timestamptz", "timestamptz", "timestamptz",
-    "timestamptz", "timestamptz",
+    "timestamptz", "timestamptz", "text",
 )
+_PRIORITY, _MAX_ATTEMPTS = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("max_attempts")
+_PRIORITY_UNSET, _MAX_ATTEMPTS_UNSET = len(_JOB_TYPES), len(_JOB_TYPES) + 1
+
+
+def _insert_column(index: int) -> str:
+    """A job column as inserted: the row's value, except a priority or max attempts the request
+    left unset, which the queue's stored default (when it has one) replaces, read in this
+    statement rather than in a round trip of its own."""
+    if index == _PRIORITY:
+        return f"CASE WHEN u.c{_PRIORITY_UNSET} AND q.default_priority > 0 THEN q.default_priority ELSE u.c{index} END"
+    if index == _MAX_ATTEMPTS:
+        return (f"CASE WHEN u.c{_MAX_ATTEMPTS_UNSET} AND q.default_max_attempts > 0 THEN q.default_max_attempts "
+                f"ELSE u.c{index} END")
+    return f"u.c{index}"
+
+
 _INSERT_JOBS = (
-    f"INSERT INTO jobs ({rows.JOB_SELECT}) SELECT * FROM {batch.rows_of(1, _JOB_TYPES)} AS u "
+    f"INSERT INTO jobs ({rows.JOB_SELECT}) "
+    f"SELECT {', '.join(_insert_column(i) for i in range(len(_JOB_TYPES)))} "
+    f"FROM {batch.rows_of(1, (*_JOB_TYPES, 'bool', 'bool'))} "
+    f"AS u({', '.join(f'c{i}' for i in range(len(_JOB_TYPES) + 2))}) LEFT JOIN queues q ON q.name = u.c1 "
     f"ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ({ACTIVE_SQL}) DO NOTHING "
-    "RETURNING id"
+    "RETURNING id, priority, max_attempts"
 )
 _PHASE_ROW = ("uuid", "int4", "text", "text")
 _INSERT_PHASES = "INSERT INTO phases (job_id, idx, name, state) SELECT * FROM {rows} AS u"
@@ -197,7 +219,12 @@ async def insert_jobs(conn: Conn, pending: Pending, new_jobs: Sequence[NewJob], 
                       ttl: float) -> list[InsertResult]:
     plan = plans.plan_inserts(new_jobs, await _known_requests(conn, new_jobs, now),
                               await _active_dedupe_keys(conn, new_jobs), now, ttl)
-    await _insert_rows(conn, pending, plan.created, plan.request_rows, now)
+    unset = {job_id: (new.priority_unset, new.max_attempts_unset)
+             for new, (job_id, _, made) in zip(new_jobs, plan.outcome, strict=True) if made}
+    written = await _insert_rows(conn, pending, plan.created, unset, plan.request_rows, now)
+    plan.created = [job if (job.priority, job.max_attempts) == written[job.id]
+                    else evolve(job, priority=written[job.id][0], max_attempts=written[job.id][1])
+                    for job in plan.created]  # a queue's defaults applied by the INSERT
     results = plans.insert_results(plan, await load_jobs(conn, plan.existing_ids, pending=pending), now)
     pending.outbox.extend(e for r in results if r.job.webhook is not None for e in r.events)
     return results
@@ -224,14 +251,18 @@ async def _active_dedupe_keys(conn: Conn, new_jobs: Sequence[NewJob]) -> dict[tu
     return {(row[0], row[1]): row[2] for row in found}
 
 
-async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
-                       request_rows: Sequence[tuple[str, str, str, float]], now: float) -> None:
+async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job], unset: dict[str, tuple[bool, bool]],
+                       request_rows: Sequence[tuple[str, str, str, float]],
+                       now: float) -> dict[str, tuple[int, int]]:
     """Insert jobs and remembered request ids; `Conflict` when another transaction committed an
-    active job with one of their dedupe keys, or one of their request ids, since they were read."""
+    active job with one of their dedupe keys, or one of their request ids, since they were read.
+    Returns each job's priority and max attempts as written (`unset`: which the request left unset)."""
+    written: dict[str, tuple[int, int]] = {}
     if jobs:
-        inserted = await conn.fetch(_INSERT_JOBS, batch.encode([_job_params(job) for job in jobs]))
+        inserted = await conn.fetch(_INSERT_JOBS, batch.encode([(*_job_params(job), *unset[job.id]) for job in jobs]))
         if len(inserted) != len(jobs):
             raise Conflict
+        written = {row[0]: (row[1], row[2]) for row in inserted}
         pending.new_phases.extend((job.id, i, p.name, p.state.value) for job in jobs for i, p in enumerate(job.phases))
         pending.events.extend((job.id, 1, EventType.ENQUEUED.value, job.create_time, "", "") for job in jobs)
     if request_rows:
@@ -244,6 +275,7 @@ async def _insert_rows(conn: Conn, pending: Pending, jobs: Sequence[Job],
             batch.encode(request_rows), now)
         if len(claimed) != len(request_rows):
             raise Conflict
+    return written
 
 
 def _job_params(job: Job) -> tuple[Any, ...]:
@@ -253,7 +285,7 @@ def _job_params(job: Job) -> tuple[Any, ...]:
         rows.error_to_json(job.error), rows.history_to_json(job.error_history), job.dedupe_key or None,
         json.dumps(dict(job.labels)) if job.labels else "{}", rows.webhook_to_json(job.webhook),
         job.cancel_requested, job.cancel_reason, job.trace_parent, job.last_sequence, job.create_time,
-        job.update_time, job.run_at, job.start_time, job.finish_time,
+        job.update_time, job.run_at, job.start_time, job.finish_time, job.concurrency_key or None,
     )
 
 
@@ -389,10 +421,13 @@ def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...
 
 async def claim_jobs(conn: Conn, pending: Pending, params: ClaimParams) -> ClaimResult:
     promoted, next_due = await _promote_due(conn, pending, params.now)
-    claimed = await _claim_ready(conn, pending, params) if params.limit > 0 else []
+    promoted, next_due = await _promote_due(conn, pending, params.now)
+    claimed, next_token = await _claim_ready(conn, pending, params) if params.limit > 0 else ([], None)
     if params.remote:
-        claimed += await _claim_remote(conn, pending, params)
-    return ClaimResult(promoted, claimed, next_due)
+        more, remote_token = await _claim_remote(conn, pending, params)
+        claimed += more
+        next_token = _earliest(next_token, remote_token)
+    return ClaimResult(promoted, claimed, next_due, next_token)
 
 
 # The due jobs become QUEUED, and the earliest run_at of those still waiting, in one round trip
@@ -420,7 +455,15 @@ async def _promote_due(conn: Conn, pending: Pending, now: float) -> tuple[list[C
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
+_QUEUE = rows.JOB_COLUMNS.index("queue")
+_PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
+
+
+def _claim_order(row: Any) -> tuple[int, float, str]:
+    return -row[_PRIORITY_COLUMN], row[_RUN_AT], row[0]
+
+
 _CLAIM_SET = (
     "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = $1, "
     "finish_time = NULL, update_time = $1, lease_owner = $2, lease_expires = $3 "
@@ -431,46 +474,87 @@ _WITH_PHASES = (
     "p.error::text, p.start_time, p.finish_time) FROM phases p WHERE p.job_id = jobs.id ORDER BY p.idx)"
 )
 _CLAIM = f"{_CLAIM_SET} WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
-# Without limited queues (the common case) candidates and claim are one round trip.
+# Without limited queues (the common case) candidates and claim are one round trip. It claims
+# nothing while any queue is paused or limited (its settings are then read, and the limited claim
+# below is made): so a deployment that uses no queue controls pays nothing for them.
 _CLAIM_BEST = (
-    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' AND kind <> ALL($5::text[]) {_ORDER} LIMIT $4 "
-    "FOR UPDATE SKIP LOCKED) "
+    f"WITH best AS (SELECT id FROM jobs WHERE state = 'QUEUED' AND kind <> ALL($5::text[]) "
+    f"AND NOT EXISTS (SELECT 1 FROM queues WHERE {qrows.CONTROLS}) {_ORDER} LIMIT $4 FOR UPDATE SKIP LOCKED) "
     f"{_CLAIM_SET} FROM best WHERE jobs.id = best.id RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
 )
 
 
-async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> list[Committed]:
-    if p.queue_room:
-        ids = await _candidates(conn, p)
-        if not ids:
-            return []
-        found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids)
-    else:
-        found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit, sorted(p.remote_kinds))
-    return await _claimed(conn, pending, p, found)
+async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[list[Committed], float | None]:
+    local = sorted(p.remote_kinds)
+    if not p.queue_room:
+        found = await conn.fetch(_CLAIM_BEST, p.now, p.owner, p.lease_expires, p.limit, local)
+        if found:
+            return await _claimed(conn, pending, p, found), None
+    controls = await queues.controls(conn)  # nothing claimed: nothing ready, or some queue is limited
+    if not (p.queue_room or controls):
+        return [], None
+    ids = await queues.claim_candidates(conn, p, controls, ClaimScope(exclude=tuple(local)))
+    found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
+    return await _claimed(conn, pending, p, found), await queues.spend(conn, p.now, controls, _started(found))
 
 
-async def _claim_remote(conn: Conn, pending: Pending, p: ClaimParams) -> list[Committed]:
-    """Claim for remote workers: the best `room` QUEUED jobs of each group's kinds (and queues), at
-    most the groups' total room in all (a job two groups could take counts once)."""
+async def _claim_remote(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[list[Committed], float | None]:
+    """Claim for remote workers, after this process's claim in the same transaction. Without queue
+    controls, one query per kind; with them, each worker group's room in turn, through the same
+    limits (the counts and buckets then include what the passes before started)."""
+    claimed = await _claim_remote_free(conn, pending, p)
+    if claimed:
+        return claimed, None
+    controls = await queues.controls(conn)  # nothing claimed: nothing ready, or some queue is limited
+    if not controls:
+        return [], None
+    wake: float | None = None
+    for group in p.remote:
+        room = replace(p, limit=group.room, queue_room={}, global_limits={})
+        ids = await queues.claim_candidates(conn, room, controls, ClaimScope(include=group.kinds, queues=group.queues))
+        found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
+        claimed += await _claimed(conn, pending, p, found)
+        wake = _earliest(wake, await queues.spend(conn, p.now, controls, _started(found)))
+        controls = await queues.controls(conn)  # as this pass left them
+    return claimed, wake
+
+
+async def _claim_remote_free(conn: Conn, pending: Pending, p: ClaimParams) -> list[Committed]:
+    """The best `room` QUEUED jobs of each group's kinds (and queues), at most the groups' total
+    room in all (a job two groups could take counts once); none while any queue is paused or limited
+    (as `_CLAIM_BEST`)."""
     found: dict[str, Any] = {}
     for group in p.remote:
         for kind in group.kinds:  # one query per kind: each reads jobs_ready_by_kind in claim order
             group_rows = await conn.fetch(
                 f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND kind = $1 "
-                f"AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) {_ORDER} LIMIT $3 "
+                f"AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) "
+                f"AND NOT EXISTS (SELECT 1 FROM queues WHERE {qrows.CONTROLS}) {_ORDER} LIMIT $3 "
                 "FOR UPDATE SKIP LOCKED", kind, list(group.queues), group.room)
             found.update((row[0], row) for row in group_rows if row[0] not in found)
     best = sorted(found.values(), key=lambda row: (-row[1], row[2], row[0]))[: sum(g.room for g in p.remote)]
     if not best:
         return []
-    found_ = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, [r[0] for r in best])
-    return await _claimed(conn, pending, p, found_)
+    claimed = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, [r[0] for r in best])
+    return await _claimed(conn, pending, p, claimed)
+
+
+def _started(found: list[Any]) -> dict[str, int]:
+    started: dict[str, int] = {}
+    for row in found:
+        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
+    return started
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
+    # In claim order (an UPDATE returns its rows in any order): the executor starts them in this order.
+    found = sorted(found, key=_claim_order)
     ids = [row[0] for row in found]
     if pending.touches(ids):  # a job retried in this transaction: its phases are not written yet
         phases = await load_phases(conn, ids, pending)
@@ -485,41 +569,6 @@ async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any
         change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
         changes.append((change, change.job))
     return write_details(pending, changes)
-
-
-async def _candidates(conn: Conn, p: ClaimParams) -> list[str]:
-    """The best `limit` QUEUED jobs no other transaction holds, taking at most `room` from each
-    limited queue; their rows stay locked until the commit."""
-    limited = sorted(p.queue_room)
-    found = list(await conn.fetch(
-        f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue <> ALL($1::text[]) "
-        f"AND kind <> ALL($3::text[]) {_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED", limited, p.limit,
-        sorted(p.remote_kinds)))
-    for queue in limited:
-        room = min(p.queue_room[queue], p.limit)
-        if room > 0 and queue in p.global_limits:
-            room = min(room, await _global_room(conn, queue, p.global_limits[queue]))
-        if room > 0:
-            found += await conn.fetch(
-                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND queue = $1 "
-                f"AND kind <> ALL($3::text[]) {_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED", queue, room,
-                sorted(p.remote_kinds))
-    if limited:
-        found.sort(key=lambda row: (-row[1], row[2], row[0]))
-    return [row[0] for row in found[: p.limit]]
-
-
-async def _global_room(conn: Conn, queue: str, limit: int) -> int:
-    """How many more jobs of `queue` may start on all replicas together. The queue's advisory lock,
-    held until the commit, makes replicas claiming from it take turns, each counting the jobs the
-    others' committed claims started."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", QUEUE_LOCKS, queue)
-    running: int = await conn.fetchval("SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'RUNNING'", queue)
-    return max(0, limit - running)
-
-
-#: The first key of the per-queue advisory locks ("jobw").
-QUEUE_LOCKS = 0x6A6F6277
 
 
 async def renew_leases(conn: Conn, owner: str, job_ids: Sequence[str], expires: float) -> LeaseRenewal:

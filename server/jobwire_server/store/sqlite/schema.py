@@ -170,6 +170,28 @@ MIGRATIONS: tuple[str, ...] = (
     -- Claims for remote workers read the ready jobs of their kinds.
     CREATE INDEX jobs_ready_by_kind ON jobs (kind, priority DESC, run_at, id) WHERE state = 'QUEUED';
     """,
+    # 6: queue controls. `queues` holds the settings of each queue that was paused or given a limit
+    # or default (a queue without a row has none), and its rate limit's token bucket; every claim
+    # reads the rows that control it. A job's concurrency key is counted among the queue's RUNNING
+    # jobs (the partial index) when the queue has a key limit.
+    """
+    CREATE TABLE queues (
+        name                  TEXT PRIMARY KEY,
+        paused                INTEGER NOT NULL DEFAULT 0,
+        concurrency           INTEGER NOT NULL DEFAULT 0,
+        rate                  REAL NOT NULL DEFAULT 0,
+        burst                 INTEGER NOT NULL DEFAULT 0,
+        key_limit             INTEGER NOT NULL DEFAULT 0,
+        default_priority      INTEGER NOT NULL DEFAULT 0,
+        default_max_attempts  INTEGER NOT NULL DEFAULT 0,
+        tokens                REAL NOT NULL DEFAULT 0,
+        tokens_time           REAL NOT NULL DEFAULT 0,
+        create_time           REAL NOT NULL,
+        update_time           REAL NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;
+    CREATE INDEX jobs_running_keys ON jobs (queue, concurrency_key) WHERE state = 'RUNNING';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,10 +24,12 @@ from jobwire_server.domain.errors import (
 from jobwire_server.domain.kinds import KindSpec
 from jobwire_server.domain.models import Event, Job, PendingEvent, QueueStats
 from jobwire_server.domain.queries import JobQuery
+from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.schedules import Schedule
 from jobwire_server.domain.states import JobState
 from jobwire_server.store.base import (
     ApplyChange,
+    ChangeQueue,
     ClaimJobs,
     DeclareKinds,
     DeleteStale,
@@ -47,7 +49,7 @@ from jobwire_server.store.base import (
     WriteOp,
 )
 from jobwire_server.store.operations import SingleOperations
-from jobwire_server.store.sqlite import bulk, kinds, migrate, outbox, reads, schedules, writes
+from jobwire_server.store.sqlite import bulk, kinds, migrate, outbox, queues, reads, schedules, writes
 from jobwire_server.store.sqlite.thread import ConnectionClosed, ConnectionThread
 
 Conn = sqlite3.Connection
@@ -214,6 +216,15 @@ class SqliteJobStore(SingleOperations):
     async def list_kinds(self) -> list[KindSpec]:
         return await self._read(kinds.list_all)
 
+    async def queue_settings(self, name: str) -> QueueSettings | None:
+        return await self._read(queues.get, name)
+
+    async def list_queue_settings(self) -> list[QueueSettings]:
+        return await self._read(queues.list_all)
+
+    async def running_counts(self, queue: str, key: str) -> tuple[int, int]:
+        return await self._read(queues.running_counts, queue, key)
+
 
 # ---------------------------------------------------------------------- one transaction
 
@@ -261,7 +272,7 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
             results.extend(writes.apply_changes(conn, [o.change for o in ops[index:end]]))  # type: ignore[union-attr]
             index = end
             continue
-        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp | DeclareKinds):
+        if isinstance(op, InsertJobs | UpdateJob | ScheduleOp | DeclareKinds | ChangeQueue):
             results.append(_refusable(conn, op))
         elif isinstance(op, UpdateJobs):
             results.append(bulk.update_jobs(conn, op.job_ids, op.build))
@@ -271,7 +282,7 @@ def _run_ops(conn: Conn, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
-def _refusable(conn: Conn, op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds) -> Any:
+def _refusable(conn: Conn, op: InsertJobs | UpdateJob | ScheduleOp | DeclareKinds | ChangeQueue) -> Any:
     """An operation a client asked for, which may be refused on its own: inside a savepoint, so a
     refusal undoes only its own writes and the rest of the batch commits."""
     conn.execute("SAVEPOINT op")
@@ -301,6 +312,8 @@ def _run_one(conn: Conn, op: WriteOp) -> Any:
             return bulk.update_jobs(conn, job_ids, build)
         case DeclareKinds(specs, now):
             return kinds.declare(conn, specs, now)
+        case ChangeQueue(name, build, now):
+            return queues.change(conn, name, build, now)
     return _run_upkeep(conn, op)
 
 

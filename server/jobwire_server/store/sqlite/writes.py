@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
+from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
 from jobwire_server.store import plans, rows
@@ -19,11 +21,12 @@ from jobwire_server.store.base import (
     ChangeBuilder,
     ClaimParams,
     ClaimResult,
+    ClaimScope,
     Committed,
     InsertResult,
     LeaseRenewal,
 )
-from jobwire_server.store.sqlite import outbox
+from jobwire_server.store.sqlite import outbox, queues
 
 Conn = sqlite3.Connection
 
@@ -111,7 +114,7 @@ def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list
 
 def insert_jobs(conn: Conn, new_jobs: Sequence[NewJob], now: float, ttl: float) -> list[InsertResult]:
     plan = plans.plan_inserts(new_jobs, _known_requests(conn, new_jobs, now), _active_dedupe_keys(conn, new_jobs),
-                              now, ttl)
+                              now, ttl, queues.defaults(conn, plans.queues_needing_defaults(new_jobs)))
     _insert_rows(conn, plan.created, plan.request_rows)
     results = plans.insert_results(plan, load_jobs(conn, plan.existing_ids), now)
     if any(job.webhook is not None for job in plan.created):
@@ -158,7 +161,7 @@ def _job_params(job: Job) -> tuple[Any, ...]:
         rows.error_to_json(job.error), rows.history_to_json(job.error_history), job.dedupe_key or None,
         json.dumps(dict(job.labels)), rows.webhook_to_json(job.webhook), int(job.cancel_requested),
         job.cancel_reason, job.trace_parent, job.last_sequence, job.create_time, job.update_time, job.run_at,
-        job.start_time, job.finish_time,
+        job.start_time, job.finish_time, job.concurrency_key or None,
     )
 
 
@@ -247,10 +250,14 @@ def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tup
 
 def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
     promoted = _promote_due(conn, params.now)
-    claimed = _claim_ready(conn, params, *_candidate_sql(params)) if params.limit > 0 else []
+    controls = queues.controls(conn)
+    local = ClaimScope(exclude=tuple(sorted(params.remote_kinds)))
+    claimed, next_token = _claim_ready(conn, params, controls, local) if params.limit > 0 else ([], None)
     if params.remote:
-        claimed += _claim_ready(conn, params, *_remote_candidate_sql(params))
-    return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)))
+        more, remote_token = _claim_remote(conn, params, bool(controls))
+        claimed += more
+        next_token = _earliest(next_token, remote_token)
+    return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)), next_token)
 
 
 def _promote_due(conn: Conn, now: float) -> list[Committed]:
@@ -266,16 +273,74 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
+_QUEUE = rows.JOB_COLUMNS.index("queue")
+_PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
+_ORDER = "ORDER BY priority DESC, run_at, id"
 
 
-def _claim_ready(conn: Conn, p: ClaimParams, candidates: str, args: list[Any]) -> list[Committed]:
-    found = conn.execute(
-        "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
-        "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? "
-        f"WHERE id IN ({candidates}) RETURNING {rows.JOB_SELECT}",
-        (p.now, p.now, p.owner, p.lease_expires, *args)).fetchall()
+def _claim_order(row: Any) -> tuple[int, float, str]:
+    return -row[_PRIORITY_COLUMN], row[_RUN_AT], row[0]
+
+
+_CLAIM_SET = ("UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = ?, "
+              "finish_time = NULL, update_time = ?, lease_owner = ?, lease_expires = ? ")
+
+
+def _claim_ready(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings],
+                 scope: ClaimScope) -> tuple[list[Committed], float | None]:
+    if not (controls or p.queue_room):  # the common case: one statement
+        where, args = queues.scope_sql(scope)
+        found = conn.execute(
+            f"{_CLAIM_SET} WHERE id IN (SELECT id FROM jobs WHERE state = 'QUEUED'{where} {_ORDER} LIMIT ?) "
+            f"RETURNING {rows.JOB_SELECT}", (p.now, p.now, p.owner, p.lease_expires, *args, p.limit)).fetchall()
+        return _claimed(conn, p, found), None
+    found = _claim_ids(conn, p, [row[0] for row in queues.claim_candidates(conn, p, controls, scope)])
+    return _claimed(conn, p, found), queues.spend(conn, p.now, controls, _started(found))
+
+
+def _claim_remote(conn: Conn, p: ClaimParams, controlled: bool) -> tuple[list[Committed], float | None]:
+    """Claim for remote workers, after this process's claim in the same transaction. Without queue
+    controls, one query; with them, each worker group's room in turn, through the same limits (the
+    counts and buckets then include what the passes before started)."""
+    if not controlled:
+        sql, args = _remote_candidate_sql(p)
+        ids = [row[0] for row in conn.execute(sql, args)]
+        return _claimed(conn, p, _claim_ids(conn, p, ids)), None
+    claimed: list[Committed] = []
+    wake: float | None = None
+    for group in p.remote:
+        controls = queues.controls(conn)  # as the passes before left them
+        room = replace(p, limit=group.room, queue_room={}, global_limits={})
+        scope = ClaimScope(include=group.kinds, queues=group.queues)
+        found = _claim_ids(conn, p, [row[0] for row in queues.claim_candidates(conn, room, controls, scope)])
+        claimed += _claimed(conn, p, found)
+        wake = _earliest(wake, queues.spend(conn, p.now, controls, _started(found)))
+    return claimed, wake
+
+
+def _claim_ids(conn: Conn, p: ClaimParams, ids: list[str]) -> list[Any]:
+    if not ids:
+        return []
+    return conn.execute(f"{_CLAIM_SET} WHERE id IN (SELECT value FROM json_each(?)) RETURNING {rows.JOB_SELECT}",
+                        (p.now, p.now, p.owner, p.lease_expires, json.dumps(ids))).fetchall()
+
+
+def _started(found: list[Any]) -> dict[str, int]:
+    started: dict[str, int] = {}
+    for row in found:
+        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
+    return started
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _claimed(conn: Conn, p: ClaimParams, found: list[Any]) -> list[Committed]:
     if not found:
         return []
+    # In claim order (an UPDATE returns its rows in any order): the executor starts them in this order.
+    found = sorted(found, key=_claim_order)
     phases = load_phases(conn, [row[0] for row in found])
     changes = []
     for row in found:
@@ -288,30 +353,6 @@ def _claim_ready(conn: Conn, p: ClaimParams, candidates: str, args: list[Any]) -
     return _write_details(conn, changes)
 
 
-_ORDER = "ORDER BY priority DESC, run_at, id"
-
-
-def _candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
-    """The ids to claim: the best `limit` QUEUED jobs, taking at most `room` from each limited queue,
-    and none of the kinds remote workers run."""
-    limited = sorted(p.queue_room)
-    local = " AND kind NOT IN (SELECT value FROM json_each(?))" if p.remote_kinds else ""
-    local_args = [json.dumps(sorted(p.remote_kinds))] if p.remote_kinds else []
-    parts = ["SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED'"
-             + (" AND queue NOT IN (SELECT value FROM json_each(?))" if limited else "")
-             + f"{local} {_ORDER} LIMIT ?)"]
-    args: list[Any] = [json.dumps(limited)] if limited else []
-    args += [*local_args, p.limit]
-    for queue in limited:
-        room = min(p.queue_room[queue], p.limit)
-        if room > 0:
-            parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
-                         f"AND queue = ?{local} {_ORDER} LIMIT ?)")
-            args.extend((queue, *local_args, room))
-    union = " UNION ALL ".join(parts)
-    return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, p.limit]
-
-
 def _remote_candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
     """The ids to claim for remote workers: the best `room` QUEUED jobs of each group's kinds (and
     queues), at most the groups' total room in all (a job two groups could take counts once). One
@@ -320,10 +361,10 @@ def _remote_candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
     parts: list[str] = []
     args: list[Any] = []
     for group in p.remote:
-        queues = " AND queue IN (SELECT value FROM json_each(?))" if group.queues else ""
+        in_queues = " AND queue IN (SELECT value FROM json_each(?))" if group.queues else ""
         for kind in group.kinds:
             parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
-                         f"AND kind = ?{queues} {_ORDER} LIMIT ?)")
+                         f"AND kind = ?{in_queues} {_ORDER} LIMIT ?)")
             args.extend((kind, *((json.dumps(group.queues),) if group.queues else ()), group.room))
     union = " UNION ".join(parts)
     return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, sum(g.room for g in p.remote)]
