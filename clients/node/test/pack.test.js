@@ -33,7 +33,7 @@ test('the packed tarball installs outside the repository and runs a job', { time
   const files = packed.files.map((f) => f.path).sort();
   assert.equal(packed.name, '@jobwire/client');
   for (const wanted of ['README.md', 'package.json', 'proto/jobwire/v1/jobwire.proto', 'proto/jobwire/v1/worker.proto',
-    'src/index.d.ts', 'src/index.js']) {
+    'src/errors.js', 'src/index.d.ts', 'src/index.js', 'src/transport.js']) {
     assert.ok(files.includes(wanted), `${wanted} missing from the tarball: ${files.join(', ')}`);
   }
   assert.ok(!files.some((f) => f.startsWith('test/') || f.startsWith('scripts/')), files.join(', '));
