@@ -1,4 +1,5 @@
-// @jobwire/client: a small Node.js client for jobwire.v1.JobService.
+// @jobwire/client: a small Node.js client for jobwire.v1.JobService, and a worker for WorkerService
+// (src/worker.js).
 //
 // The contract is loaded at runtime with @grpc/proto-loader from proto/jobwire/v1/ (jobwire.proto and
 // worker.proto): the copy packed into the package, or the repository's own, so the client speaks
@@ -16,6 +17,9 @@ import { bearerMetadata, channelCredentials, loadService } from './transport.js'
 
 export { JobwireError, decodeStatusDetails } from './errors.js';
 export { DEFAULT_PROTO_DIR } from './transport.js';
+export {
+  DEFAULT_RECONNECT, DEFAULT_SLOTS, Kind, PermanentError, RetryableError, Worker,
+} from './worker.js';
 
 // ---------------------------------------------------------------------------------------------
 // Request conversion

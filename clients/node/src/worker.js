@@ -1,0 +1,660 @@
+// Worker: runs the phases of jobs of the kinds it declares, for a jobwire server, over one
+// WorkerService.Connect stream per session (proto/jobwire/v1/worker.proto is the contract and
+// docs/workers.md describes it). The server drives the phases: it assigns a job at one phase, the
+// worker runs it and reports it done, and the server's ack names the next phase.
+//
+//   const worker = new Worker({ target: '127.0.0.1:50051', token, queues: ['media'], slots: 4 });
+//   worker.kind('thumbnail')
+//     .phase('fetch', async (job, { signal, progress }) => download(job.json().url, { signal }))
+//     .phase('resize', async (job) => resize(job.results.fetch));
+//   await worker.run(); // until worker.drain() resolves, or a refusal that reconnecting cannot fix
+
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+
+import { toJobwireError } from './errors.js';
+import { bearerMetadata, channelCredentials, loadService } from './transport.js';
+
+const SDK_NAME = 'jobwire-node';
+const SDK_VERSION = JSON.parse(fs.readFileSync(
+  path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')).version;
+
+const NAME_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
+const WORKER_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+const MAX_PROGRESS_MESSAGE = 1024;
+const MAX_FAILURE_MESSAGE = 4096;
+
+/** Slots of a worker that names none. */
+export const DEFAULT_SLOTS = 8;
+
+/** How a worker reconnects by default: 100 ms doubling to 5 s, each wait randomised down by up to half. */
+export const DEFAULT_RECONNECT = Object.freeze({ initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 });
+
+// Ending statuses that a new session would meet again: run() rejects with them instead of reconnecting.
+const FATAL_CODES = new Set([
+  grpc.status.INVALID_ARGUMENT, grpc.status.FAILED_PRECONDITION, grpc.status.PERMISSION_DENIED,
+  grpc.status.UNAUTHENTICATED, grpc.status.UNIMPLEMENTED,
+]);
+
+// After a drained worker half-closes its stream, how long the server has to end it.
+const CLOSE_WAIT_MS = 2000;
+
+// ---------------------------------------------------------------------------------------------
+// What handlers throw
+
+/** Thrown by a phase handler when no retry can succeed: the job fails at once. */
+export class PermanentError extends Error {
+  constructor(message = '', options) {
+    super(message, options);
+    this.name = 'PermanentError';
+  }
+}
+
+/**
+ * Thrown by a phase handler to have the job retried (while it has attempts left), after
+ * `retryAfterMs` instead of its kind's backoff when given: `new RetryableError('busy', { retryAfterMs: 500 })`
+ * or `new RetryableError({ retryAfterMs: 500 })`.
+ */
+export class RetryableError extends Error {
+  constructor(message = '', options = {}) {
+    if (message !== null && typeof message === 'object') [message, options] = [message.message ?? '', message];
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    const { retryAfterMs = null } = options;
+    if (retryAfterMs !== null && !(Number.isFinite(retryAfterMs) && retryAfterMs >= 0)) {
+      throw new RangeError('retryAfterMs must be a number >= 0');
+    }
+    this.name = 'RetryableError';
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** The reason of a handler's AbortSignal: `why` is 'cancel', 'timeout', 'drain' or 'lost' (the attempt is not ours). */
+function abortReason(why, message) {
+  const err = new Error(message);
+  err.name = 'AbortError';
+  err.code = 'ABORT_ERR';
+  err.why = why;
+  return err;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kinds
+
+/** A kind of job this worker runs: its phases in order, and the defaults it declares to the server. */
+export class Kind {
+  constructor(name, { queue = '', maxAttempts = 0, timeoutMs = 0 } = {}) {
+    checkName('kind', name);
+    if (queue) checkName('queue', queue);
+    if (!Number.isInteger(maxAttempts) || maxAttempts < 0) throw new RangeError('maxAttempts must be an integer >= 0');
+    if (!(Number.isFinite(timeoutMs) && timeoutMs >= 0)) throw new RangeError('timeoutMs must be >= 0 (0: none)');
+    this.name = name;
+    this.queue = queue;
+    this.maxAttempts = maxAttempts;
+    this.timeoutMs = timeoutMs;
+    this._phases = new Map();
+  }
+
+  /** Adds the next phase: `handler(job, { signal, progress, phase })` returns its result. Returns this kind. */
+  phase(name, handler) {
+    checkName('phase', name);
+    if (this._phases.has(name)) throw new Error(`kind ${this.name} already has a phase named ${name}`);
+    if (typeof handler !== 'function') throw new TypeError(`the handler of phase ${name} must be a function`);
+    this._phases.set(name, handler);
+    return this;
+  }
+
+  /** Phase names in the order they run. */
+  get phases() {
+    return [...this._phases.keys()];
+  }
+
+  _declaration() {
+    return {
+      name: this.name,
+      phases: this.phases,
+      defaultQueue: this.queue,
+      defaultMaxAttempts: this.maxAttempts,
+      defaultTimeout: this.timeoutMs ? msToDuration(this.timeoutMs) : null,
+    };
+  }
+}
+
+function checkName(what, name) {
+  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
+    throw new TypeError(`${what} name ${JSON.stringify(name)} must be 1-128 letters, digits, '.', '-' or '_'`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions
+
+const msToDuration = (ms) => ({ seconds: String(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) });
+const durationToMs = (d) => (d ? Number(d.seconds) * 1000 + Math.round((d.nanos ?? 0) / 1e6) : 0);
+
+/** A handler's return value as result bytes: Buffer/Uint8Array as is, string as UTF-8, nothing as empty, else JSON. */
+function encodeResult(value) {
+  if (value === undefined || value === null) return Buffer.alloc(0);
+  if (Buffer.isBuffer(value)) return value;
+  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  if (typeof value === 'string') return Buffer.from(value, 'utf8');
+  const json = JSON.stringify(value); // throws on a BigInt or a cycle
+  if (json === undefined) throw new TypeError(`phase returned a ${typeof value}, which is not bytes, a string or JSON`);
+  return Buffer.from(json, 'utf8');
+}
+
+/** A handler's error as a PhaseFailure, classified as the server classifies its own handlers' exceptions. */
+function failureOf(err) {
+  const type = (err instanceof Error ? err.name || err.constructor?.name : typeof err) || 'Error';
+  const message = String((err instanceof Error ? err.message : String(err)) || type).slice(0, MAX_FAILURE_MESSAGE);
+  const failure = { type, message, retryable: !(err instanceof PermanentError), retryAfter: null };
+  if (err instanceof RetryableError && err.retryAfterMs !== null) failure.retryAfter = msToDuration(err.retryAfterMs);
+  return failure;
+}
+
+/** The job as a phase handler sees it. */
+function jobView(task) {
+  const { assignment: a } = task;
+  return {
+    id: a.jobId,
+    attempt: a.attempt,
+    kind: a.kind,
+    queue: a.queue,
+    payload: a.payload,
+    labels: { ...a.labels },
+    phases: [...a.phases],
+    phase: task.phase,
+    results: { ...task.results },
+    traceparent: a.traceparent,
+    /** The payload decoded as JSON (null when empty); a payload that is not JSON is a PermanentError. */
+    json() {
+      if (a.payload.length === 0) return null;
+      try {
+        return JSON.parse(a.payload.toString('utf8'));
+      } catch (err) {
+        throw new PermanentError(`payload is not valid JSON: ${err.message.slice(0, 200)}`);
+      }
+    },
+  };
+}
+
+function defaultWorkerId() {
+  const host = os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100) || 'host';
+  return `${host}:${process.pid}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker
+
+/**
+ * A remote worker. Declare kinds with `kind()`, then `await run()`: it connects, says hello with its
+ * kinds, runs up to `slots` assignments at once and reconnects (with jittered backoff, keeping the
+ * jobs it runs) whenever its stream ends, until `drain()` is called.
+ *
+ * Events: 'session' ({sessionId, leaseTtlMs, pingIntervalMs, kept, dropped}) after each welcome;
+ * 'disconnect' ({error, retryInMs}) when a session ends and another will be tried; 'warning'
+ * (message) for what the server refused or a handler that ignores its cancellation.
+ */
+export class Worker extends EventEmitter {
+  constructor({
+    target, token, tls, queues = [], slots = DEFAULT_SLOTS, workerId = defaultWorkerId(), channelOptions,
+    protoDir, reconnect,
+  } = {}) {
+    super();
+    if (!target) throw new TypeError('target is required, e.g. "127.0.0.1:50051"');
+    if (!Number.isInteger(slots) || slots < 1 || slots > 1024) throw new RangeError('slots must be an integer within 1-1024');
+    if (!WORKER_ID_PATTERN.test(workerId)) throw new TypeError(`workerId ${JSON.stringify(workerId)} must be 1-128 letters, digits, '.', '-', '_' or ':'`);
+    for (const queue of queues) checkName('queue', queue);
+    this.slots = slots;
+    this.workerId = workerId;
+    this.queues = [...queues];
+    this._token = token ?? null;
+    this._reconnect = { ...DEFAULT_RECONNECT, ...(reconnect ?? {}) };
+    const Service = loadService(protoDir, 'WorkerService');
+    this._stub = new Service(target, channelCredentials(tls), {
+      // The channel's own reconnect backoff must not outlast the worker's (grpc-js's default reaches 120 s).
+      'grpc.initial_reconnect_backoff_ms': this._reconnect.initialBackoffMs,
+      'grpc.max_reconnect_backoff_ms': this._reconnect.maxBackoffMs,
+      ...(channelOptions ?? {}),
+    });
+    this._kinds = new Map();
+    this._tasks = new Map(); // job id -> Task, while the job is this worker's
+    this._abandoned = new Set(); // tasks whose job is over but whose handler has not returned
+    this._session = null;
+    this._state = 'new'; // new -> running -> draining -> stopped
+    this._drainDeadlinePassed = false;
+    this._wake = null;
+    this._done = null;
+  }
+
+  /** Declares a kind (or returns the one declared): `worker.kind('thumbnail').phase('fetch', fn)`. */
+  kind(name, options) {
+    let kind = this._kinds.get(name);
+    if (kind && options) throw new Error(`kind ${name} is already declared`);
+    if (!kind) {
+      if (this._state !== 'new') throw new Error('kinds are declared before run()');
+      kind = new Kind(name, options);
+      this._kinds.set(name, kind);
+    }
+    return kind;
+  }
+
+  /** Slots taken now: jobs held, and handlers still running after their job was taken away. */
+  get busy() {
+    return this._tasks.size + this._abandoned.size;
+  }
+
+  /**
+   * Runs until drained. Rejects with a JobwireError when the server refuses the worker in a way a new
+   * session would meet again (INVALID_ARGUMENT, FAILED_PRECONDITION such as KIND_MISMATCH,
+   * PERMISSION_DENIED, UNAUTHENTICATED, UNIMPLEMENTED); any other end of a session is retried.
+   */
+  run() {
+    if (this._state !== 'new') return Promise.reject(new Error('run() was already called'));
+    if (this._kinds.size === 0) return Promise.reject(new Error('declare at least one kind before run()'));
+    for (const kind of this._kinds.values()) {
+      if (kind.phases.length === 0) return Promise.reject(new Error(`kind ${kind.name} has no phase`));
+    }
+    this._state = 'running';
+    this._done = this._loop().finally(() => {
+      this._state = 'stopped';
+      this._stub.close();
+    });
+    return this._done;
+  }
+
+  /**
+   * Stops taking work: assignments still arriving are given back, running jobs finish (every phase).
+   * With `timeoutMs`, handlers still running then are aborted (their signal's reason has `why: 'drain'`)
+   * and their jobs given back to the queue without spending an attempt. Resolves when the worker holds
+   * no job and no handler runs (after the timeout: when it holds no job), and run() has returned.
+   */
+  async drain({ timeoutMs } = {}) {
+    if (this._state === 'new') {
+      this._state = 'stopped';
+      return;
+    }
+    if (this._state === 'running') {
+      this._state = 'draining';
+      if (timeoutMs !== undefined) {
+        const timer = setTimeout(() => this._drainDeadline(), timeoutMs);
+        this._done.finally(() => clearTimeout(timer)).catch(() => {});
+      }
+      this._checkDrained();
+    }
+    await this._done;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Sessions
+
+  async _loop() {
+    let failures = 0;
+    for (;;) {
+      const { welcomed, error } = await this._connect();
+      if (this._state === 'stopped') return;
+      if (error && FATAL_CODES.has(error.code)) {
+        this._abandonAll();
+        throw error;
+      }
+      if (welcomed) failures = 0;
+      const { initialBackoffMs, maxBackoffMs, multiplier } = this._reconnect;
+      const ceiling = Math.min(maxBackoffMs, initialBackoffMs * multiplier ** failures);
+      const retryInMs = Math.round(ceiling * (0.5 + Math.random() / 2));
+      failures += 1;
+      this.emit('disconnect', { error, retryInMs });
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, retryInMs);
+        this._wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this._wake = null;
+      if (this._state === 'stopped') return;
+    }
+  }
+
+  /** One session: resolves when its stream ends, with whether it was welcomed and its error (null if OK). */
+  _connect() {
+    return new Promise((resolve) => {
+      const call = this._stub.Connect(bearerMetadata(this._token));
+      const session = {
+        call, welcomed: false, closed: false, draining: false, credit: 0, lastHeard: Date.now(), ping: null, nonce: 0,
+        maxResultBytes: 0, held: this._tasks.size,
+      };
+      this._session = session;
+      call.on('data', (msg) => {
+        session.lastHeard = Date.now();
+        this._onMessage(session, msg);
+      });
+      call.on('error', () => {}); // the same status arrives as 'status'
+      call.on('status', (status) => {
+        session.closed = true;
+        clearInterval(session.ping);
+        if (this._session === session) this._session = null;
+        for (const task of this._tasks.values()) task.sent = false; // resent after the next welcome
+        resolve({ welcomed: session.welcomed, error: status.code === grpc.status.OK ? null : toJobwireError(status) });
+      });
+      const held = [...this._tasks.values()].map((t) => ({ jobId: t.jobId, attempt: t.attempt, phase: t.phase }));
+      call.write({
+        hello: {
+          workerId: this.workerId, sdkName: SDK_NAME, sdkVersion: SDK_VERSION,
+          kinds: [...this._kinds.values()].map((k) => k._declaration()), queues: this.queues, slots: this.slots, held,
+        },
+      });
+    });
+  }
+
+  _write(session, message) {
+    if (!session || session.closed) return false;
+    session.call.write(message);
+    return true;
+  }
+
+  _onMessage(session, msg) {
+    switch (msg.message) {
+      case 'welcome': return this._onWelcome(session, msg.welcome);
+      case 'assign': return this._onAssign(session, msg.assign);
+      case 'ack': return this._onAck(msg.ack);
+      case 'cancel': return this._onCancel(msg.cancel);
+      case 'drain':
+        // The server is stopping: no more work on this session; it cancels what is still running after
+        // the deadline, then ends the stream, and the worker reconnects.
+        session.draining = true;
+        return undefined;
+      case 'pong': return undefined;
+      default: return this.emit('warning', `unexpected message from the server: ${msg.message}`);
+    }
+  }
+
+  _onWelcome(session, welcome) {
+    session.welcomed = true;
+    session.maxResultBytes = Number(welcome.maxResultBytes);
+    const pingMs = durationToMs(welcome.pingInterval);
+    if (pingMs > 0) {
+      session.ping = setInterval(() => {
+        // A server silent for three intervals is gone: end the call and reconnect.
+        if (Date.now() - session.lastHeard > 3 * pingMs) session.call.cancel();
+        else this._write(session, { ping: { nonce: String((session.nonce += 1)) } });
+      }, pingMs);
+    }
+    // The server's initial credit: the slots less the jobs the hello said it holds.
+    session.credit = Math.max(0, this.slots - session.held);
+    const kept = new Set(welcome.keepJobIds);
+    for (const task of [...this._tasks.values()]) {
+      if (kept.has(task.jobId)) {
+        if (task.awaiting?.started) task.awaiting = null; // keeping the job says it started
+        this._pump(task);
+      } else {
+        this._finish(task, abortReason('lost', 'the server gave this attempt to no worker or another one'));
+      }
+    }
+    this.emit('session', {
+      sessionId: welcome.sessionId, leaseTtlMs: durationToMs(welcome.leaseTtl), pingIntervalMs: pingMs,
+      kept: [...kept], dropped: [...welcome.dropJobIds],
+    });
+    this._grantCredit();
+  }
+
+  /** Sends the credit the server lacks: the free slots it does not already have credit for. */
+  _grantCredit() {
+    const session = this._session;
+    if (!session?.welcomed || session.draining || this._state !== 'running') return;
+    const missing = this.slots - this.busy - session.credit;
+    if (missing > 0 && this._write(session, { credit: { slots: missing } })) session.credit += missing;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Jobs
+
+  _onAssign(session, a) {
+    session.credit = Math.max(0, session.credit - 1); // a server that assigns more than its credit gets it back
+    if (session.closed) return; // never started: the server takes it back
+    const old = this._tasks.get(a.jobId);
+    if (old?.attempt === a.attempt) return;
+    if (old) this._finish(old, abortReason('lost', 'the job was assigned again'));
+    if (session.draining || this._state !== 'running' || this.busy >= this.slots) {
+      const reason = this.busy >= this.slots ? 'no free slot' : 'draining';
+      this._write(session, { released: { jobId: a.jobId, attempt: a.attempt, reason } });
+      this._grantCredit();
+      return;
+    }
+    const task = {
+      jobId: a.jobId, attempt: a.attempt, assignment: a, phase: a.phase, results: {},
+      controller: null, running: false, timer: null, outbox: [], awaiting: null, sent: false,
+      cancelReason: null, giveBack: false, ended: false,
+    };
+    for (const done of a.done) task.results[done.name] = done.result;
+    this._tasks.set(task.jobId, task);
+    this._report(task, { started: { jobId: a.jobId, attempt: a.attempt, phase: a.phase } });
+    this._startPhase(task);
+  }
+
+  _startPhase(task) {
+    const handler = this._kinds.get(task.assignment.kind)?._phases.get(task.phase);
+    if (!handler) {
+      const known = this._kinds.has(task.assignment.kind);
+      this._phaseDone(task, {
+        failure: {
+          type: known ? 'UNKNOWN_PHASE' : 'UNKNOWN_KIND', retryable: false, retryAfter: null,
+          message: known ? `kind ${task.assignment.kind} has no phase ${task.phase} on this worker`
+            : `no handler for kind ${task.assignment.kind} on this worker`,
+        },
+      });
+      return;
+    }
+    const controller = new AbortController();
+    task.controller = controller;
+    task.running = true;
+    const { phase } = task;
+    const timeoutMs = durationToMs(task.assignment.phaseTimeout);
+    if (timeoutMs > 0) task.timer = setTimeout(() => this._timeout(task, phase, timeoutMs), timeoutMs);
+    const context = { signal: controller.signal, phase, progress: (percent, message) => this._progress(task, phase, percent, message) };
+    Promise.resolve()
+      .then(() => handler(jobView(task), context))
+      .then((value) => ({ value }), (error) => ({ error }))
+      .then((outcome) => this._phaseEnded(task, phase, controller, outcome));
+  }
+
+  _progress(task, phase, percent, message = '') {
+    if (!(typeof percent === 'number' && percent >= 0 && percent <= 100)) {
+      throw new RangeError(`percent must be within 0-100, got ${percent}`);
+    }
+    if (task.ended || task.phase !== phase || !task.running) return;
+    this._write(this._session?.welcomed ? this._session : null, {
+      progress: { jobId: task.jobId, attempt: task.attempt, phase, percent, message: String(message).slice(0, MAX_PROGRESS_MESSAGE) },
+    });
+  }
+
+  _timeout(task, phase, timeoutMs) {
+    if (!task.running || task.phase !== phase || task.ended) return;
+    task.controller.abort(abortReason('timeout', `phase ${phase} exceeded its timeout of ${timeoutMs / 1000}s`));
+    // Reported at once; the handler keeps its slot until it returns.
+    this._phaseDone(task, {
+      failure: { type: 'TIMEOUT', message: `phase '${phase}' exceeded its timeout of ${timeoutMs / 1000}s`, retryable: true, retryAfter: null },
+    });
+  }
+
+  _phaseEnded(task, phase, controller, { value, error }) {
+    clearTimeout(task.timer);
+    if (task.controller === controller) task.running = false;
+    if (task.ended) {
+      this._abandoned.delete(task);
+      this._freed();
+      return;
+    }
+    if (task.phase !== phase || controller.signal.reason?.why === 'timeout') return; // already reported
+    const why = controller.signal.aborted ? controller.signal.reason?.why : null;
+    if (error !== undefined) {
+      if (why === 'cancel' || (task.cancelReason !== null)) this._phaseDone(task, { cancelled: true });
+      else if (why === 'drain') this._giveBack(task, 'worker draining');
+      else this._phaseDone(task, { failure: failureOf(error) });
+      return;
+    }
+    let result;
+    try {
+      result = encodeResult(value);
+    } catch (err) {
+      this._phaseDone(task, { failure: failureOf(err) });
+      return;
+    }
+    const limit = this._session?.maxResultBytes ?? 0;
+    if (limit > 0 && result.length > limit) {
+      this._phaseDone(task, { failure: tooLarge(phase, result.length, limit) });
+      return;
+    }
+    task.lastResult = result;
+    this._phaseDone(task, { result });
+  }
+
+  _phaseDone(task, outcome) {
+    this._report(task, { phaseDone: { jobId: task.jobId, attempt: task.attempt, phase: task.phase, ...outcome } });
+  }
+
+  _giveBack(task, reason) {
+    this._report(task, { released: { jobId: task.jobId, attempt: task.attempt, reason } });
+  }
+
+  /** Queues a report that the server acks; one is in flight per job, so each ack answers the one awaited. */
+  _report(task, report) {
+    task.outbox.push(report);
+    this._pump(task);
+  }
+
+  _pump(task) {
+    if (!task.awaiting) task.awaiting = task.outbox.shift() ?? null;
+    if (!task.awaiting || task.sent) return;
+    const session = this._session?.welcomed ? this._session : null;
+    const message = task.awaiting.phaseDone ? { phaseDone: wire(task.awaiting.phaseDone) } : task.awaiting;
+    task.sent = this._write(session, message);
+  }
+
+  _onAck(ack) {
+    const task = this._tasks.get(ack.jobId);
+    if (!task || task.attempt !== ack.attempt) return; // an ack of a give-back, or of an attempt already over
+    if (ack.status === 'ACK_STATUS_FENCED' || ack.status === 'ACK_STATUS_CANCELLED') {
+      const why = ack.status === 'ACK_STATUS_CANCELLED' ? 'cancel' : 'lost';
+      this._finish(task, abortReason(why, `the job was ${why === 'cancel' ? 'cancelled' : 'taken away'} (${ack.reason || ack.status})`));
+      return;
+    }
+    const report = task.awaiting;
+    if (!report || !task.sent) return;
+    task.awaiting = null;
+    task.sent = false;
+    if (ack.status === 'ACK_STATUS_REJECTED') {
+      this._rejected(task, report, ack);
+    } else if (report.phaseDone) {
+      this._phaseAcked(task, report.phaseDone, ack.nextPhase);
+    } else if (report.released) {
+      this._finish(task, null);
+    }
+    if (!task.ended) this._pump(task);
+  }
+
+  _rejected(task, report, ack) {
+    const done = report.phaseDone;
+    if (done?.result && ack.reason === 'RESULT_TOO_LARGE') {
+      task.outbox.unshift({ phaseDone: { ...done, result: undefined, failure: tooLarge(done.phase, done.result.length, 0) } });
+      return;
+    }
+    this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail}); the job is left to the server`);
+    this._finish(task, abortReason('lost', `report rejected: ${ack.reason}`));
+  }
+
+  _phaseAcked(task, done, nextPhase) {
+    if (!nextPhase) {
+      this._finish(task, null);
+      return;
+    }
+    if (done.result) task.results[done.phase] = done.result;
+    task.phase = nextPhase;
+    if (task.cancelReason !== null) this._phaseDone(task, { cancelled: true });
+    else if (this._drainDeadlinePassed) this._giveBack(task, 'worker draining');
+    else this._startPhase(task);
+  }
+
+  _onCancel(cancel) {
+    const task = this._tasks.get(cancel.jobId);
+    if (!task || task.attempt !== cancel.attempt || task.cancelReason !== null) return;
+    task.cancelReason = cancel.reason;
+    if (!task.running) return; // between phases: the phase done's ack decides
+    const { controller } = task;
+    controller.abort(abortReason('cancel', `the job was cancelled${cancel.reason ? `: ${cancel.reason}` : ''}`));
+    const graceMs = durationToMs(cancel.grace);
+    setTimeout(() => {
+      if (task.running && task.controller === controller) {
+        this.emit('warning', `job ${task.jobId}: the handler of phase ${task.phase} ignored its cancellation for ${graceMs} ms; abandoned, it keeps its slot until it returns`);
+      }
+    }, graceMs).unref();
+  }
+
+  /** The job is no longer this worker's: its slot frees once its handler (if running) returns. */
+  _finish(task, reason) {
+    if (task.ended) return;
+    task.ended = true;
+    clearTimeout(task.timer);
+    this._tasks.delete(task.jobId);
+    if (task.running) {
+      if (reason && !task.controller.signal.aborted) task.controller.abort(reason);
+      this._abandoned.add(task);
+    } else {
+      this._freed();
+    }
+  }
+
+  _freed() {
+    this._grantCredit();
+    this._checkDrained();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Draining and stopping
+
+  _drained() {
+    return this._state === 'draining' && this._tasks.size === 0 && (this._abandoned.size === 0 || this._drainDeadlinePassed);
+  }
+
+  _checkDrained() {
+    if (!this._drained()) return;
+    this._state = 'stopped';
+    this._wake?.();
+    const session = this._session;
+    if (session && !session.closed) {
+      session.call.end();
+      setTimeout(() => session.closed || session.call.cancel(), CLOSE_WAIT_MS).unref();
+    }
+  }
+
+  _drainDeadline() {
+    this._drainDeadlinePassed = true;
+    // Without a session nothing can be given back: the jobs' leases run out and the server requeues them.
+    if (!this._session?.welcomed) this._abandonAll();
+    for (const task of this._tasks.values()) {
+      if (task.running) task.controller.abort(abortReason('drain', 'the worker is draining'));
+    }
+    this._checkDrained();
+  }
+
+  _abandonAll() {
+    for (const task of [...this._tasks.values()]) this._finish(task, abortReason('lost', 'the worker stopped'));
+  }
+}
+
+function tooLarge(phase, size, limit) {
+  return {
+    type: 'RESULT_TOO_LARGE', retryable: false, retryAfter: null,
+    message: `phase '${phase}' returned ${size} bytes, more than the server takes${limit ? ` (${limit})` : ''}`,
+  };
+}
+
+/** A phase done as the wire has it: exactly one field of the outcome set. */
+function wire(done) {
+  const { result, failure, cancelled, ...rest } = done;
+  if (failure) return { ...rest, failure };
+  if (cancelled) return { ...rest, cancelled: true };
+  return { ...rest, result: result ?? Buffer.alloc(0) };
+}
