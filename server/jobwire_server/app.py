@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
+from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc, worker_pb2, worker_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from jobwire_server.api.auth import AuthConfigError, TokenAuthInterceptor, load_tokens, server_credentials
@@ -25,15 +25,19 @@ from jobwire_server.api.schedule_validation import declared_specs
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.api.tracing import TracingInterceptor
 from jobwire_server.api.validation import Limits
+from jobwire_server.api.workers import WorkerServicer
 from jobwire_server.config import ServerConfig, is_postgres_url
 from jobwire_server.domain.clock import Clock, SystemClock
 from jobwire_server.domain.errors import InvalidArgument, ScheduleExists, StorageCorrupt, StorageError
 from jobwire_server.domain.models import Event
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.dispatcher import Dispatcher
+from jobwire_server.engine.execution import Execution
 from jobwire_server.engine.executor import Executor
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.leases import LeaseKeeper
+from jobwire_server.engine.remote.executor import RemoteExecutor
+from jobwire_server.engine.remote.kinds import RemoteKinds
 from jobwire_server.engine.replicas import Leadership, ReplicaLink
 from jobwire_server.engine.retention import Retention, RetentionPolicy
 from jobwire_server.engine.schedules import Scheduler, ScheduleService
@@ -53,6 +57,9 @@ from jobwire_server.telemetry import Tracing, TracingConfigError
 log = logging.getLogger("jobwire")
 
 SERVICE_NAME = jobwire_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+WORKER_SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+#: Seconds a remote worker has to start an assignment before it is requeued (attempt not spent).
+ASSIGN_TIMEOUT = 5.0
 #: The gRPC server's own grace after the drain: in-flight unary calls finish, streams end.
 SERVER_STOP_GRACE = 1.0
 #: Seconds webhook attempts in flight get at shutdown; the rest are sent after the next start.
@@ -130,13 +137,15 @@ class App:
         self.executor = Executor(self.registry, self.writer, self.clock, concurrency=config.concurrency,
                                  queue_limits=dict(config.queue_concurrency), cancel_grace=config.cancel_grace,
                                  on_slot_free=self._slot_freed, tracer=self.tracing.tracer)
+        self._wire_remote_workers(config)
         self.dispatcher = Dispatcher(
             self.writer, self.executor, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
-            global_limits=dict(config.queue_concurrency) if config.queue_concurrency_global else None)
+            global_limits=dict(config.queue_concurrency) if config.queue_concurrency_global else None,
+            remote=self.remote)
         self.leases = LeaseKeeper(self.store, self.writer, self.clock, owner=self.owner, lease_ttl=config.lease_ttl,
-                                  running_ids=self.executor.running_ids, on_rescued=self.dispatcher.wake,
-                                  on_cancel_requested=self.executor.request_cancel)
-        self.service = JobService(self.store, self.hub, self.writer, self.executor, self.clock,
+                                  running_ids=self.execution.running_ids, on_rescued=self.dispatcher.wake,
+                                  on_cancel_requested=self.execution.request_cancel)
+        self.service = JobService(self.store, self.hub, self.writer, self.execution, self.clock,
                                   request_ttl=config.request_id_ttl, bulk_batch=config.bulk_batch)
         self.webhook_guard = AddressGuard(config.webhook_allow)
         self.webhooks = WebhookSender(
@@ -163,7 +172,7 @@ class App:
             batch=config.retention_batch),
             may_run=self.retention_lease.is_held if self.retention_lease is not None else _always)
         self.scheduler = Scheduler(self.store, self.writer, self.clock, arm=self.dispatcher.note_wakeup,
-                                   request_ttl=config.request_id_ttl, on_cancel=self.executor.request_cancel,
+                                   request_ttl=config.request_id_ttl, on_cancel=self.execution.request_cancel,
                                    may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always)
         self.dispatcher.on_timer.append(self.scheduler.tick)
         self.schedules = ScheduleService(self.store, self.writer, self.scheduler, self.clock,
@@ -179,6 +188,16 @@ class App:
         self._corrupt = False
         self._stopped = asyncio.Event()
 
+    def _wire_remote_workers(self, config: ServerConfig) -> None:
+        """Remote kinds share the registry; their jobs run through the remote executor."""
+        self.remote_kinds = RemoteKinds(self.registry, self.writer, self.store, self.clock)
+        self.remote = RemoteExecutor(self.remote_kinds, self.writer, self.store, self.clock, owner=self.owner,
+                                     lease_ttl=config.lease_ttl, cancel_grace=config.cancel_grace,
+                                     assign_timeout=ASSIGN_TIMEOUT, max_result_bytes=config.max_payload_bytes,
+                                     on_room=self._slot_freed)
+        self.execution = Execution(self.executor, self.remote)
+        self.workers: WorkerServicer | None = None
+
     # ------------------------------------------------------------------ start
 
     async def start(self) -> None:
@@ -191,6 +210,7 @@ class App:
         _tune_gc()
         await self.store.open()
         try:
+            await self.remote_kinds.load()
             await self._start_metrics()
             await self._start_server()
         except BaseException:
@@ -279,10 +299,14 @@ class App:
         servicer = JobServicer(self.service, self.registry, self.clock,
                                Limits(max_payload_bytes=cfg.max_payload_bytes),
                                max_watch_streams=cfg.max_watch_streams, webhook_guard=self.webhook_guard,
-                               retention=self.retention, schedules=self.schedules, auth=auth)
+                               retention=self.retention, schedules=self.schedules, auth=auth,
+                               refresh_kinds=self.remote_kinds.load)
         jobwire_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
+        self.workers = WorkerServicer(self.remote, self.clock, auth=auth)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection((SERVICE_NAME, WORKER_SERVICE_NAME, health_name), server)
         # gRPC reports a certificate that does not match its key like a busy port: name both causes.
         hint = "is the port in use, and do tls_cert and tls_key match?" if credentials else "is the port in use?"
         busy = port_in_use(cfg.host, cfg.port)
@@ -324,7 +348,9 @@ class App:
             await self.scheduler.stop()
             cfg = self.config
             drain = max(0.0, cfg.shutdown_grace - min(cfg.cancel_grace, cfg.shutdown_grace / 2))
-            await self.executor.drain(drain)
+            if self.workers is not None:
+                self.workers.accepting = False
+            await asyncio.gather(self.executor.drain(drain), self.remote.drain(drain))
             self.hub.close_all()
             if self.server is not None:
                 await self.server.stop(SERVER_STOP_GRACE)
@@ -373,8 +399,8 @@ class App:
                 await self.health.set(name, status)
 
     def _cancel_requested_elsewhere(self, job_id: str) -> None:
-        """Another replica recorded a cancel: stop the handler if it runs here."""
-        if job_id in self.executor.running_ids():
+        """Another replica recorded a cancel: stop the handler if it runs here (or on a worker of ours)."""
+        if job_id in self.execution.running_ids():
             asyncio.get_running_loop().create_task(self._deliver_cancel(job_id))
 
     async def _deliver_cancel(self, job_id: str) -> None:
@@ -384,7 +410,7 @@ class App:
             log.debug("cancel of job %s not delivered yet: %s", job_id, exc)
             return
         if job.cancel_requested:
-            self.executor.request_cancel(job_id, job.cancel_reason)
+            self.execution.request_cancel(job_id, job.cancel_reason)
 
     async def _start_schedules(self) -> None:
         """Make the stored config schedules match the file, then fire from the dispatcher's timer."""

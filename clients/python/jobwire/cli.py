@@ -61,8 +61,8 @@ class UsageError(Exception):
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune, schedules and health to a
-    parser."""
+    """Add enqueue, get, list, watch, cancel, retry, events, stats, webhooks, prune, schedules, health and worker
+    to a parser."""
     common = _common_flags()
 
     def command(name: str, summary: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -170,6 +170,13 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     _add_webhook_and_retention_commands(command)
     _add_schedule_commands(subparsers, common)
     _add_health_command(command)
+    _add_worker_command(subparsers)
+
+
+def _add_worker_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from jobwire.worker.cli import add_worker_command  # noqa: PLC0415 - keeps `jobwire --help` fast
+
+    add_worker_command(subparsers)
 
 
 def _add_schedule_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],

@@ -5,7 +5,8 @@ The tokens file (``tokens_file`` setting) is TOML and stores only SHA-256 digest
     [[token]]
     name = "ci"                          # shown in logs; unique
     sha256 = "9f86d081884c7d65…"         # hex digest of the secret token
-    scopes = ["jobs:read", "jobs:write"] # any of jobs:read, jobs:write, admin
+    scopes = ["jobs:read", "jobs:write"] # any of jobs:read, jobs:write, jobs:work, schedules:write, admin
+    queues = ["media"]                   # optional: the queues a `jobs:work` token's workers may serve
 
 Make a token and its digest with::
 
@@ -49,6 +50,7 @@ __all__ = [
     "SCHEDULES",
     "SCOPES",
     "TOKEN_PATTERN",
+    "WORK",
     "WRITE",
     "AuthConfigError",
     "Token",
@@ -64,7 +66,9 @@ WRITE: Final = "jobs:write"
 ADMIN: Final = "admin"
 #: Creating, changing and firing schedules: a schedule enqueues jobs on its own, for as long as it lives.
 SCHEDULES: Final = "schedules:write"
-SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES})
+#: Remote workers: WorkerService.Connect and nothing else (optionally only for some queues).
+WORK: Final = "jobs:work"
+SCOPES: Final = frozenset({READ, WRITE, ADMIN, SCHEDULES, WORK})
 
 _SERVICE: Final = "/jobwire.v1.JobService/"
 #: The scope each JobService method needs; ``admin`` grants every method, listed here or not.
@@ -78,6 +82,7 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
     **{_SERVICE + name: READ for name in ("GetSchedule", "ListSchedules")},
     **{_SERVICE + name: SCHEDULES for name in ("CreateSchedule", "UpdateSchedule", "DeleteSchedule",
                                                "PauseSchedule", "ResumeSchedule", "TriggerSchedule")},
+    "/jobwire.v1.WorkerService/Connect": WORK,
 }
 #: Methods under these prefixes need no token: load balancers probe health, tools list services.
 OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -87,7 +92,7 @@ _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 BEARER_CREDENTIALS: Final = re.compile(r"(?i:bearer) ([A-Za-z0-9._~+/-]+=*)")
 #: A token a client can send at all (the b64token alphabet of RFC 6750).
 TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")
-_TOKEN_KEYS: Final = frozenset({"name", "sha256", "scopes"})
+_TOKEN_KEYS: Final = frozenset({"name", "sha256", "scopes", "queues"})
 
 _log = logging.getLogger("jobwire.auth")
 
@@ -103,6 +108,14 @@ class Token:
     name: str
     digest: bytes
     scopes: frozenset[str]
+    #: The queues a `jobs:work` token's workers may serve; empty means every queue.
+    queues: frozenset[str] = frozenset()
+
+    def may_serve(self, queues: Sequence[str]) -> bool:
+        """Whether a worker with this token may take jobs from `queues` (empty: every queue)."""
+        if ADMIN in self.scopes or not self.queues:
+            return True
+        return bool(queues) and set(queues) <= self.queues
 
     def allows(self, method: str) -> bool:
         return ADMIN in self.scopes or METHOD_SCOPES.get(method) in self.scopes
@@ -145,7 +158,7 @@ def _parse_token(path: str, index: int, entry: Any) -> Token:
         raise AuthConfigError(f"{where} holds a plain secret; store its digest as sha256 (see `jobwire hash-token`)")
     unknown = sorted(set(entry) - _TOKEN_KEYS)
     if unknown:
-        raise AuthConfigError(f"{where}: unknown key {unknown[0]!r} (expected name, sha256, scopes)")
+        raise AuthConfigError(f"{where}: unknown key {unknown[0]!r} (expected name, sha256, scopes, queues)")
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise AuthConfigError(f"{where}: name must be a non-empty string")
@@ -159,7 +172,12 @@ def _parse_token(path: str, index: int, entry: Any) -> Token:
     bad = sorted(set(scopes) - SCOPES)
     if bad:
         raise AuthConfigError(f"{where}: unknown scope {bad[0]!r} (known: {', '.join(sorted(SCOPES))})")
-    return Token(name=name, digest=bytes.fromhex(digest), scopes=frozenset(scopes))
+    queues = entry.get("queues", [])
+    if not isinstance(queues, list) or not all(isinstance(q, str) and q for q in queues):
+        raise AuthConfigError(f"{where}: queues must be a list of queue names")
+    if queues and WORK not in scopes:
+        raise AuthConfigError(f"{where}: queues limits the {WORK!r} scope, which this token lacks")
+    return Token(name=name, digest=bytes.fromhex(digest), scopes=frozenset(scopes), queues=frozenset(queues))
 
 
 def _check_unique(path: str, tokens: Sequence[Token]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -56,8 +56,11 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
     def __init__(self, service: JobService, registry: Registry, clock: Clock, limits: Limits, *,
                  max_watch_streams: int, page_secret: bytes | None = None,
                  webhook_guard: AddressGuard | None = None, retention: Retention | None = None,
-                 schedules: ScheduleService | None = None, auth: TokenAuthInterceptor | None = None) -> None:
+                 schedules: ScheduleService | None = None, auth: TokenAuthInterceptor | None = None,
+                 refresh_kinds: Callable[[], Awaitable[int]] | None = None) -> None:
         self._service = service
+        #: Reads the kinds remote workers declared (on any replica) when Enqueue meets an unknown one.
+        self._refresh_kinds = refresh_kinds
         self._schedules = schedules
         #: Access control, when tokens are configured: bulk actions check the `admin` scope themselves.
         self._auth = auth
@@ -75,8 +78,14 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
 
     # ------------------------------------------------------------------ writes
 
+    async def _learn_kinds(self, kinds: list[str]) -> None:
+        """A kind this process does not know may have been declared by a worker of another replica."""
+        if self._refresh_kinds is not None and any(kind not in self._registry for kind in kinds):
+            await self._refresh_kinds()
+
     @_unary
     async def Enqueue(self, request: jobwire_pb2.EnqueueRequest, context: Context) -> jobwire_pb2.EnqueueResponse:
+        await self._learn_kinds([request.kind])
         new = enqueue_to_new_job(request, self._registry, self._clock.now(), self._limits,
                                  trace_parent=enqueue_traceparent(context.invocation_metadata()))
         await self._check_webhooks([new])
@@ -93,6 +102,7 @@ class JobServicer(ScheduleMethods, jobwire_pb2_grpc.JobServiceServicer):
         if not 1 <= count <= self._limits.max_batch:
             raise InvalidArgument([FieldViolation("requests", f"must hold 1–{self._limits.max_batch} requests, "
                                                               f"got {count}")])
+        await self._learn_kinds([item.kind for item in request.requests])
         now = self._clock.now()
         trace_parent = enqueue_traceparent(context.invocation_metadata())
         new_jobs: list[NewJob] = []

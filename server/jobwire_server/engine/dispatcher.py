@@ -4,6 +4,10 @@ of finishing jobs, the enqueue that made a job ready).
 
 No polling interval: claiming happens when an enqueue, a retry or a freed slot wakes it, or when a
 timer set to the next run_at of a SCHEDULED or RETRYING job fires.
+
+Jobs of kinds remote workers run are claimed apart from this process's slots: only as many as the
+connected workers' credit (`RemoteExecutor.claim_room`), in the same transaction, and handed to the
+remote executor; a worker's credit wakes the dispatcher as a freed slot does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from jobwire_server.domain.errors import JobwireError
 from jobwire_server.domain.models import Job
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine.executor import Executor
+from jobwire_server.engine.remote.executor import RemoteExecutor
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import (
     ApplyChange,
@@ -35,9 +40,10 @@ MAX_CLAIM = 256
 
 class Dispatcher:
     def __init__(self, writer: Writer, executor: Executor, clock: Clock, *, owner: str, lease_ttl: float,
-                 global_limits: dict[str, int] | None = None) -> None:
+                 global_limits: dict[str, int] | None = None, remote: RemoteExecutor | None = None) -> None:
         self._writer = writer
         self._executor = executor
+        self._remote = remote
         self._clock = clock
         self._owner = owner
         self._lease_ttl = lease_ttl
@@ -97,12 +103,14 @@ class Dispatcher:
         ready (an enqueue due now, a retry, a rescue)."""
         if not self._claiming:
             return None
-        finishing = [op.change for op in ops if isinstance(op, ApplyChange) and op.change.job.state not in _BUSY]
+        finishing = [op.change for op in ops if isinstance(op, ApplyChange) and op.change.job.state not in _BUSY
+                     and not self._runs_remotely(op.change.job.id)]
         readying = any(_may_ready(op) for op in ops)
         if not (self._wanted or finishing or readying):
             return None
         limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM)
-        if limit == 0 and not self._wanted:
+        remote = self._remote.claim_room() if self._remote is not None else ()
+        if limit == 0 and not remote and not self._wanted:
             return None  # nothing could start; a freed slot or the timer claims (and promotes) later
         self._wanted = False
         now = self._clock.now()
@@ -111,7 +119,27 @@ class Dispatcher:
             if change.job.queue in room:
                 room[change.job.queue] += 1
         return ClaimParams(now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
-                           queue_room=room, global_limits=self._global_limits)
+                           queue_room=room, global_limits=self._global_limits,
+                           remote_kinds=self._remote.kinds.names() if self._remote is not None else frozenset(),
+                           remote=remote)
+
+    def _start(self, claimed: ClaimResult, remote_kinds: frozenset[str]) -> int:
+        """Hand each claimed job to where its kind runs; returns how many run here."""
+        local = 0
+        for item in claimed.claimed:
+            if item.job.kind in remote_kinds and self._remote is not None:
+                self._remote.start(item.job)
+            else:
+                self._executor.start(item.job)
+                local += 1
+        return local
+
+    def _runs_remotely(self, job_id: str) -> bool:
+        return self._remote is not None and self._remote.holds(job_id)
+
+    def _room(self) -> bool:
+        """Could a job start now, here or on a remote worker?"""
+        return self._executor.free_slots() > 0 or (self._remote is not None and bool(self._remote.claim_room()))
 
     def claim_failed(self) -> None:
         self._wanted = True
@@ -130,11 +158,10 @@ class Dispatcher:
                 elif job.state is JobState.QUEUED:
                     readied = True
         if claimed is None or claim is None:
-            if readied and self._executor.free_slots() > 0:
+            if readied and self._room():
                 self.wake()  # a job became ready in a transaction that did not claim (with no slot
             return           # free, the commit that frees one claims it)
-        for item in claimed.claimed:
-            self._executor.start(item.job)
+        local = self._start(claimed, claim.remote_kinds)
         if claimed.next_due is not None:
             self.note_wakeup(claimed.next_due)
         self.rounds += 1
@@ -142,8 +169,10 @@ class Dispatcher:
         self.claimed = asyncio.Event()
         # More may be ready: ask again, but only when a job could start now. With every slot busy,
         # the next finishing change claims in its own commit anyway, and a due job's timer still fires.
-        more = claimed.promoted or (claim.limit > 0 and len(claimed.claimed) == claim.limit)
-        if more and self._executor.free_slots() > 0:
+        remote_room = sum(r.room for r in claim.remote)
+        more = (claimed.promoted or (claim.limit > 0 and local == claim.limit)
+                or (remote_room > 0 and len(claimed.claimed) - local == remote_room))
+        if more and self._room():
             self.wake()
 
 

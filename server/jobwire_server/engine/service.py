@@ -14,14 +14,14 @@ from jobwire_server.domain.models import Event, Job, NewJob, QueueStats
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import JobState
 from jobwire_server.engine import bulk
-from jobwire_server.engine.executor import Executor
+from jobwire_server.engine.execution import Execution
 from jobwire_server.engine.hub import WatchHub
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import InsertJobs, InsertResult, JobStore, UpdateJob
 
 
 class JobService:
-    def __init__(self, store: JobStore, hub: WatchHub, writer: Writer, executor: Executor, clock: Clock,
+    def __init__(self, store: JobStore, hub: WatchHub, writer: Writer, executor: Execution, clock: Clock,
                  *, request_ttl: float, bulk_batch: int = DEFAULT_BATCH) -> None:
         self.store = store
         self.hub = hub

@@ -1,11 +1,15 @@
-"""Which kinds this server can run: built-ins plus every `Kind` found in the handler modules."""
+"""Which kinds this server knows: built-ins, every `Kind` found in the handler modules (run here),
+and the kinds remote workers declared (`RemoteKind`, run on them)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Iterator
 
+from jobwire.worker.loading import kinds_in_module
+
+from jobwire_server.domain.errors import KindInProcess
 from jobwire_server.handlers.kind import Kind
+from jobwire_server.handlers.remote import RemoteKind
 
 
 class HandlerImportError(Exception):
@@ -25,6 +29,19 @@ class Registry:
             raise HandlerImportError(f"kind {kind.name!r} is defined twice")
         self._kinds[kind.name] = kind
 
+    def put_remote(self, kind: RemoteKind) -> None:
+        """Add or replace a kind remote workers run; KindInProcess when a handler here runs it."""
+        known = self._kinds.get(kind.name)
+        if known is not None and not isinstance(known, RemoteKind):
+            raise KindInProcess(kind.name)
+        self._kinds[kind.name] = kind
+
+    def is_remote(self, name: str) -> bool:
+        return isinstance(self._kinds.get(name), RemoteKind)
+
+    def remote_names(self) -> frozenset[str]:
+        return frozenset(name for name, kind in self._kinds.items() if isinstance(kind, RemoteKind))
+
     def get(self, name: str) -> Kind | None:
         return self._kinds.get(name)
 
@@ -37,10 +54,9 @@ class Registry:
     def add_module(self, module_name: str) -> int:
         """Import `module_name` and register every Kind at its top level; returns how many."""
         try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise HandlerImportError(f"cannot import handler module {module_name!r}: {exc}") from exc
-        found = [value for value in vars(module).values() if isinstance(value, Kind)]
+            found = kinds_in_module(module_name)
+        except ImportError as exc:
+            raise HandlerImportError(str(exc)) from exc
         for kind in found:
             self.add(kind)
         return len(found)

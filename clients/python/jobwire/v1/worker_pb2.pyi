@@ -24,7 +24,7 @@ ACK_STATUS_CANCELLED: AckStatus
 ACK_STATUS_REJECTED: AckStatus
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "credit", "started", "progress", "phase_done", "released", "ping")
+    __slots__ = ("hello", "credit", "started", "progress", "phase_done", "released", "ping", "draining")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class ConnectRequest(_message.Message):
     PHASE_DONE_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     credit: WorkerCredit
     started: PhaseStartedReport
@@ -39,7 +40,8 @@ class ConnectRequest(_message.Message):
     phase_done: PhaseDoneReport
     released: ReleasedReport
     ping: WorkerPing
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[_Union[WorkerCredit, _Mapping]] = ..., started: _Optional[_Union[PhaseStartedReport, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDoneReport, _Mapping]] = ..., released: _Optional[_Union[ReleasedReport, _Mapping]] = ..., ping: _Optional[_Union[WorkerPing, _Mapping]] = ...) -> None: ...
+    draining: WorkerDraining
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[_Union[WorkerCredit, _Mapping]] = ..., started: _Optional[_Union[PhaseStartedReport, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDoneReport, _Mapping]] = ..., released: _Optional[_Union[ReleasedReport, _Mapping]] = ..., ping: _Optional[_Union[WorkerPing, _Mapping]] = ..., draining: _Optional[_Union[WorkerDraining, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("welcome", "assign", "ack", "cancel", "drain", "pong")
@@ -58,18 +60,22 @@ class ConnectResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[WorkerWelcome, _Mapping]] = ..., assign: _Optional[_Union[JobAssignment, _Mapping]] = ..., ack: _Optional[_Union[WorkerAck, _Mapping]] = ..., cancel: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., pong: _Optional[_Union[WorkerPong, _Mapping]] = ...) -> None: ...
 
 class WorkerKind(_message.Message):
-    __slots__ = ("name", "phases", "default_queue", "default_max_attempts", "default_timeout")
+    __slots__ = ("name", "phases", "default_queue", "default_max_attempts", "default_timeout", "retry_base_delay", "retry_max_delay")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PHASES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BASE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MAX_DELAY_FIELD_NUMBER: _ClassVar[int]
     name: str
     phases: _containers.RepeatedScalarFieldContainer[str]
     default_queue: str
     default_max_attempts: int
     default_timeout: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., phases: _Optional[_Iterable[str]] = ..., default_queue: _Optional[str] = ..., default_max_attempts: _Optional[int] = ..., default_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    retry_base_delay: _duration_pb2.Duration
+    retry_max_delay: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., phases: _Optional[_Iterable[str]] = ..., default_queue: _Optional[str] = ..., default_max_attempts: _Optional[int] = ..., default_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_base_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_max_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HeldJob(_message.Message):
     __slots__ = ("job_id", "attempt", "phase")
@@ -182,6 +188,12 @@ class ReleasedReport(_message.Message):
     attempt: int
     reason: str
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WorkerDraining(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class WorkerPing(_message.Message):
     __slots__ = ("nonce",)

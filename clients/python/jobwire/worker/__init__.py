@@ -15,5 +15,7 @@ A handler module defines kinds of jobs and their phases; the same module runs in
 from jobwire.worker.errors import PermanentError, RetryableError
 from jobwire.worker.kind import JobContext, Kind, MalformedPayload
 from jobwire.worker.retry import RetryPolicy
+from jobwire.worker.runtime import Backoff, Worker, WorkerRefused
 
-__all__ = ["JobContext", "Kind", "MalformedPayload", "PermanentError", "RetryPolicy", "RetryableError"]
+__all__ = ["Backoff", "JobContext", "Kind", "MalformedPayload", "PermanentError", "RetryPolicy", "RetryableError",
+           "Worker", "WorkerRefused"]
