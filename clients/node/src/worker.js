@@ -42,6 +42,10 @@ const FATAL_CODES = new Set([
 
 // After a drained worker half-closes its stream, how long the server has to end it.
 const CLOSE_WAIT_MS = 2000;
+// How long a drain waits by default for running jobs before it gives them back.
+const DRAIN_TIMEOUT_MS = 30_000;
+// After a drain's timeout, how long stopped handlers get to return before their jobs are left to the server.
+const RELEASE_GRACE_MS = 5000;
 
 // ---------------------------------------------------------------------------------------------
 // What handlers throw
@@ -72,7 +76,11 @@ export class RetryableError extends Error {
   }
 }
 
-/** The reason of a handler's AbortSignal: `why` is 'cancel', 'timeout', 'drain' or 'lost' (the attempt is not ours). */
+/**
+ * The reason of a handler's AbortSignal: `why` is 'cancel' (the job was cancelled, or its phase ran past
+ * its timeout: the server enforces timeouts with a cancel), 'drain' (the worker's drain ran out of
+ * time) or 'lost' (the attempt is not this worker's any more).
+ */
 function abortReason(why, message) {
   const err = new Error(message);
   err.name = 'AbortError';
@@ -86,15 +94,19 @@ function abortReason(why, message) {
 
 /** A kind of job this worker runs: its phases in order, and the defaults it declares to the server. */
 export class Kind {
-  constructor(name, { queue = '', maxAttempts = 0, timeoutMs = 0 } = {}) {
+  constructor(name, { queue = '', maxAttempts = 0, timeoutMs = 0, retryBaseDelayMs = 0, retryMaxDelayMs = 0 } = {}) {
     checkName('kind', name);
     if (queue) checkName('queue', queue);
     if (!Number.isInteger(maxAttempts) || maxAttempts < 0) throw new RangeError('maxAttempts must be an integer >= 0');
-    if (!(Number.isFinite(timeoutMs) && timeoutMs >= 0)) throw new RangeError('timeoutMs must be >= 0 (0: none)');
+    for (const [option, ms] of Object.entries({ timeoutMs, retryBaseDelayMs, retryMaxDelayMs })) {
+      if (!(Number.isFinite(ms) && ms >= 0)) throw new RangeError(`${option} must be >= 0 (0: the server's default)`);
+    }
     this.name = name;
     this.queue = queue;
     this.maxAttempts = maxAttempts;
     this.timeoutMs = timeoutMs;
+    this.retryBaseDelayMs = retryBaseDelayMs;
+    this.retryMaxDelayMs = retryMaxDelayMs;
     this._phases = new Map();
   }
 
@@ -119,6 +131,8 @@ export class Kind {
       defaultQueue: this.queue,
       defaultMaxAttempts: this.maxAttempts,
       defaultTimeout: this.timeoutMs ? msToDuration(this.timeoutMs) : null,
+      retryBaseDelay: this.retryBaseDelayMs ? msToDuration(this.retryBaseDelayMs) : null,
+      retryMaxDelay: this.retryMaxDelayMs ? msToDuration(this.retryMaxDelayMs) : null,
     };
   }
 }
@@ -228,6 +242,7 @@ export class Worker extends EventEmitter {
     this._drainDeadlinePassed = false;
     this._wake = null;
     this._done = null;
+    this._timers = new Set(); // the drain's, cleared when run() returns
   }
 
   /** Declares a kind (or returns the one declared): `worker.kind('thumbnail').phase('fetch', fn)`. */
@@ -261,28 +276,29 @@ export class Worker extends EventEmitter {
     this._state = 'running';
     this._done = this._loop().finally(() => {
       this._state = 'stopped';
+      this._timers.forEach(clearTimeout);
       this._stub.close();
     });
     return this._done;
   }
 
   /**
-   * Stops taking work: assignments still arriving are given back, running jobs finish (every phase).
-   * With `timeoutMs`, handlers still running then are aborted (their signal's reason has `why: 'drain'`)
-   * and their jobs given back to the queue without spending an attempt. Resolves when the worker holds
-   * no job and no handler runs (after the timeout: when it holds no job), and run() has returned.
+   * Stops taking work: tells the server (WorkerDraining), gives back assignments still arriving, and
+   * lets running jobs finish, every phase. Handlers still running after `timeoutMs` (default 30 s) are
+   * aborted (their signal's reason has `why: 'drain'`) and their jobs given back to the queue without
+   * spending an attempt; a handler that does not return within 5 s more is left behind (its job's
+   * lease runs out on the server). Resolves once the worker holds no job and no handler runs (after
+   * the timeout: once it holds no job), and run() has returned.
    */
-  async drain({ timeoutMs } = {}) {
+  async drain({ timeoutMs = DRAIN_TIMEOUT_MS } = {}) {
     if (this._state === 'new') {
       this._state = 'stopped';
       return;
     }
     if (this._state === 'running') {
       this._state = 'draining';
-      if (timeoutMs !== undefined) {
-        const timer = setTimeout(() => this._drainDeadline(), timeoutMs);
-        this._done.finally(() => clearTimeout(timer)).catch(() => {});
-      }
+      this._write(this._session?.welcomed ? this._session : null, { draining: { reason: 'drain' } });
+      this._timers.add(setTimeout(() => this._drainDeadline(), timeoutMs));
       this._checkDrained();
     }
     await this._done;
@@ -324,7 +340,7 @@ export class Worker extends EventEmitter {
       const call = this._stub.Connect(bearerMetadata(this._token));
       const session = {
         call, welcomed: false, closed: false, draining: false, credit: 0, lastHeard: Date.now(), ping: null, nonce: 0,
-        maxResultBytes: 0, held: this._tasks.size,
+        maxResultBytes: 0,
       };
       this._session = session;
       call.on('data', (msg) => {
@@ -382,13 +398,13 @@ export class Worker extends EventEmitter {
         else this._write(session, { ping: { nonce: String((session.nonce += 1)) } });
       }, pingMs);
     }
-    // The server's initial credit: the slots less the jobs the hello said it holds.
-    session.credit = Math.max(0, this.slots - session.held);
     const kept = new Set(welcome.keepJobIds);
+    // The server's initial credit: the slots less the jobs it keeps on this worker.
+    session.credit = Math.max(0, this.slots - kept.size);
+    if (this._state === 'draining') this._write(session, { draining: { reason: 'drain' } });
     for (const task of [...this._tasks.values()]) {
       if (kept.has(task.jobId)) {
-        if (task.awaiting?.started) task.awaiting = null; // keeping the job says it started
-        this._pump(task);
+        this._pump(task); // the report that waited for an ack is sent again
       } else {
         this._finish(task, abortReason('lost', 'the server gave this attempt to no worker or another one'));
       }
@@ -425,12 +441,12 @@ export class Worker extends EventEmitter {
     }
     const task = {
       jobId: a.jobId, attempt: a.attempt, assignment: a, phase: a.phase, results: {},
-      controller: null, running: false, timer: null, outbox: [], awaiting: null, sent: false,
-      cancelReason: null, giveBack: false, ended: false,
+      controller: null, running: false, outbox: [], awaiting: null, sent: false, cancelReason: null, ended: false,
     };
     for (const done of a.done) task.results[done.name] = done.result;
     this._tasks.set(task.jobId, task);
-    this._report(task, { started: { jobId: a.jobId, attempt: a.attempt, phase: a.phase } });
+    // A started report that the server takes is not acked; the phase runs at once.
+    this._write(session, { started: { jobId: a.jobId, attempt: a.attempt, phase: a.phase } });
     this._startPhase(task);
   }
 
@@ -451,8 +467,6 @@ export class Worker extends EventEmitter {
     task.controller = controller;
     task.running = true;
     const { phase } = task;
-    const timeoutMs = durationToMs(task.assignment.phaseTimeout);
-    if (timeoutMs > 0) task.timer = setTimeout(() => this._timeout(task, phase, timeoutMs), timeoutMs);
     const context = { signal: controller.signal, phase, progress: (percent, message) => this._progress(task, phase, percent, message) };
     Promise.resolve()
       .then(() => handler(jobView(task), context))
@@ -470,27 +484,16 @@ export class Worker extends EventEmitter {
     });
   }
 
-  _timeout(task, phase, timeoutMs) {
-    if (!task.running || task.phase !== phase || task.ended) return;
-    task.controller.abort(abortReason('timeout', `phase ${phase} exceeded its timeout of ${timeoutMs / 1000}s`));
-    // Reported at once; the handler keeps its slot until it returns.
-    this._phaseDone(task, {
-      failure: { type: 'TIMEOUT', message: `phase '${phase}' exceeded its timeout of ${timeoutMs / 1000}s`, retryable: true, retryAfter: null },
-    });
-  }
-
   _phaseEnded(task, phase, controller, { value, error }) {
-    clearTimeout(task.timer);
-    if (task.controller === controller) task.running = false;
+    task.running = false;
     if (task.ended) {
       this._abandoned.delete(task);
       this._freed();
       return;
     }
-    if (task.phase !== phase || controller.signal.reason?.why === 'timeout') return; // already reported
     const why = controller.signal.aborted ? controller.signal.reason?.why : null;
     if (error !== undefined) {
-      if (why === 'cancel' || (task.cancelReason !== null)) this._phaseDone(task, { cancelled: true });
+      if (task.cancelReason !== null) this._phaseDone(task, { cancelled: true });
       else if (why === 'drain') this._giveBack(task, 'worker draining');
       else this._phaseDone(task, { failure: failureOf(error) });
       return;
@@ -507,7 +510,6 @@ export class Worker extends EventEmitter {
       this._phaseDone(task, { failure: tooLarge(phase, result.length, limit) });
       return;
     }
-    task.lastResult = result;
     this._phaseDone(task, { result });
   }
 
@@ -519,7 +521,10 @@ export class Worker extends EventEmitter {
     this._report(task, { released: { jobId: task.jobId, attempt: task.attempt, reason } });
   }
 
-  /** Queues a report that the server acks; one is in flight per job, so each ack answers the one awaited. */
+  /**
+   * Queues a report that the server always acks (phase done, released); one is in flight per job, so
+   * an OK ack answers the one awaited. A report without an ack yet is sent again after a reconnect.
+   */
   _report(task, report) {
     task.outbox.push(report);
     this._pump(task);
@@ -542,7 +547,12 @@ export class Worker extends EventEmitter {
       return;
     }
     const report = task.awaiting;
-    if (!report || !task.sent) return;
+    if (!report || !task.sent) {
+      // A started or progress report refused: the worker and the server disagree about this job.
+      this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail}); the job is left to the server`);
+      this._finish(task, abortReason('lost', `report rejected: ${ack.reason}`));
+      return;
+    }
     task.awaiting = null;
     task.sent = false;
     if (ack.status === 'ACK_STATUS_REJECTED') {
@@ -596,7 +606,6 @@ export class Worker extends EventEmitter {
   _finish(task, reason) {
     if (task.ended) return;
     task.ended = true;
-    clearTimeout(task.timer);
     this._tasks.delete(task.jobId);
     if (task.running) {
       if (reason && !task.controller.signal.aborted) task.controller.abort(reason);
@@ -636,6 +645,7 @@ export class Worker extends EventEmitter {
     for (const task of this._tasks.values()) {
       if (task.running) task.controller.abort(abortReason('drain', 'the worker is draining'));
     }
+    this._timers.add(setTimeout(() => this._abandonAll(), RELEASE_GRACE_MS));
     this._checkDrained();
   }
 
