@@ -1,0 +1,189 @@
+// The Node worker against a real server: a three-phase job with progress seen by a watcher, a retry
+// (RetryableError, then success), a PermanentError that fails the job at once, and a cancel that
+// reaches the handler's AbortSignal. Each test runs its own Worker in this process, on kinds of its own.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+
+import { JobwireClient, PermanentError, RetryableError, Worker } from '../src/index.js';
+import { startServer } from './live-server.js';
+
+/** `promise`, or a rejection naming `what` after `ms` milliseconds. */
+export function within(ms, promise, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** A promise with its resolve function. */
+export function deferred() {
+  let resolve;
+  const promise = new Promise((r) => { resolve = r; });
+  return { promise, resolve };
+}
+
+/** Every event of a job until its terminal one. */
+export async function eventsOf(client, id) {
+  const events = [];
+  for await (const ev of client.watch(id)) events.push(ev);
+  return events;
+}
+
+const summary = (events) => events.map((e) => `${e.type.replace('EVENT_TYPE_', '')}${e.phase ? `(${e.phase})` : ''}`).join(' ');
+
+describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () => {
+  let server;
+  let client;
+  const workers = [];
+
+  /** A worker with `declare(worker)` applied, running, once the server has welcomed it. */
+  async function startWorker(declare, options = {}) {
+    const worker = new Worker({ target: server.target, slots: 2, ...options });
+    declare(worker);
+    const welcomed = once(worker, 'session');
+    const running = worker.run();
+    workers.push({ worker, running });
+    await within(10_000, Promise.race([welcomed, running.then(() => { throw new Error('run() ended'); })]), 'the welcome');
+    return worker;
+  }
+
+  before(async () => {
+    server = await startServer({ flags: ['--cancel-grace', '2'] });
+    client = new JobwireClient(server.target, { timeoutMs: 15_000 });
+  });
+
+  after(async () => {
+    await Promise.all(workers.map(({ worker }) => worker.drain({ timeoutMs: 1000 })));
+    client?.close();
+    await server?.stop();
+  });
+
+  test('three phases with progress: the watcher sees each phase, its progress and its result', async () => {
+    const seen = [];
+    await startWorker((worker) => worker.kind('node.thumbnail')
+      .phase('fetch', async (job, { progress, phase }) => {
+        seen.push({ phase, id: job.id, attempt: job.attempt, kind: job.kind, queue: job.queue, labels: job.labels, payload: job.json() });
+        progress(40, 'downloading');
+        return Buffer.from(`raw:${job.json().name}`);
+      })
+      .phase('resize', async (job, { progress }) => {
+        seen.push({ phase: 'resize', results: Object.keys(job.results) });
+        progress(60, 'resizing');
+        return `${job.results.fetch.toString()}:small`;
+      })
+      .phase('store', async (job, { progress }) => {
+        seen.push({ phase: 'store', results: Object.keys(job.results) });
+        progress(100, 'stored');
+        return { stored: job.results.resize.toString() };
+      }));
+
+    const { job } = await client.enqueue('node.thumbnail', { payload: { name: 'cat' }, labels: { team: 'media' } });
+    const events = await within(30_000, eventsOf(client, job.id), 'the job');
+
+    assert.equal(events.at(-1).type, 'EVENT_TYPE_SUCCEEDED', summary(events));
+    for (const [phase, percent, message] of [['fetch', 40, 'downloading'], ['resize', 60, 'resizing'], ['store', 100, 'stored']]) {
+      const progress = events.find((e) => e.type === 'EVENT_TYPE_PROGRESS' && e.phase === phase);
+      assert.ok(progress, `no progress of ${phase}: ${summary(events)}`);
+      const reported = progress.job.phases.find((p) => p.name === phase).progress;
+      assert.deepEqual([reported.percent, reported.message], [percent, message]);
+      const started = events.findIndex((e) => e.phase === phase && e.type === 'EVENT_TYPE_PHASE_STARTED');
+      const succeeded = events.findIndex((e) => e.phase === phase && e.type === 'EVENT_TYPE_PHASE_SUCCEEDED');
+      assert.ok(events.indexOf(progress) < succeeded, summary(events));
+      // The first phase may have started before the watch's snapshot; the later ones are seen starting.
+      if (phase !== 'fetch') assert.ok(started >= 0 && started < events.indexOf(progress), summary(events));
+    }
+
+    const stored = await client.get(job.id);
+    assert.deepEqual(stored.phases.map((p) => [p.name, p.state, p.result.toString()]), [
+      ['fetch', 'PHASE_STATE_SUCCEEDED', 'raw:cat'],
+      ['resize', 'PHASE_STATE_SUCCEEDED', 'raw:cat:small'],
+      ['store', 'PHASE_STATE_SUCCEEDED', '{"stored":"raw:cat:small"}'],
+    ]);
+    assert.deepEqual(seen, [
+      { phase: 'fetch', id: job.id, attempt: 1, kind: 'node.thumbnail', queue: 'default', labels: { team: 'media' }, payload: { name: 'cat' } },
+      { phase: 'resize', results: ['fetch'] },
+      { phase: 'store', results: ['fetch', 'resize'] },
+    ]);
+  });
+
+  test('a RetryableError retries the job after retryAfterMs, and the next attempt succeeds', async () => {
+    const attempts = [];
+    await startWorker((worker) => worker.kind('node.flaky', { maxAttempts: 3 })
+      .phase('call', async (job) => {
+        attempts.push({ attempt: job.attempt, at: Date.now() });
+        if (job.attempt === 1) throw new RetryableError('upstream busy', { retryAfterMs: 300 });
+        return 'ok';
+      }));
+
+    const { job } = await client.enqueue('node.flaky');
+    const events = await within(30_000, eventsOf(client, job.id), 'the job');
+
+    assert.equal(events.at(-1).type, 'EVENT_TYPE_SUCCEEDED', summary(events));
+    assert.ok(events.some((e) => e.type === 'EVENT_TYPE_RETRY_SCHEDULED'), summary(events));
+    assert.deepEqual(attempts.map((a) => a.attempt), [1, 2]);
+    assert.ok(attempts[1].at - attempts[0].at >= 250, `retried after ${attempts[1].at - attempts[0].at} ms, asked 300`);
+    const stored = await client.get(job.id);
+    assert.equal(stored.attempt, 2);
+    assert.equal(stored.errorHistory.length, 1);
+    assert.deepEqual(
+      [stored.errorHistory[0].type, stored.errorHistory[0].message, stored.errorHistory[0].retryable, stored.errorHistory[0].phase],
+      ['RetryableError', 'upstream busy', true, 'call'],
+    );
+    assert.equal(stored.phases[0].result.toString(), 'ok');
+  });
+
+  test('a PermanentError fails the job at once, with attempts left', async () => {
+    let calls = 0;
+    await startWorker((worker) => worker.kind('node.doomed', { maxAttempts: 5 })
+      .phase('validate', async () => {
+        calls += 1;
+        throw new PermanentError('the image is not an image');
+      })
+      .phase('never', async () => assert.fail('a phase after a permanent failure ran')));
+
+    const { job } = await client.enqueue('node.doomed');
+    const events = await within(30_000, eventsOf(client, job.id), 'the job');
+
+    assert.equal(events.at(-1).type, 'EVENT_TYPE_FAILED', summary(events));
+    const stored = await client.get(job.id);
+    assert.equal(stored.state, 'JOB_STATE_FAILED');
+    assert.equal(stored.attempt, 1);
+    assert.deepEqual([stored.error.type, stored.error.message, stored.error.retryable, stored.error.phase],
+      ['PermanentError', 'the image is not an image', false, 'validate']);
+    assert.equal(calls, 1);
+  });
+
+  test('a cancel reaches the running handler through its AbortSignal', async () => {
+    const started = deferred();
+    const aborted = deferred();
+    await startWorker((worker) => worker.kind('node.long')
+      .phase('wait', (job, { signal }) => new Promise((_, reject) => {
+        signal.addEventListener('abort', () => {
+          aborted.resolve({ reason: signal.reason, at: performance.now() });
+          reject(signal.reason);
+        });
+        started.resolve(job.id);
+      })));
+
+    const { job } = await client.enqueue('node.long');
+    assert.equal(await within(10_000, started.promise, 'the handler\'s start'), job.id);
+    const stream = client.watch(job.id);
+    assert.equal((await stream.next()).value.type, 'EVENT_TYPE_SNAPSHOT');
+    const asked = performance.now();
+    await client.cancel(job.id, 'changed my mind');
+    const { reason, at } = await within(5000, aborted.promise, 'the abort');
+    const events = [];
+    await within(10_000, (async () => { for await (const ev of stream) events.push(ev); })(), 'the job');
+
+    assert.equal(reason.why, 'cancel');
+    assert.match(reason.message, /changed my mind/);
+    assert.ok(at - asked < 1000, `the cancel reached the handler ${Math.round(at - asked)} ms after it was asked`);
+    assert.deepEqual(events.map((e) => e.type), ['EVENT_TYPE_CANCEL_REQUESTED', 'EVENT_TYPE_CANCELLED'], summary(events));
+    const stored = await client.get(job.id);
+    assert.equal(stored.state, 'JOB_STATE_CANCELLED');
+    assert.equal(stored.phases[0].state, 'PHASE_STATE_CANCELLED');
+  });
+});
