@@ -8,31 +8,7 @@ import { once } from 'node:events';
 
 import { JobwireClient, PermanentError, RetryableError, Worker } from '../src/index.js';
 import { startServer } from './live-server.js';
-
-/** `promise`, or a rejection naming `what` after `ms` milliseconds. */
-export function within(ms, promise, what) {
-  let timer;
-  const late = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-}
-
-/** A promise with its resolve function. */
-export function deferred() {
-  let resolve;
-  const promise = new Promise((r) => { resolve = r; });
-  return { promise, resolve };
-}
-
-/** Every event of a job until its terminal one. */
-export async function eventsOf(client, id) {
-  const events = [];
-  for await (const ev of client.watch(id)) events.push(ev);
-  return events;
-}
-
-const summary = (events) => events.map((e) => `${e.type.replace('EVENT_TYPE_', '')}${e.phase ? `(${e.phase})` : ''}`).join(' ');
+import { deferred, eventsOf, finalState, summary, within } from './waiting.js';
 
 describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () => {
   let server;
@@ -63,9 +39,11 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
 
   test('three phases with progress: the watcher sees each phase, its progress and its result', async () => {
     const seen = [];
+    const watching = deferred(); // the first phase reports once the watch has its snapshot
     await startWorker((worker) => worker.kind('node.thumbnail')
       .phase('fetch', async (job, { progress, phase }) => {
         seen.push({ phase, id: job.id, attempt: job.attempt, kind: job.kind, queue: job.queue, labels: job.labels, payload: job.json() });
+        await watching.promise;
         progress(40, 'downloading');
         return Buffer.from(`raw:${job.json().name}`);
       })
@@ -81,9 +59,9 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
       }));
 
     const { job } = await client.enqueue('node.thumbnail', { payload: { name: 'cat' }, labels: { team: 'media' } });
-    const events = await within(30_000, eventsOf(client, job.id), 'the job');
+    const events = await within(30_000, eventsOf(client, job.id, () => watching.resolve()), 'the job');
 
-    assert.equal(events.at(-1).type, 'EVENT_TYPE_SUCCEEDED', summary(events));
+    assert.equal(finalState(events), 'JOB_STATE_SUCCEEDED', summary(events));
     for (const [phase, percent, message] of [['fetch', 40, 'downloading'], ['resize', 60, 'resizing'], ['store', 100, 'stored']]) {
       const progress = events.find((e) => e.type === 'EVENT_TYPE_PROGRESS' && e.phase === phase);
       assert.ok(progress, `no progress of ${phase}: ${summary(events)}`);
@@ -111,17 +89,21 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
 
   test('a RetryableError retries the job after retryAfterMs, and the next attempt succeeds', async () => {
     const attempts = [];
+    const watching = deferred(); // the first attempt fails once the watch has its snapshot
     await startWorker((worker) => worker.kind('node.flaky', { maxAttempts: 3 })
       .phase('call', async (job) => {
         attempts.push({ attempt: job.attempt, at: Date.now() });
-        if (job.attempt === 1) throw new RetryableError('upstream busy', { retryAfterMs: 300 });
+        if (job.attempt === 1) {
+          await watching.promise;
+          throw new RetryableError('upstream busy', { retryAfterMs: 300 });
+        }
         return 'ok';
       }));
 
     const { job } = await client.enqueue('node.flaky');
-    const events = await within(30_000, eventsOf(client, job.id), 'the job');
+    const events = await within(30_000, eventsOf(client, job.id, () => watching.resolve()), 'the job');
 
-    assert.equal(events.at(-1).type, 'EVENT_TYPE_SUCCEEDED', summary(events));
+    assert.equal(finalState(events), 'JOB_STATE_SUCCEEDED', summary(events));
     assert.ok(events.some((e) => e.type === 'EVENT_TYPE_RETRY_SCHEDULED'), summary(events));
     assert.deepEqual(attempts.map((a) => a.attempt), [1, 2]);
     assert.ok(attempts[1].at - attempts[0].at >= 250, `retried after ${attempts[1].at - attempts[0].at} ms, asked 300`);
@@ -147,7 +129,7 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
     const { job } = await client.enqueue('node.doomed');
     const events = await within(30_000, eventsOf(client, job.id), 'the job');
 
-    assert.equal(events.at(-1).type, 'EVENT_TYPE_FAILED', summary(events));
+    assert.equal(finalState(events), 'JOB_STATE_FAILED', summary(events));
     const stored = await client.get(job.id);
     assert.equal(stored.state, 'JOB_STATE_FAILED');
     assert.equal(stored.attempt, 1);
