@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from grpc import aio
 from jobwire.v1 import worker_pb2, worker_pb2_grpc
 
 from tests.conftest import REPO
+from tests.testkit import error_details
 
 
 class WorkerProcess:
@@ -106,8 +108,13 @@ class RawSession:
                 return
             yield message
 
-    def send(self, **message: Any) -> None:
-        self._outbox.put_nowait(worker_pb2.ConnectRequest(**message))
+    def send(self, hello: worker_pb2.WorkerHello | None = None, **message: Any) -> None:
+        if hello is not None:
+            message["hello"] = hello
+        self.put(worker_pb2.ConnectRequest(**message))
+
+    def put(self, message: worker_pb2.ConnectRequest) -> None:
+        self._outbox.put_nowait(message)
 
     async def recv(self, within: float = 10.0) -> worker_pb2.ConnectResponse:
         async with asyncio.timeout(within):
@@ -132,6 +139,11 @@ class RawSession:
                 while await self.call.read() is not aio.EOF:
                     pass
             return await self.call.code()  # type: ignore[no-any-return]
+
+    async def reason(self) -> tuple[str, dict[str, str]]:
+        """(ErrorInfo reason, BadRequest fields) of the status the stream ended with."""
+        metadata = await self.call.trailing_metadata()
+        return error_details(SimpleNamespace(trailing_metadata=lambda: metadata))
 
     async def close(self) -> grpc.StatusCode:
         """Half-close and wait for the server to end the stream."""
