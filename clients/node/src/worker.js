@@ -592,14 +592,8 @@ export class Worker extends EventEmitter {
     if (!task || task.attempt !== cancel.attempt || task.cancelReason !== null) return;
     task.cancelReason = cancel.reason;
     if (!task.running) return; // between phases: the phase done's ack decides
-    const { controller } = task;
-    controller.abort(abortReason('cancel', `the job was cancelled${cancel.reason ? `: ${cancel.reason}` : ''}`));
-    const graceMs = durationToMs(cancel.grace);
-    setTimeout(() => {
-      if (task.running && task.controller === controller) {
-        this.emit('warning', `job ${task.jobId}: the handler of phase ${task.phase} ignored its cancellation for ${graceMs} ms; abandoned, it keeps its slot until it returns`);
-      }
-    }, graceMs).unref();
+    // The handler has the cancel's grace to return; after it the server finishes the job without it.
+    task.controller.abort(abortReason('cancel', `the job was cancelled${cancel.reason ? `: ${cancel.reason}` : ''}`));
   }
 
   /** The job is no longer this worker's: its slot frees once its handler (if running) returns. */
@@ -610,6 +604,8 @@ export class Worker extends EventEmitter {
     if (task.running) {
       if (reason && !task.controller.signal.aborted) task.controller.abort(reason);
       this._abandoned.add(task);
+      this.emit('warning', `job ${task.jobId}: over for this worker while the handler of phase ${task.phase} still runs; `
+        + 'the handler keeps its slot until it returns');
     } else {
       this._freed();
     }

@@ -1,12 +1,14 @@
 // The Node worker against a real server: a three-phase job with progress seen by a watcher, a retry
-// (RetryableError, then success), a PermanentError that fails the job at once, and a cancel that
-// reaches the handler's AbortSignal. Each test runs its own Worker in this process, on kinds of its own.
+// (RetryableError, then success), a PermanentError that fails the job at once, a cancel that reaches
+// the handler's AbortSignal, a handler that ignores its cancel keeping its slot until it returns,
+// drain (running jobs finish, nothing new is taken, what does not finish in time is given back) and a
+// refused hello (KIND_MISMATCH). Each test runs its own Workers in this process, on kinds of its own.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 
-import { JobwireClient, PermanentError, RetryableError, Worker } from '../src/index.js';
+import { JobwireClient, JobwireError, PermanentError, RetryableError, Worker } from '../src/index.js';
 import { startServer } from './live-server.js';
 import { deferred, eventsOf, finalState, summary, within } from './waiting.js';
 
@@ -167,5 +169,113 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
     const stored = await client.get(job.id);
     assert.equal(stored.state, 'JOB_STATE_CANCELLED');
     assert.equal(stored.phases[0].state, 'PHASE_STATE_CANCELLED');
+  });
+
+  test('a handler that ignores its cancel keeps its slot until it returns', async () => {
+    const timeline = [];
+    const started = deferred();
+    const gate = deferred();
+    const worker = await startWorker((w) => w.kind('node.stubborn').phase('hold', async (job) => {
+      if (job.json().first) {
+        started.resolve(job.id);
+        await gate.promise; // deaf to its signal
+        timeline.push('first returned');
+        return 'late';
+      }
+      timeline.push('second started');
+      return 'second';
+    }), { slots: 1 });
+    await startWorker((w) => w.kind('node.probe').phase('probe', () => 'probed'));
+
+    const { job: first } = await client.enqueue('node.stubborn', { payload: { first: true } });
+    await within(10_000, started.promise, 'the first job\'s start');
+    const abandoned = new Promise((resolve) => worker.on('warning', (m) => m.includes(first.id) && resolve(m)));
+    await client.cancel(first.id, 'stop');
+    // After the cancel's grace (2 s here) the server finishes the job without the handler.
+    assert.match(await within(10_000, abandoned, 'the abandonment'), /keeps its slot until it returns/);
+    assert.equal((await client.get(first.id)).state, 'JOB_STATE_CANCELLED');
+    assert.equal(worker.busy, 1, 'the abandoned handler still takes the one slot');
+
+    const { job: second } = await client.enqueue('node.stubborn', { payload: { first: false } });
+    // A job enqueued after the second one, run by another worker: the server has dispatched since.
+    const { job: probe } = await client.enqueue('node.probe');
+    assert.equal(finalState(await within(10_000, eventsOf(client, probe.id), 'the probe')), 'JOB_STATE_SUCCEEDED');
+    assert.equal((await client.get(second.id)).state, 'JOB_STATE_QUEUED', 'no slot was free for the second job');
+    assert.deepEqual(timeline, []);
+
+    gate.resolve();
+    assert.equal(finalState(await within(10_000, eventsOf(client, second.id), 'the second job')), 'JOB_STATE_SUCCEEDED');
+    assert.deepEqual(timeline, ['first returned', 'second started']);
+    assert.deepEqual((await client.get(first.id)).phases.map((p) => p.state), ['PHASE_STATE_CANCELLED'], 'the late result was dropped');
+  });
+
+  test('drain lets running jobs finish and takes nothing new', async () => {
+    const ranBy = [];
+    const started = deferred();
+    const gate = deferred();
+    const declare = (name) => (w) => w.kind('node.drained').phase('work', async (job) => {
+      ranBy.push([job.json().n, name]);
+      if (job.json().n === 1) {
+        started.resolve();
+        await gate.promise;
+      }
+      return name;
+    });
+    const draining = await startWorker(declare('first'));
+    const { job: one } = await client.enqueue('node.drained', { payload: { n: 1 } });
+    await within(10_000, started.promise, 'the first job\'s start');
+
+    const order = [];
+    const drained = draining.drain().then(() => order.push('drained'));
+    const { job: two } = await client.enqueue('node.drained', { payload: { n: 2 } });
+    await startWorker(declare('second'));
+    assert.equal(finalState(await within(15_000, eventsOf(client, two.id), 'the job enqueued during the drain')), 'JOB_STATE_SUCCEEDED');
+    assert.deepEqual(order, [], 'the drain waits for the running job');
+
+    order.push('released');
+    gate.resolve();
+    await within(10_000, drained, 'the drain');
+    assert.deepEqual(order, ['released', 'drained']);
+    assert.deepEqual(ranBy.sort(), [[1, 'first'], [2, 'second']]);
+    const stored = await client.get(one.id);
+    assert.deepEqual([stored.state, stored.attempt, stored.phases[0].result.toString()], ['JOB_STATE_SUCCEEDED', 1, 'first']);
+  });
+
+  test('drain gives back a job that does not finish in time, without spending its attempt', async () => {
+    const started = deferred();
+    const stopped = deferred();
+    const draining = await startWorker((w) => w.kind('node.slow').phase('work', (job, { signal }) => new Promise((resolve, reject) => {
+      started.resolve();
+      signal.addEventListener('abort', () => {
+        stopped.resolve(signal.reason);
+        reject(signal.reason);
+      });
+    })));
+    const { job } = await client.enqueue('node.slow', { maxAttempts: 1 });
+    await within(10_000, started.promise, 'the start');
+
+    await within(10_000, draining.drain({ timeoutMs: 200 }), 'the drain');
+    assert.equal((await within(1000, stopped.promise, 'the stop')).why, 'drain');
+    const back = await client.get(job.id);
+    assert.equal(back.state, 'JOB_STATE_QUEUED');
+    assert.deepEqual([back.errorHistory.at(-1).type, back.errorHistory.at(-1).interrupted], ['RELEASED', true]);
+
+    await startWorker((w) => w.kind('node.slow').phase('work', () => 'finished elsewhere'));
+    assert.equal(finalState(await within(15_000, eventsOf(client, job.id), 'the job')), 'JOB_STATE_SUCCEEDED');
+    assert.equal((await client.get(job.id)).phases[0].result.toString(), 'finished elsewhere');
+  });
+
+  test('a worker declaring a known kind with other phases is refused for good: KIND_MISMATCH', async () => {
+    await startWorker((w) => w.kind('node.versioned').phase('one', () => 1));
+    const changed = new Worker({ target: server.target });
+    changed.kind('node.versioned').phase('one', () => 1).phase('two', () => 2);
+    const disconnects = [];
+    changed.on('disconnect', (info) => disconnects.push(info));
+    await assert.rejects(within(10_000, changed.run(), 'the refusal'), (err) => {
+      assert.ok(err instanceof JobwireError);
+      assert.deepEqual([err.codeName, err.reason, err.errorMetadata.kind], ['FAILED_PRECONDITION', 'KIND_MISMATCH', 'node.versioned']);
+      return true;
+    });
+    assert.deepEqual(disconnects, [], 'a refusal is not retried');
   });
 });
