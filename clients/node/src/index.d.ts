@@ -349,8 +349,8 @@ export interface AbortReason extends Error {
   name: 'AbortError';
   code: 'ABORT_ERR';
   /**
-   * 'cancel': the job was cancelled, or its phase ran past its timeout, or the server is shutting down
-   * (the message says which); 'drain': this worker's drain ran out of time; 'lost': the attempt is not
+   * 'cancel': the job was cancelled, its phase ran past its timeout, or the server is shutting down
+   * (the message ends with the server's reason: the user's, the timeout, or "shutdown"); 'drain': this worker's drain ran out of time; 'lost': the attempt is not
    * this worker's any more (fenced, dropped after a reconnect, or the worker stopped).
    */
   why: 'cancel' | 'drain' | 'lost';

@@ -593,7 +593,7 @@ export class Worker extends EventEmitter {
     task.cancelReason = cancel.reason;
     if (!task.running) return; // between phases: the phase done's ack decides
     // The handler has the cancel's grace to return; after it the server finishes the job without it.
-    task.controller.abort(abortReason('cancel', `the job was cancelled${cancel.reason ? `: ${cancel.reason}` : ''}`));
+    task.controller.abort(abortReason('cancel', `stopped by the server: ${cancel.reason || 'cancelled'}`));
   }
 
   /** The job is no longer this worker's: its slot frees once its handler (if running) returns. */
