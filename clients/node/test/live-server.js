@@ -33,6 +33,7 @@ function freePort() {
  * `{target, stop()}` of a serving jobwire server; throws with its output when it does not start.
  * `flags` are added to `serve`'s arguments; giving the `dir` (and `target`) of a stopped server starts
  * it again on the same database (and address); a `dir` given is left in place by `stop()`.
+ * `stop()` sends SIGTERM (the server drains); `stop('SIGKILL')` kills it where it stands.
  */
 export async function startServer({ flags = [], dir, target, readyMs = 20_000 } = {}) {
   const ownDir = !dir;
@@ -44,8 +45,8 @@ export async function startServer({ flags = [], dir, target, readyMs = 20_000 } 
   server.stdout.on('data', (chunk) => { output += chunk; });
   server.stderr.on('data', (chunk) => { output += chunk; });
   const exited = new Promise((resolve) => server.on('exit', (code, signal) => resolve({ code, signal })));
-  const stop = async () => {
-    if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
+  const stop = async (signal = 'SIGTERM') => {
+    if (server.exitCode === null && server.signalCode === null) server.kill(signal);
     const status = await exited;
     if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
     return status;

@@ -4,7 +4,10 @@
 //    the phase done that was waiting is sent on the new session: the job ends on its first attempt;
 //  - the server restarts (SIGTERM, then the same database on the same address): the draining server
 //    stops the running phase, the worker reconnects to the new process and runs the job again from the
-//    phase that was interrupted, and takes new jobs.
+//    phase that was interrupted, and takes new jobs;
+//  - the server is killed (SIGKILL) and started again: the new process does not hold the job the worker
+//    still runs, so the welcome drops it (its handler is aborted); once the job's lease runs out the
+//    server requeues it and the worker runs it again.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +21,8 @@ import { startServer } from './live-server.js';
 import { deferred, eventsOf, finalState, summary, within } from './waiting.js';
 
 const FAST_RECONNECT = { initialBackoffMs: 20, maxBackoffMs: 200 };
+// Short leases, so that a job left by a killed server is requeued within the test.
+const FLAGS = ['--shutdown-grace', '1', '--cancel-grace', '0.5', '--lease-ttl', '2'];
 
 /** The next time `worker` emits `name` with an argument `accept` takes. */
 function next(worker, name, accept = () => true) {
@@ -80,7 +85,7 @@ describe('a Node worker reconnects', { timeout: 120_000 }, () => {
 
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-worker-'));
-    server = await startServer({ dir, flags: ['--shutdown-grace', '1', '--cancel-grace', '0.5'] });
+    server = await startServer({ dir, flags: FLAGS });
     client = new JobwireClient(server.target, {
       timeoutMs: 15_000, channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
     });
@@ -177,7 +182,7 @@ describe('a Node worker reconnects', { timeout: 120_000 }, () => {
       assert.ok(disconnects.length >= 1, 'the worker saw its session end');
 
       const welcomedAgain = next(worker, 'session');
-      server = await startServer({ dir, target: server.target, flags: ['--shutdown-grace', '1', '--cancel-grace', '0.5'] });
+      server = await startServer({ dir, target: server.target, flags: FLAGS });
       await within(15_000, welcomedAgain, 'the welcome from the new server');
 
       const events = await within(20_000, eventsOf(client, job.id), 'the job');
@@ -197,6 +202,47 @@ describe('a Node worker reconnects', { timeout: 120_000 }, () => {
       assert.equal(finalState(freshEvents), 'JOB_STATE_SUCCEEDED', summary(freshEvents));
       assert.ok(sessions.length >= 2, `sessions: ${sessions.length}`);
       assert.notEqual(sessions[0].sessionId, sessions.at(-1).sessionId);
+    } finally {
+      await worker.drain({ timeoutMs: 1000 });
+      await running;
+    }
+  });
+
+  test('after the server was killed it drops the job the new server does not hold, and runs it again', async () => {
+    const worker = new Worker({ target: server.target, slots: 2, workerId: 'node-crash-worker', reconnect: FAST_RECONNECT });
+    const runs = [];
+    const first = deferred();
+    const aborted = deferred();
+    worker.kind('node.crashproof').phase('work', (job, { signal }) => {
+      runs.push(job.attempt);
+      if (runs.length > 1) return `attempt ${job.attempt}`;
+      first.resolve(job.id);
+      return new Promise((_, reject) => signal.addEventListener('abort', () => {
+        aborted.resolve(signal.reason);
+        reject(signal.reason);
+      }));
+    });
+    const firstSession = next(worker, 'session');
+    const running = worker.run();
+    try {
+      await within(10_000, firstSession, 'the first welcome');
+      const { job } = await client.enqueue('node.crashproof', { maxAttempts: 3 });
+      assert.equal(await within(10_000, first.promise, 'the first run'), job.id);
+
+      const { signal } = await server.stop('SIGKILL');
+      assert.equal(signal, 'SIGKILL');
+      const welcomedAgain = next(worker, 'session');
+      server = await startServer({ dir, target: server.target, flags: FLAGS });
+      const welcome = await within(15_000, welcomedAgain, 'the welcome from the new server');
+      assert.deepEqual([welcome.kept, welcome.dropped], [[], [job.id]]);
+      assert.equal((await within(5000, aborted.promise, 'the abort')).why, 'lost');
+
+      const events = await within(30_000, eventsOf(client, job.id), 'the job');
+      assert.equal(finalState(events), 'JOB_STATE_SUCCEEDED', summary(events));
+      const stored = await client.get(job.id);
+      assert.deepEqual(runs, [1, 2]);
+      assert.equal(stored.phases[0].result.toString(), 'attempt 2');
+      assert.equal(stored.errorHistory.at(-1)?.interrupted, true, 'the lost attempt is recorded as interrupted');
     } finally {
       await worker.drain({ timeoutMs: 1000 });
       await running;

@@ -29,7 +29,7 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
   }
 
   before(async () => {
-    server = await startServer({ flags: ['--cancel-grace', '2'] });
+    server = await startServer({ flags: ['--cancel-grace', '2', '--max-payload-bytes', '4096'] });
     client = new JobwireClient(server.target, { timeoutMs: 15_000 });
   });
 
@@ -138,6 +138,21 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
     assert.deepEqual([stored.error.type, stored.error.message, stored.error.retryable, stored.error.phase],
       ['PermanentError', 'the image is not an image', false, 'validate']);
     assert.equal(calls, 1);
+  });
+
+  test('a result larger than the server takes fails the job, permanently', async () => {
+    await startWorker((worker) => worker.kind('node.bulky', { maxAttempts: 3 })
+      .phase('fits', () => Buffer.alloc(4096, 1))
+      .phase('too-big', () => 'x'.repeat(4097)));
+    const { job } = await client.enqueue('node.bulky');
+    const events = await within(30_000, eventsOf(client, job.id), 'the job');
+
+    assert.equal(finalState(events), 'JOB_STATE_FAILED', summary(events));
+    const stored = await client.get(job.id);
+    assert.equal(stored.phases[0].result.length, 4096);
+    assert.deepEqual([stored.error.type, stored.error.retryable, stored.error.phase, stored.attempt],
+      ['RESULT_TOO_LARGE', false, 'too-big', 1]);
+    assert.match(stored.error.message, /4097 bytes/);
   });
 
   test('a cancel reaches the running handler through its AbortSignal', async () => {
