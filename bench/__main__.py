@@ -35,7 +35,7 @@ from typing import Any
 
 from jobwire_server.config import SYNCHRONOUS_MODES
 
-from bench import bulk, crosswatch, drain, enqueue, fanout, idle, pg, pickup, replicas, search
+from bench import bulk, crosswatch, drain, enqueue, fanout, idle, pg, pickup, remote, replicas, search
 from bench.common import ROOT, STORES, Figure, Refused, Run, ServerLog, Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -48,6 +48,7 @@ MEASURES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "produce": drain.measure_produce,
     "drain": drain.measure_drain,
     "pickup": pickup.measure,
+    "remote": remote.measure,
     "fanout": fanout.measure,
     "idle": idle.measure,
     "bulk": bulk.measure,

@@ -230,16 +230,30 @@ async def test_a_cancel_between_phases_stops_at_the_boundary(app: App, stub: Any
     assert (final.phases[0].result, final.phases[1].state) == (b"kept", E.PHASE_STATE_CANCELLED)
 
 
-async def test_credit_is_respected_and_comes_back_only_from_the_worker(app: App, stub: Any) -> None:
+async def test_a_slot_comes_back_with_the_final_ack(app: App, stub: Any) -> None:
     session = await connect(app, slots=1)
     first, second = await enqueue(stub), await enqueue(stub)
     assign = await assigned(session)
+    assert (await stub.GetJob(E.GetJobRequest(id=second.id))).state == E.JOB_STATE_QUEUED  # no credit left
     await report(session, done(assign))
-    await report(session, done(assign, phase="two"))
-    assert (await stub.GetJob(E.GetJobRequest(id=second.id))).state == E.JOB_STATE_QUEUED
-    session.send(credit=W.WorkerCredit(slots=1))
-    nxt = await assigned(session)
+    assert (await stub.GetJob(E.GetJobRequest(id=second.id))).state == E.JOB_STATE_QUEUED  # not final yet
+    final = await report(session, done(assign, phase="two"))
+    assert (final.status, final.next_phase) == (W.ACK_STATUS_OK, "")
+    nxt = await assigned(session)  # the commit that finished the first claimed the second
     assert {assign.job_id, nxt.job_id} == {first.id, second.id}
+
+
+async def test_a_job_taken_back_keeps_its_slot_until_the_worker_closes_it(app: App, stub: Any) -> None:
+    session = await connect(app, slots=1)
+    job, other = await enqueue(stub), await enqueue(stub)
+    assign = await assigned(session)
+    await stub.CancelJob(E.CancelJobRequest(id=job.id))
+    await session.recv_only("cancel")
+    assert (await finished(stub, job.id)).job.state == E.JOB_STATE_CANCELLED  # abandoned after the grace
+    assert (await stub.GetJob(E.GetJobRequest(id=other.id))).state == E.JOB_STATE_QUEUED  # its handler may still run
+    closing = await report(session, done(assign))  # the handler returned at last
+    assert closing.status == W.ACK_STATUS_FENCED
+    assert (await assigned(session)).job_id == other.id
 
 
 async def test_a_reconnecting_worker_keeps_its_job_and_resends_its_report(app: App, stub: Any) -> None:

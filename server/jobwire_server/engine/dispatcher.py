@@ -103,13 +103,14 @@ class Dispatcher:
         ready (an enqueue due now, a retry, a rescue)."""
         if not self._claiming:
             return None
-        finishing = [op.change for op in ops if isinstance(op, ApplyChange) and op.change.job.state not in _BUSY
-                     and not self._runs_remotely(op.change.job.id)]
+        ended = [op.change for op in ops if isinstance(op, ApplyChange) and op.change.job.state not in _BUSY]
+        finishing = [change for change in ended if not self._runs_remotely(change.job.id)]
+        remote_finishing = [change.job.id for change in ended if self._runs_remotely(change.job.id)]
         readying = any(_may_ready(op) for op in ops)
-        if not (self._wanted or finishing or readying):
+        if not (self._wanted or ended or readying):
             return None
         limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM)
-        remote = self._remote.claim_room() if self._remote is not None else ()
+        remote = self._remote.claim_room(remote_finishing) if self._remote is not None else ()
         if limit == 0 and not remote and not self._wanted:
             return None  # nothing could start; a freed slot or the timer claims (and promotes) later
         self._wanted = False

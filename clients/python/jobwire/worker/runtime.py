@@ -4,12 +4,13 @@
     worker = Worker("jobs.internal:50051", [thumbnail], slots=8, token=...)
     await worker.run()          # until worker.shutdown() (SIGTERM in `jobwire worker`)
 
-Slots are an explicit budget: the hello declares them, each assignment spends one, and one comes
-back (a credit message) only when a job's runner has ended: its final ack arrived and its handler
-returned. A handler that ignores a cancel keeps its slot until it returns, even after the server
-abandoned it. Jobs outlive a dropped stream: the worker reconnects with jittered backoff, names the
-jobs it still runs in its hello, and resends the report that was waiting for an ack; the server says
-which jobs it keeps.
+Slots are an explicit budget: the hello declares them, each assignment spends one, and every
+assignment ends with one closing report (the last phase done, or `released`) whose final ack gives
+the slot back. A job the server takes back (abandoned after a cancel, fenced, dropped at a reconnect)
+is still closed that way once its handler has returned, so a handler that ignores a cancel keeps its
+slot until it returns. Jobs outlive a dropped stream: the worker reconnects with jittered backoff,
+names the jobs it still runs in its hello, and resends the report that was waiting for an ack; the
+server says which jobs it keeps.
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class Worker:
         #: Runners alive (abandoned handlers included): the slots in use.
         self.busy = 0
         self._outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] | None = None
-        self._credit_due = 0
         self._draining = False
         self._stopping: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -221,8 +221,9 @@ class Worker:
         return aio.secure_channel(self.target, self._tls.credentials(), options=options)
 
     def _hello(self) -> worker_pb2.WorkerHello:
+        # Every job still running, the ones the server took back too: each holds a slot here.
         held = [worker_pb2.HeldJob(job_id=job.id, attempt=job.attempt, phase=job.phase)
-                for job in self._jobs.values() if not job.fenced][: self.slots]
+                for job in self._jobs.values()][: self.slots]
         return worker_pb2.WorkerHello(worker_id=self.worker_id, sdk_name=SDK_NAME, sdk_version=__version__,
                                       kinds=[protocol.declare(kind) for kind in self._kinds.values()],
                                       queues=list(self.queues), slots=self.slots, held=held)
@@ -263,10 +264,8 @@ class Worker:
             if job is not None:
                 job.fenced = True
                 job.stop_handler()
-                job.answer(None)
-        for job_id in welcome.keep_job_ids:
-            job = self._jobs.get(job_id)
-            if job is not None and job.unacked is not None:
+        for job in self._jobs.values():
+            if job.unacked is not None:
                 self._send(job.unacked)  # its ack was lost with the old stream
         self.connected.set()
         log.info("worker %s: connected to %s (session %s, %d jobs kept)", self.worker_id, self.target,
@@ -288,7 +287,7 @@ class Worker:
             return
         if job.ack is not None and not job.ack.done():
             job.answer(ack)
-        elif ack.status in (FENCED, CANCELLED):  # a started or progress report was refused
+        elif ack.status in (FENCED, CANCELLED):  # the job was taken from this worker: stop, then close it
             job.fenced = True
             job.stop_handler()
         else:
@@ -308,13 +307,10 @@ class Worker:
             if self._jobs.get(job.id) is job:
                 del self._jobs[job.id]
             self.busy -= 1
-            self._give_credit()
 
     async def _phases(self, job: _Job) -> None:
         while True:
             report = await self._run_phase(job)
-            if report is None:
-                return
             ack = await self._report(job, report)
             if ack is not None and ack.status == REJECTED and ack.reason == "RESULT_TOO_LARGE":
                 too_large = PermanentError(f"phase {job.phase!r}: {ack.detail}")
@@ -327,8 +323,11 @@ class Worker:
             job.results[job.phase] = report.phase_done.result
             job.phase = ack.next_phase
 
-    async def _run_phase(self, job: _Job) -> worker_pb2.ConnectRequest | None:
-        """Run the current phase; its report (None: fenced, say nothing)."""
+    async def _run_phase(self, job: _Job) -> worker_pb2.ConnectRequest:
+        """Run the current phase; its report (`released` when the job was taken from this worker:
+        the answer to it gives the slot back)."""
+        if job.fenced:
+            return _released(job, "taken back by the server")
         if job.cancel_reason is not None:
             return protocol.phase_done(job.id, job.attempt, job.phase, None, cancelled=True)
         function = self._kinds[job.assign.kind].function_for(job.phase)
@@ -343,13 +342,13 @@ class Worker:
         finally:
             job.handler = None
         if job.fenced:
-            return None
+            return _released(job, "taken back by the server")
         if job.releasing and handler.cancelled():
             return _released(job, "the worker is shutting down")
         return protocol.phase_done(job.id, job.attempt, job.phase, handler)
 
     async def _report(self, job: _Job, report: worker_pb2.ConnectRequest) -> worker_pb2.WorkerAck | None:
-        """Send a report and wait for its ack, across reconnects; None when the job was dropped."""
+        """Send a report and wait for its ack, across reconnects (resent after each welcome)."""
         job.unacked = report
         job.ack = asyncio.get_running_loop().create_future()
         self._send(report)
@@ -369,17 +368,6 @@ class Worker:
         return JobContext(job_id=job.id, kind=assign.kind, queue=assign.queue, attempt=job.attempt,
                           payload=assign.payload, labels=dict(assign.labels), results=dict(job.results),
                           phase=job.phase, report=progress, loop=asyncio.get_running_loop())
-
-    def _give_credit(self) -> None:
-        """One credit message for the slots freed in this turn of the loop."""
-        self._credit_due += 1
-        if self._credit_due == 1:
-            asyncio.get_running_loop().call_soon(self._flush_credit)
-
-    def _flush_credit(self) -> None:
-        slots, self._credit_due = self._credit_due, 0
-        if not self._draining:
-            self._send(worker_pb2.ConnectRequest(credit=worker_pb2.WorkerCredit(slots=slots)))
 
 
 async def _requests(outbox: asyncio.Queue[worker_pb2.ConnectRequest | None]) -> AsyncIterator[

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.errors import JobNotFound
@@ -85,15 +85,23 @@ class RemoteExecutor:
 
     # ------------------------------------------------------------------ what the dispatcher asks
 
-    def claim_room(self) -> tuple[RemoteRoom, ...]:
-        """Room on the connected workers, grouped by what they serve: a claim takes at most this."""
+    def claim_room(self, finishing: Collection[str] = ()) -> tuple[RemoteRoom, ...]:
+        """Room on the connected workers, grouped by what they serve: a claim takes at most this.
+        `finishing`: jobs the same transaction finishes; the final ack of each gives its slot back,
+        so the commit that finishes a job can claim its successor, as in-process."""
         if not self.accepting or self._backlog:
             return ()  # assign what is claimed already first
+        freed: dict[str, int] = {}
+        for job_id in finishing:
+            run = self._runs.get(job_id)
+            if run is not None and run.answering and run.live and run.session is not None:
+                freed[run.session.id] = freed.get(run.session.id, 0) + 1
         groups: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         for session in self._sessions.values():
-            if session.may_assign():
+            room = session.credit + freed.get(session.id, 0)
+            if room > 0 and not session.closed and not session.draining:
                 key = (tuple(sorted(session.kinds)), tuple(sorted(session.queues)))
-                groups[key] = groups.get(key, 0) + session.credit
+                groups[key] = groups.get(key, 0) + room
         return tuple(RemoteRoom(kinds, queues, room) for (kinds, queues), room in groups.items())
 
     def holds(self, job_id: str) -> bool:
@@ -119,6 +127,8 @@ class RemoteExecutor:
         keep, drop = await self._adopt(session, hello)
         self._sessions[session.id] = session
         session.send(Welcome(session.id, self.lease_ttl, self.ping_interval, keep, drop, self.max_result_bytes))
+        # Dropped jobs still hold the worker's slots until it reports them (the answer gives each back).
+        session.ghosts.update((h.job_id, h.attempt) for h in hello.held if h.job_id in drop)
         session.add_credit(hello.slots)
         for run in session.runs.values():
             if run.cancel_requested:
@@ -188,6 +198,8 @@ class RemoteExecutor:
             log.info("worker %r (session %s) is draining", session.worker_id, session.id)
 
     def credit(self, session: Session, slots: int) -> None:
+        """Slots the worker says are free beyond those the server counts (rare: each final ack
+        already gives its job's slot back)."""
         session.add_credit(slots)
         self._assign_backlog()
         if session.credit > 0:
@@ -235,7 +247,7 @@ class RemoteExecutor:
             run.session.send(CancelCommand(run.job.id, run.job.attempt, "assignment not started in time", 0.0))
         error = JobError("worker did not start the assignment in time", "NOT_STARTED", True, run.phase,
                          run.job.attempt, True, self._clock.now())
-        self._spawn(self._finish_with(run, hand_back(run.job, error, self._clock.now()), AckStatus.FENCED))
+        self._spawn(self._finish_with(run, hand_back(run.job, error, self._clock.now())))
 
     # ------------------------------------------------------------------ reports
 
@@ -246,6 +258,12 @@ class RemoteExecutor:
             return
         run = self._runs.get(report.job_id)
         if run is None or run.session is not session or run.job.attempt != report.attempt:
+            if session.ghosts.get(report.job_id) == report.attempt and isinstance(report, PhaseDone | Released):
+                del session.ghosts[report.job_id]  # the closing report of a job taken from the worker
+                session.send(self._recent.get((report.job_id, report.attempt))
+                             or _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the attempt was taken back"))
+                self._give_slot(session)
+                return
             session.send(await self._not_held(report, run))
             return
         async with run.lock:
@@ -297,7 +315,8 @@ class RemoteExecutor:
             return
         change = report_progress(run.job, run.index, report.percent, report.message[:1024], self._clock.now())
         if not await self._commit(run, change):
-            self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
+            self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"),
+                       answered=False)
 
     async def _phase_done(self, run: Run, report: PhaseDone) -> None:
         session = run.session
@@ -310,6 +329,7 @@ class RemoteExecutor:
                               detail=f"results are limited to {self.max_result_bytes} bytes, got {report.size}"))
             return
         run.disarm()
+        run.answering = True  # a commit that finishes the job here gives its slot back with the ack
         outcome = self._outcome(run, report.outcome)
         index = run.index
         if not await self._commit(run, self._change(run, index, outcome)):
@@ -322,6 +342,7 @@ class RemoteExecutor:
                 self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
                 return
         if run.job.state is JobState.RUNNING:
+            run.answering = False
             self._arm_phase_timeout(run)
             session.send(_ack(report, AckStatus.OK, next_phase=run.phase))
             return
@@ -336,6 +357,7 @@ class RemoteExecutor:
         return _ack(report, AckStatus.REJECTED, AckReason.WRONG_PHASE, detail=f"the running phase is {run.phase!r}")
 
     async def _released(self, run: Run, report: Released) -> None:
+        run.answering = True
         now = self._clock.now()
         if run.cancel_requested:
             change = self._change(run, run.index, Cancelled())
@@ -379,29 +401,49 @@ class RemoteExecutor:
             committed.job, cancel_requested=True, cancel_reason=run.job.cancel_reason)
         return True
 
-    def _drop(self, run: Run, final: Ack) -> None:
-        """The attempt is over for this worker: send the final ack (its slot comes back with it)."""
+    def _drop(self, run: Run, ack: Ack | None, *, answered: bool = True) -> None:
+        """The attempt is over for this worker. `answered`: `ack` answers the worker's closing report
+        (phase done or released), so it is final and gives the job's slot back. Otherwise the job was
+        taken from the worker (abandoned, not started in time, changed under it): the worker keeps
+        the slot until its handler returns and it reports, and that report's answer gives it back."""
         run.disarm()
         if self._runs.get(run.job.id) is run:
             del self._runs[run.job.id]
-        if run.session is not None:
-            run.session.runs.pop(run.job.id, None)
-            run.session.send(final)
-        self._recent[(final.job_id, final.attempt)] = final
-        while len(self._recent) > RECENT_ACKS:
-            self._recent.popitem(last=False)
+        session = run.session
+        if session is not None:
+            session.runs.pop(run.job.id, None)
+            if ack is not None:
+                session.send(ack)
+            if answered:
+                self._give_slot(session)
+            else:
+                session.ghosts[run.job.id] = run.job.attempt
+        if answered and ack is not None:
+            self._recent[(ack.job_id, ack.attempt)] = ack
+            while len(self._recent) > RECENT_ACKS:
+                self._recent.popitem(last=False)
         self._update_quiet()
 
-    async def _finish_with(self, run: Run, change: JobChange, status: AckStatus) -> None:
-        """Write `change` for a job its worker is not (or no longer) running, and fence the worker."""
+    def _give_slot(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.add_credit(1)
+        self._assign_backlog()
+        if session.credit > 0:
+            self._on_room()
+
+    async def _finish_with(self, run: Run, change: JobChange) -> None:
+        """Write `change` for a job its worker is not (or no longer) running; the worker's later
+        reports about it are fenced."""
         async with run.lock:
             if self._runs.get(run.job.id) is not run:
                 return
+            run.answering = False
             await self._commit(run, change)
-            self._drop(run, Ack(run.job.id, run.job.attempt, run.phase, status, reason=AckReason.NOT_HELD))
+            self._drop(run, None, answered=False)
 
     async def _end_without_worker(self, run: Run, outcome: Outcome | None) -> None:
-        await self._finish_with(run, self._change(run, run.index, outcome), AckStatus.FENCED)
+        await self._finish_with(run, self._change(run, run.index, outcome))
 
     # ------------------------------------------------------------------ cancel, timeout, drain
 

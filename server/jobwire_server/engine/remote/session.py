@@ -18,9 +18,12 @@ class Session:
         self.kinds = frozenset(k.name for k in hello.kinds)
         self.queues = frozenset(hello.queues)
         self.slots = hello.slots
-        #: Jobs the server may still assign: spent by each assignment, given back only by the worker.
+        #: Jobs the server may still assign: spent by each assignment, given back by each final ack.
         self.credit = 0
         self.runs: dict[str, Run] = {}
+        #: Jobs taken from this worker (abandoned, not started in time, dropped at the welcome) whose
+        #: handlers may still run there → their attempt: a slot each, until the worker reports them.
+        self.ghosts: dict[str, int] = {}
         #: Commands to send, in order; None ends the stream's sender.
         self.outbox: asyncio.Queue[Command | None] = asyncio.Queue()
         #: When the session was last heard from (any message): the watchdog ends a silent one.
@@ -46,7 +49,7 @@ class Session:
     def add_credit(self, slots: int) -> None:
         """More room, never beyond the slots the hello declared (a worker that over-counts cannot
         be handed more than it said it can run)."""
-        self.credit = max(0, min(self.credit + slots, self.slots - len(self.runs)))
+        self.credit = max(0, min(self.credit + slots, self.slots - len(self.runs) - len(self.ghosts)))
 
     def __repr__(self) -> str:
         return f"Session({self.id}, worker {self.worker_id!r}, {len(self.runs)} running, credit {self.credit})"
@@ -63,6 +66,8 @@ class Run:
     cancel_requested: bool = False
     timed_out: bool = False
     shutdown: bool = False
+    #: A report of the worker is being committed: if it finishes the job, its ack gives the slot back.
+    answering: bool = False
     #: The one pending deadline: the hand-off (no `started` yet), the phase timeout, or a cancel's grace.
     timer: asyncio.TimerHandle | None = None
     #: Reports about one job are handled in order; reports about different jobs commit together.
