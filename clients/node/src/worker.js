@@ -235,8 +235,7 @@ export class Worker extends EventEmitter {
       ...(channelOptions ?? {}),
     });
     this._kinds = new Map();
-    this._tasks = new Map(); // job id -> Task, while the job is this worker's
-    this._abandoned = new Set(); // tasks whose job is over but whose handler has not returned
+    this._tasks = new Map(); // job id#attempt -> task, from its assignment until its closing report is answered
     this._session = null;
     this._state = 'new'; // new -> running -> draining -> stopped
     this._drainDeadlinePassed = false;
@@ -257,9 +256,9 @@ export class Worker extends EventEmitter {
     return kind;
   }
 
-  /** Slots taken now: jobs held, and handlers still running after their job was taken away. */
+  /** Slots taken now: the jobs this worker holds, and those taken away whose handlers have not returned. */
   get busy() {
-    return this._tasks.size + this._abandoned.size;
+    return this._tasks.size;
   }
 
   /**
@@ -340,7 +339,7 @@ export class Worker extends EventEmitter {
       const call = this._stub.Connect(bearerMetadata(this._token));
       const session = {
         call, welcomed: false, closed: false, draining: false, credit: 0, lastHeard: Date.now(), ping: null, nonce: 0,
-        maxResultBytes: 0,
+        maxResultBytes: 0, held: 0,
       };
       this._session = session;
       call.on('data', (msg) => {
@@ -355,7 +354,10 @@ export class Worker extends EventEmitter {
         for (const task of this._tasks.values()) task.sent = false; // resent after the next welcome
         resolve({ welcomed: session.welcomed, error: status.code === grpc.status.OK ? null : toJobwireError(status) });
       });
-      const held = [...this._tasks.values()].map((t) => ({ jobId: t.jobId, attempt: t.attempt, phase: t.phase }));
+      // Every task still here, those taken away too: each holds a slot until this worker closes it.
+      const held = [...this._tasks.values()].slice(0, this.slots)
+        .map((t) => ({ jobId: t.jobId, attempt: t.attempt, phase: t.phase }));
+      session.held = held.length;
       call.write({
         hello: {
           workerId: this.workerId, sdkName: SDK_NAME, sdkVersion: SDK_VERSION,
@@ -398,16 +400,14 @@ export class Worker extends EventEmitter {
         else this._write(session, { ping: { nonce: String((session.nonce += 1)) } });
       }, pingMs);
     }
-    const kept = new Set(welcome.keepJobIds);
-    // The server's initial credit: the slots less the jobs it keeps on this worker.
-    session.credit = Math.max(0, this.slots - kept.size);
+    // The server's initial credit: the slots less every job the hello named (kept or dropped, each
+    // holds a slot until this worker closes it).
+    session.credit = Math.max(0, this.slots - session.held);
     if (this._state === 'draining') this._write(session, { draining: { reason: 'drain' } });
+    const kept = new Set(welcome.keepJobIds);
     for (const task of [...this._tasks.values()]) {
-      if (kept.has(task.jobId)) {
-        this._pump(task); // the report that waited for an ack is sent again
-      } else {
-        this._finish(task, abortReason('lost', 'the server gave this attempt to no worker or another one'));
-      }
+      if (!kept.has(task.jobId)) this._takeAway(task, 'the server does not hold this attempt any more');
+      this._pump(task); // the report that waited for an ack (or the closing one) is sent again
     }
     this.emit('session', {
       sessionId: welcome.sessionId, leaseTtlMs: durationToMs(welcome.leaseTtl), pingIntervalMs: pingMs,
@@ -416,7 +416,10 @@ export class Worker extends EventEmitter {
     this._grantCredit();
   }
 
-  /** Sends the credit the server lacks: the free slots it does not already have credit for. */
+  /**
+   * Sends credit for free slots the server does not count (it gives a slot back itself with the answer
+   * to each job's closing report, so this is rare); it never counts more than the hello's slots.
+   */
   _grantCredit() {
     const session = this._session;
     if (!session?.welcomed || session.draining || this._state !== 'running') return;
@@ -426,25 +429,27 @@ export class Worker extends EventEmitter {
 
   // -------------------------------------------------------------------------------------------
   // Jobs
+  //
+  // A task is one assignment (a job's attempt) on this worker. It holds a slot from its assignment until
+  // the server answers its closing report: the phase done that ends the job, or `released`. A task the
+  // server takes away (fenced, abandoned after a cancel, dropped at a reconnect) is closed the same way
+  // once its handler has returned, so a handler that ignores its cancellation keeps its slot until then.
 
   _onAssign(session, a) {
-    session.credit = Math.max(0, session.credit - 1); // a server that assigns more than its credit gets it back
+    session.credit = Math.max(0, session.credit - 1);
     if (session.closed) return; // never started: the server takes it back
-    const old = this._tasks.get(a.jobId);
-    if (old?.attempt === a.attempt) return;
-    if (old) this._finish(old, abortReason('lost', 'the job was assigned again'));
-    if (session.draining || this._state !== 'running' || this.busy >= this.slots) {
-      const reason = this.busy >= this.slots ? 'no free slot' : 'draining';
-      this._write(session, { released: { jobId: a.jobId, attempt: a.attempt, reason } });
-      this._grantCredit();
-      return;
-    }
+    const key = taskKey(a.jobId, a.attempt);
+    if (this._tasks.has(key)) return;
     const task = {
-      jobId: a.jobId, attempt: a.attempt, assignment: a, phase: a.phase, results: {},
-      controller: null, running: false, outbox: [], awaiting: null, sent: false, cancelReason: null, ended: false,
+      key, jobId: a.jobId, attempt: a.attempt, assignment: a, phase: a.phase, results: {},
+      controller: null, running: false, outbox: [], awaiting: null, sent: false, cancelReason: null, taken: false,
     };
     for (const done of a.done) task.results[done.name] = done.result;
-    this._tasks.set(task.jobId, task);
+    this._tasks.set(key, task);
+    if (session.draining || this._state !== 'running' || this.busy > this.slots) {
+      this._giveBack(task, this.busy > this.slots ? 'no free slot' : 'draining');
+      return;
+    }
     // A started report that the server takes is not acked; the phase runs at once.
     this._write(session, { started: { jobId: a.jobId, attempt: a.attempt, phase: a.phase } });
     this._startPhase(task);
@@ -478,7 +483,7 @@ export class Worker extends EventEmitter {
     if (!(typeof percent === 'number' && percent >= 0 && percent <= 100)) {
       throw new RangeError(`percent must be within 0-100, got ${percent}`);
     }
-    if (task.ended || task.phase !== phase || !task.running) return;
+    if (task.taken || task.phase !== phase || !task.running) return;
     this._write(this._session?.welcomed ? this._session : null, {
       progress: { jobId: task.jobId, attempt: task.attempt, phase, percent, message: String(message).slice(0, MAX_PROGRESS_MESSAGE) },
     });
@@ -486,15 +491,13 @@ export class Worker extends EventEmitter {
 
   _phaseEnded(task, phase, controller, { value, error }) {
     task.running = false;
-    if (task.ended) {
-      this._abandoned.delete(task);
-      this._freed();
+    if (task.taken) {
+      this._giveBack(task, 'taken back by the server');
       return;
     }
-    const why = controller.signal.aborted ? controller.signal.reason?.why : null;
     if (error !== undefined) {
       if (task.cancelReason !== null) this._phaseDone(task, { cancelled: true });
-      else if (why === 'drain') this._giveBack(task, 'worker draining');
+      else if (controller.signal.reason?.why === 'drain') this._giveBack(task, 'worker draining');
       else this._phaseDone(task, { failure: failureOf(error) });
       return;
     }
@@ -522,8 +525,8 @@ export class Worker extends EventEmitter {
   }
 
   /**
-   * Queues a report that the server always acks (phase done, released); one is in flight per job, so
-   * an OK ack answers the one awaited. A report without an ack yet is sent again after a reconnect.
+   * Queues a report that the server always answers (phase done, released); one is in flight per task,
+   * so an ack answers the one awaited. A report still unanswered is sent again after a reconnect.
    */
   _report(task, report) {
     task.outbox.push(report);
@@ -539,30 +542,26 @@ export class Worker extends EventEmitter {
   }
 
   _onAck(ack) {
-    const task = this._tasks.get(ack.jobId);
-    if (!task || task.attempt !== ack.attempt) return; // an ack of a give-back, or of an attempt already over
-    if (ack.status === 'ACK_STATUS_FENCED' || ack.status === 'ACK_STATUS_CANCELLED') {
-      const why = ack.status === 'ACK_STATUS_CANCELLED' ? 'cancel' : 'lost';
-      this._finish(task, abortReason(why, `the job was ${why === 'cancel' ? 'cancelled' : 'taken away'} (${ack.reason || ack.status})`));
-      return;
-    }
+    const task = this._tasks.get(taskKey(ack.jobId, ack.attempt));
+    if (!task) return; // a duplicate answer, after the task was closed
     const report = task.awaiting;
+    if ((!report || !task.sent) && ack.status === 'ACK_STATUS_OK') return; // nothing awaited it
     if (!report || !task.sent) {
-      // A started or progress report refused: the worker and the server disagree about this job.
-      this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail}); the job is left to the server`);
-      this._finish(task, abortReason('lost', `report rejected: ${ack.reason}`));
+      // A started or progress report was not taken: the job is not this worker's any more (or the two
+      // disagree about it). Stop, then close the task.
+      if (ack.status === 'ACK_STATUS_REJECTED') {
+        this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail})`);
+      }
+      this._takeAway(task, `${ack.status.replace('ACK_STATUS_', '').toLowerCase()} (${ack.reason || 'no reason'})`);
+      this._pump(task);
       return;
     }
     task.awaiting = null;
     task.sent = false;
-    if (ack.status === 'ACK_STATUS_REJECTED') {
-      this._rejected(task, report, ack);
-    } else if (report.phaseDone) {
-      this._phaseAcked(task, report.phaseDone, ack.nextPhase);
-    } else if (report.released) {
-      this._finish(task, null);
-    }
-    if (!task.ended) this._pump(task);
+    if (ack.status === 'ACK_STATUS_REJECTED') this._rejected(task, report, ack);
+    else if (ack.status === 'ACK_STATUS_OK' && report.phaseDone && ack.nextPhase && !task.taken) this._nextPhase(task, report.phaseDone, ack.nextPhase);
+    else this._close(task);
+    this._pump(task);
   }
 
   _rejected(task, report, ack) {
@@ -571,15 +570,12 @@ export class Worker extends EventEmitter {
       task.outbox.unshift({ phaseDone: { ...done, result: undefined, failure: tooLarge(done.phase, done.result.length, 0) } });
       return;
     }
+    // Nothing was written; the job stays the server's to settle (its lease runs out if nothing else).
     this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail}); the job is left to the server`);
-    this._finish(task, abortReason('lost', `report rejected: ${ack.reason}`));
+    this._close(task, { slotReturned: false });
   }
 
-  _phaseAcked(task, done, nextPhase) {
-    if (!nextPhase) {
-      this._finish(task, null);
-      return;
-    }
+  _nextPhase(task, done, nextPhase) {
     if (done.result) task.results[done.phase] = done.result;
     task.phase = nextPhase;
     if (task.cancelReason !== null) this._phaseDone(task, { cancelled: true });
@@ -588,30 +584,41 @@ export class Worker extends EventEmitter {
   }
 
   _onCancel(cancel) {
-    const task = this._tasks.get(cancel.jobId);
-    if (!task || task.attempt !== cancel.attempt || task.cancelReason !== null) return;
+    const task = this._tasks.get(taskKey(cancel.jobId, cancel.attempt));
+    if (!task || task.taken || task.cancelReason !== null) return;
     task.cancelReason = cancel.reason;
-    if (!task.running) return; // between phases: the phase done's ack decides
-    // The handler has the cancel's grace to return; after it the server finishes the job without it.
-    task.controller.abort(abortReason('cancel', `stopped by the server: ${cancel.reason || 'cancelled'}`));
+    if (!task.running) return; // between phases: the phase done's answer decides
+    const { controller } = task;
+    controller.abort(abortReason('cancel', `stopped by the server: ${cancel.reason || 'cancelled'}`));
+    // After the grace the server finishes the job without this handler; it keeps its slot until it returns.
+    const graceMs = durationToMs(cancel.grace);
+    setTimeout(() => {
+      if (task.running && task.controller === controller) {
+        this.emit('warning', `job ${task.jobId}: the handler of phase ${task.phase} ignored its cancellation for `
+          + `${graceMs} ms; the server finishes the job without it, and it keeps its slot until it returns`);
+      }
+    }, graceMs).unref();
   }
 
-  /** The job is no longer this worker's: its slot frees once its handler (if running) returns. */
-  _finish(task, reason) {
-    if (task.ended) return;
-    task.ended = true;
-    this._tasks.delete(task.jobId);
+  /** The server took the job away: stop its handler; the task is closed with `released` once it returned. */
+  _takeAway(task, why) {
+    if (task.taken) return;
+    task.taken = true;
+    task.outbox.length = 0;
     if (task.running) {
-      if (reason && !task.controller.signal.aborted) task.controller.abort(reason);
-      this._abandoned.add(task);
-      this.emit('warning', `job ${task.jobId}: over for this worker while the handler of phase ${task.phase} still runs; `
-        + 'the handler keeps its slot until it returns');
-    } else {
-      this._freed();
+      task.controller.abort(abortReason('lost', `the attempt is not this worker's any more: ${why}`));
+    } else if (!task.awaiting) {
+      this._giveBack(task, 'taken back by the server');
     }
   }
 
-  _freed() {
+  /**
+   * The task is over here and its slot free. The server's answer to a closing report gives the slot back
+   * on its side too (`slotReturned`); after a rejected report the worker sends credit for it instead.
+   */
+  _close(task, { slotReturned = true } = {}) {
+    if (!this._tasks.delete(task.key)) return;
+    if (slotReturned && this._session) this._session.credit += 1;
     this._grantCredit();
     this._checkDrained();
   }
@@ -620,7 +627,7 @@ export class Worker extends EventEmitter {
   // Draining and stopping
 
   _drained() {
-    return this._state === 'draining' && this._tasks.size === 0 && (this._abandoned.size === 0 || this._drainDeadlinePassed);
+    return this._state === 'draining' && this._tasks.size === 0;
   }
 
   _checkDrained() {
@@ -642,13 +649,19 @@ export class Worker extends EventEmitter {
       if (task.running) task.controller.abort(abortReason('drain', 'the worker is draining'));
     }
     this._timers.add(setTimeout(() => this._abandonAll(), RELEASE_GRACE_MS));
-    this._checkDrained();
   }
 
+  /** Stops every task without closing it (the worker is stopping): their leases run out on the server. */
   _abandonAll() {
-    for (const task of [...this._tasks.values()]) this._finish(task, abortReason('lost', 'the worker stopped'));
+    for (const task of this._tasks.values()) {
+      if (task.running && !task.controller.signal.aborted) task.controller.abort(abortReason('lost', 'the worker stopped'));
+    }
+    this._tasks.clear();
+    this._checkDrained();
   }
 }
+
+const taskKey = (jobId, attempt) => `${jobId}#${attempt}`;
 
 function tooLarge(phase, size, limit) {
   return {
