@@ -17,16 +17,19 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 
 import { toJobwireError } from './errors.js';
+import {
+  abortReason, checkName, durationToMs, encodeResult, failureOf, jobView, Kind, tooLarge, wire,
+} from './handlers.js';
 import { bearerMetadata, channelCredentials, loadService } from './transport.js';
+
+export { Kind, PermanentError, RetryableError } from './handlers.js';
 
 const SDK_NAME = 'jobwire-node';
 const SDK_VERSION = JSON.parse(fs.readFileSync(
   path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')).version;
 
-const NAME_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
 const WORKER_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const MAX_PROGRESS_MESSAGE = 1024;
-const MAX_FAILURE_MESSAGE = 4096;
 
 /** Slots of a worker that names none. */
 export const DEFAULT_SLOTS = 8;
@@ -46,154 +49,6 @@ const CLOSE_WAIT_MS = 2000;
 const DRAIN_TIMEOUT_MS = 30_000;
 // After a drain's timeout, how long stopped handlers get to return before their jobs are left to the server.
 const RELEASE_GRACE_MS = 5000;
-
-// ---------------------------------------------------------------------------------------------
-// What handlers throw
-
-/** Thrown by a phase handler when no retry can succeed: the job fails at once. */
-export class PermanentError extends Error {
-  constructor(message = '', options) {
-    super(message, options);
-    this.name = 'PermanentError';
-  }
-}
-
-/**
- * Thrown by a phase handler to have the job retried (while it has attempts left), after
- * `retryAfterMs` instead of its kind's backoff when given: `new RetryableError('busy', { retryAfterMs: 500 })`
- * or `new RetryableError({ retryAfterMs: 500 })`.
- */
-export class RetryableError extends Error {
-  constructor(message = '', options = {}) {
-    if (message !== null && typeof message === 'object') [message, options] = [message.message ?? '', message];
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    const { retryAfterMs = null } = options;
-    if (retryAfterMs !== null && !(Number.isFinite(retryAfterMs) && retryAfterMs >= 0)) {
-      throw new RangeError('retryAfterMs must be a number >= 0');
-    }
-    this.name = 'RetryableError';
-    this.retryAfterMs = retryAfterMs;
-  }
-}
-
-/**
- * The reason of a handler's AbortSignal: `why` is 'cancel' (the job was cancelled, or its phase ran past
- * its timeout: the server enforces timeouts with a cancel), 'drain' (the worker's drain ran out of
- * time) or 'lost' (the attempt is not this worker's any more).
- */
-function abortReason(why, message) {
-  const err = new Error(message);
-  err.name = 'AbortError';
-  err.code = 'ABORT_ERR';
-  err.why = why;
-  return err;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kinds
-
-/** A kind of job this worker runs: its phases in order, and the defaults it declares to the server. */
-export class Kind {
-  constructor(name, { queue = '', maxAttempts = 0, timeoutMs = 0, retryBaseDelayMs = 0, retryMaxDelayMs = 0 } = {}) {
-    checkName('kind', name);
-    if (queue) checkName('queue', queue);
-    if (!Number.isInteger(maxAttempts) || maxAttempts < 0) throw new RangeError('maxAttempts must be an integer >= 0');
-    for (const [option, ms] of Object.entries({ timeoutMs, retryBaseDelayMs, retryMaxDelayMs })) {
-      if (!(Number.isFinite(ms) && ms >= 0)) throw new RangeError(`${option} must be >= 0 (0: the server's default)`);
-    }
-    this.name = name;
-    this.queue = queue;
-    this.maxAttempts = maxAttempts;
-    this.timeoutMs = timeoutMs;
-    this.retryBaseDelayMs = retryBaseDelayMs;
-    this.retryMaxDelayMs = retryMaxDelayMs;
-    this._phases = new Map();
-  }
-
-  /** Adds the next phase: `handler(job, { signal, progress, phase })` returns its result. Returns this kind. */
-  phase(name, handler) {
-    checkName('phase', name);
-    if (this._phases.has(name)) throw new Error(`kind ${this.name} already has a phase named ${name}`);
-    if (typeof handler !== 'function') throw new TypeError(`the handler of phase ${name} must be a function`);
-    this._phases.set(name, handler);
-    return this;
-  }
-
-  /** Phase names in the order they run. */
-  get phases() {
-    return [...this._phases.keys()];
-  }
-
-  _declaration() {
-    return {
-      name: this.name,
-      phases: this.phases,
-      defaultQueue: this.queue,
-      defaultMaxAttempts: this.maxAttempts,
-      defaultTimeout: this.timeoutMs ? msToDuration(this.timeoutMs) : null,
-      retryBaseDelay: this.retryBaseDelayMs ? msToDuration(this.retryBaseDelayMs) : null,
-      retryMaxDelay: this.retryMaxDelayMs ? msToDuration(this.retryMaxDelayMs) : null,
-    };
-  }
-}
-
-function checkName(what, name) {
-  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
-    throw new TypeError(`${what} name ${JSON.stringify(name)} must be 1-128 letters, digits, '.', '-' or '_'`);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conversions
-
-const msToDuration = (ms) => ({ seconds: String(Math.floor(ms / 1000)), nanos: Math.round((ms % 1000) * 1e6) });
-const durationToMs = (d) => (d ? Number(d.seconds) * 1000 + Math.round((d.nanos ?? 0) / 1e6) : 0);
-
-/** A handler's return value as result bytes: Buffer/Uint8Array as is, string as UTF-8, nothing as empty, else JSON. */
-function encodeResult(value) {
-  if (value === undefined || value === null) return Buffer.alloc(0);
-  if (Buffer.isBuffer(value)) return value;
-  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
-  if (typeof value === 'string') return Buffer.from(value, 'utf8');
-  const json = JSON.stringify(value); // throws on a BigInt or a cycle
-  if (json === undefined) throw new TypeError(`phase returned a ${typeof value}, which is not bytes, a string or JSON`);
-  return Buffer.from(json, 'utf8');
-}
-
-/** A handler's error as a PhaseFailure, classified as the server classifies its own handlers' exceptions. */
-function failureOf(err) {
-  const type = (err instanceof Error ? err.name || err.constructor?.name : typeof err) || 'Error';
-  const message = String((err instanceof Error ? err.message : String(err)) || type).slice(0, MAX_FAILURE_MESSAGE);
-  const failure = { type, message, retryable: !(err instanceof PermanentError), retryAfter: null };
-  if (err instanceof RetryableError && err.retryAfterMs !== null) failure.retryAfter = msToDuration(err.retryAfterMs);
-  return failure;
-}
-
-/** The job as a phase handler sees it. */
-function jobView(task) {
-  const { assignment: a } = task;
-  return {
-    id: a.jobId,
-    attempt: a.attempt,
-    kind: a.kind,
-    queue: a.queue,
-    payload: a.payload,
-    labels: { ...a.labels },
-    phases: [...a.phases],
-    phase: task.phase,
-    results: { ...task.results },
-    traceparent: a.traceparent,
-    /** The payload decoded as JSON (null when empty); a payload that is not JSON is a PermanentError. */
-    json() {
-      if (a.payload.length === 0) return null;
-      try {
-        return JSON.parse(a.payload.toString('utf8'));
-      } catch (err) {
-        throw new PermanentError(`payload is not valid JSON: ${err.message.slice(0, 200)}`);
-      }
-    },
-  };
-}
 
 function defaultWorkerId() {
   const host = os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100) || 'host';
@@ -286,8 +141,8 @@ export class Worker extends EventEmitter {
    * lets running jobs finish, every phase. Handlers still running after `timeoutMs` (default 30 s) are
    * aborted (their signal's reason has `why: 'drain'`) and their jobs given back to the queue without
    * spending an attempt; a handler that does not return within 5 s more is left behind (its job's
-   * lease runs out on the server). Resolves once the worker holds no job and no handler runs (after
-   * the timeout: once it holds no job), and run() has returned.
+   * lease runs out on the server). Resolves once every job is closed (finished, or given back) and
+   * run() has returned.
    */
   async drain({ timeoutMs = DRAIN_TIMEOUT_MS } = {}) {
     if (this._state === 'new') {
@@ -662,18 +517,3 @@ export class Worker extends EventEmitter {
 }
 
 const taskKey = (jobId, attempt) => `${jobId}#${attempt}`;
-
-function tooLarge(phase, size, limit) {
-  return {
-    type: 'RESULT_TOO_LARGE', retryable: false, retryAfter: null,
-    message: `phase '${phase}' returned ${size} bytes, more than the server takes${limit ? ` (${limit})` : ''}`,
-  };
-}
-
-/** A phase done as the wire has it: exactly one field of the outcome set. */
-function wire(done) {
-  const { result, failure, cancelled, ...rest } = done;
-  if (failure) return { ...rest, failure };
-  if (cancelled) return { ...rest, cancelled: true };
-  return { ...rest, result: result ?? Buffer.alloc(0) };
-}
