@@ -186,6 +186,35 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
     assert.equal(stored.phases[0].state, 'PHASE_STATE_CANCELLED');
   });
 
+  test('jobs run concurrently up to the slots, never beyond', async () => {
+    let running = 0;
+    let most = 0;
+    const twoRunning = deferred();
+    const gate = deferred();
+    await startWorker((w) => w.kind('node.parallel').phase('work', async () => {
+      running += 1;
+      most = Math.max(most, running);
+      if (running === 2) twoRunning.resolve();
+      await gate.promise;
+      running -= 1;
+      return 'ok';
+    }), { slots: 2 });
+    await startWorker((w) => w.kind('node.probe2').phase('probe', () => 'probed'));
+
+    const jobs = [];
+    for (let i = 0; i < 4; i += 1) jobs.push((await client.enqueue('node.parallel')).job);
+    await within(10_000, twoRunning.promise, 'two jobs running at once');
+    // A job enqueued after the four, run by another worker: the server has dispatched since.
+    const { job: probe } = await client.enqueue('node.probe2');
+    assert.equal(finalState(await within(10_000, eventsOf(client, probe.id), 'the probe')), 'JOB_STATE_SUCCEEDED');
+    const states = await Promise.all(jobs.map(async (job) => (await client.get(job.id)).state));
+    assert.deepEqual(states.sort(), ['JOB_STATE_QUEUED', 'JOB_STATE_QUEUED', 'JOB_STATE_RUNNING', 'JOB_STATE_RUNNING']);
+
+    gate.resolve();
+    for (const job of jobs) assert.equal(finalState(await within(15_000, eventsOf(client, job.id), 'a job')), 'JOB_STATE_SUCCEEDED');
+    assert.equal(most, 2);
+  });
+
   test('a handler that ignores its cancel keeps its slot until it returns', async () => {
     const timeline = [];
     const started = deferred();
