@@ -473,6 +473,7 @@ export class Worker extends EventEmitter {
    */
   _close(task, { slotReturned = true } = {}) {
     if (!this._tasks.delete(task.key)) return;
+    task.outbox.length = 0;
     if (slotReturned && this._session) this._session.credit += 1;
     this._grantCredit();
     this._checkDrained();
