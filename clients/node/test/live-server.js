@@ -34,8 +34,9 @@ function freePort() {
  * `flags` are added to `serve`'s arguments; giving the `dir` (and `target`) of a stopped server starts
  * it again on the same database (and address); a `dir` given is left in place by `stop()`.
  * `stop()` sends SIGTERM (the server drains); `stop('SIGKILL')` kills it where it stands.
+ * `tls` is the readiness probe's (JobwireClient's `tls` option), for a server started with TLS flags.
  */
-export async function startServer({ flags = [], dir, target, readyMs = 20_000 } = {}) {
+export async function startServer({ flags = [], dir, target, readyMs = 20_000, tls } = {}) {
   const ownDir = !dir;
   dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-server-'));
   target ??= `127.0.0.1:${await freePort()}`;
@@ -52,6 +53,7 @@ export async function startServer({ flags = [], dir, target, readyMs = 20_000 } 
     return status;
   };
   const probe = new JobwireClient(target, {
+    tls,
     channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
   });
   try {
