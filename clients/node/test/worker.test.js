@@ -1,5 +1,6 @@
 // The Node worker against a real server: a three-phase job with progress seen by a watcher, a retry
-// (RetryableError, then success), a PermanentError that fails the job at once, a cancel that reaches
+// (RetryableError, then success), a PermanentError that fails the job at once, a partial retry resuming
+// at the failed phase, slots respected, a cancel that reaches
 // the handler's AbortSignal, a handler that ignores its cancel keeping its slot until it returns,
 // drain (running jobs finish, nothing new is taken, what does not finish in time is given back) and a
 // refused hello (KIND_MISMATCH). Each test runs its own Workers in this process, on kinds of its own.
@@ -117,6 +118,27 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
       ['RetryableError', 'upstream busy', true, 'call'],
     );
     assert.equal(stored.phases[0].result.toString(), 'ok');
+  });
+
+  test('a partial retry resumes at the failed phase, with the earlier phase\'s result', async () => {
+    const runs = [];
+    await startWorker((worker) => worker.kind('node.partial', { maxAttempts: 1 })
+      .phase('first', (job) => {
+        runs.push(['first', job.attempt]);
+        return 'kept';
+      })
+      .phase('second', (job) => {
+        runs.push(['second', job.attempt, job.results.first?.toString()]);
+        if (job.attempt === 1) throw new PermanentError('not yet');
+        return 'done';
+      }));
+    const { job } = await client.enqueue('node.partial');
+    assert.equal(finalState(await within(15_000, eventsOf(client, job.id), 'the first attempt')), 'JOB_STATE_FAILED');
+
+    await client.retry(job.id);
+    assert.equal(finalState(await within(15_000, eventsOf(client, job.id), 'the retry')), 'JOB_STATE_SUCCEEDED');
+    assert.deepEqual(runs, [['first', 1], ['second', 1, 'kept'], ['second', 2, 'kept']]);
+    assert.deepEqual((await client.get(job.id)).phases.map((p) => p.result.toString()), ['kept', 'done']);
   });
 
   test('a PermanentError fails the job at once, with attempts left', async () => {
