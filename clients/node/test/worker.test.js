@@ -1,10 +1,9 @@
 // The Node worker against a real server: a three-phase job with progress seen by a watcher, a retry
 // (RetryableError, then success), a PermanentError that fails the job at once, a partial retry resuming
-// at the failed phase, slots respected, a cancel that reaches
-// the handler's AbortSignal, a handler that ignores its cancel keeping its slot until it returns,
-// drain (running jobs finish, nothing new is taken, what does not finish in time is given back) and a
-// refused hello (KIND_MISMATCH). Each test runs its own Workers in this process, on kinds of its own.
-
+// at the failed phase, a result too large, slots respected, a cancel that reaches the handler's
+// AbortSignal, a handler that ignores its cancel keeping its slot until it returns, drain (running jobs
+// finish, nothing new is taken, what does not finish in time is given back) and a refused hello
+// (KIND_MISMATCH). Each test runs its own Workers in this process, on kinds of its own.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
