@@ -4,6 +4,7 @@
 // AbortSignal, a handler that ignores its cancel keeping its slot until it returns, drain (running jobs
 // finish, nothing new is taken, what does not finish in time is given back) and a refused hello
 // (KIND_MISMATCH). Each test runs its own Workers in this process, on kinds of its own.
+
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
