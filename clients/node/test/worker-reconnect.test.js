@@ -1,4 +1,4 @@
-// The Node worker comes back after losing its server:
+// An idle Node worker keeps its session by pinging, and comes back after losing its server:
 //  - the connection drops (a TCP relay between worker and server cuts it and refuses new ones for a
 //    while): the worker reconnects, names the job it still runs in its hello, the server keeps it, and
 //    the phase done that was waiting is sent on the new session: the job ends on its first attempt;
@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as pause } from 'node:timers/promises';
 
 import { JobwireClient, Worker } from '../src/index.js';
 import { startServer } from './live-server.js';
@@ -95,6 +96,30 @@ describe('a Node worker reconnects', { timeout: 120_000 }, () => {
     client?.close();
     await server?.stop();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('an idle worker keeps its session: it pings at the welcome\'s interval', async () => {
+    const worker = new Worker({ target: server.target, slots: 1, reconnect: FAST_RECONNECT });
+    worker.kind('node.idle').phase('work', () => 'awake');
+    const disconnects = [];
+    worker.on('disconnect', (info) => disconnects.push(info));
+    const welcomed = next(worker, 'session');
+    const running = worker.run();
+    try {
+      const { pingIntervalMs } = await within(10_000, welcomed, 'the welcome');
+      assert.equal(pingIntervalMs, 500, 'a quarter of the 2 s lease');
+      const sessions = [];
+      worker.on('session', (session) => sessions.push(session));
+      // The server ends a session it has not heard from for three ping intervals: stay idle for six.
+      await pause(6 * pingIntervalMs); // sleep-ok: the idle time under test
+      assert.deepEqual([disconnects, sessions], [[], []], 'the session was kept');
+      const { job } = await client.enqueue('node.idle');
+      assert.equal(finalState(await within(10_000, eventsOf(client, job.id), 'the job')), 'JOB_STATE_SUCCEEDED');
+      assert.equal((await client.get(job.id)).phases[0].result.toString(), 'awake');
+    } finally {
+      await worker.drain({ timeoutMs: 1000 });
+      await running;
+    }
   });
 
   test('after a dropped connection it keeps its job and sends the report that waited', async () => {
