@@ -193,7 +193,7 @@ export class Worker extends EventEmitter {
     return new Promise((resolve) => {
       const call = this._stub.Connect(bearerMetadata(this._token));
       const session = {
-        call, welcomed: false, closed: false, draining: false, credit: 0, lastHeard: Date.now(), ping: null, nonce: 0,
+        call, welcomed: false, closed: false, ended: false, draining: false, credit: 0, lastHeard: Date.now(), ping: null, nonce: 0,
         maxResultBytes: 0, held: 0,
       };
       this._session = session;
@@ -223,7 +223,7 @@ export class Worker extends EventEmitter {
   }
 
   _write(session, message) {
-    if (!session || session.closed) return false;
+    if (!session || session.closed || session.ended) return false;
     session.call.write(message);
     return true;
   }
@@ -292,7 +292,7 @@ export class Worker extends EventEmitter {
 
   _onAssign(session, a) {
     session.credit = Math.max(0, session.credit - 1);
-    if (session.closed) return; // never started: the server takes it back
+    if (session.closed || session.ended) return; // never started: the server takes it back
     const key = taskKey(a.jobId, a.attempt);
     if (this._tasks.has(key)) return;
     const task = {
@@ -491,7 +491,10 @@ export class Worker extends EventEmitter {
     this._state = 'stopped';
     this._wake?.();
     const session = this._session;
-    if (session && !session.closed) {
+    if (session && !session.closed && !session.ended) {
+      // Half-close: the server ends the session; nothing more is written on it.
+      session.ended = true;
+      clearInterval(session.ping);
       session.call.end();
       setTimeout(() => session.closed || session.call.cancel(), CLOSE_WAIT_MS).unref();
     }
