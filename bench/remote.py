@@ -1,6 +1,6 @@
-"""Remote workers: drain throughput with one and two `jobwire worker` processes (default 8 slots
-each) against the in-process drain measured the same way in the same run, and pickup latency with an
-idle remote worker.
+"""Remote workers: drain throughput with one and two `jobwire worker` processes (default slots)
+against the in-process drain measured the same way in the same run, and pickup latency with an idle
+remote worker.
 
 Each drain starts the server (and its workers, waiting until each is connected), enqueues
 `drain_jobs` noop jobs in-process in batches of 1,000 as fast as the writer takes them, and runs from
@@ -33,7 +33,6 @@ REMOTE_SHARE = 0.5
 TWO_WORKERS = 2.0
 PICKUP_P50_MS = 2.0
 PICKUP_P99_MS = 5.0
-WORKER_SLOTS = 8
 BATCH = 1000
 NOOP, PROBE = "bench.remote-noop", "bench.remote-probe"
 
@@ -48,7 +47,7 @@ class WorkerProcess:
     async def start(cls, target: str, name: str) -> WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "jobwire.cli", "worker", "--target", target, "--handlers", "bench.remote_kinds",
-            "--slots", str(WORKER_SLOTS), "--worker-id", name, "--drain-timeout", "2", cwd=ROOT,
+            "--worker-id", name, "--drain-timeout", "2", cwd=ROOT,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         worker = cls(process)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -98,6 +99,9 @@ class RawSession:
     def __init__(self, target: str, metadata: tuple[tuple[str, str], ...] | None = None) -> None:
         self._channel = aio.insecure_channel(target)
         self._outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+        self._unpacked: deque[worker_pb2.ConnectResponse] = deque()
+        #: Batches received (their messages are returned one by one).
+        self.batches = 0
         stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
         self.call = stub.Connect(self._requests(), metadata=metadata)
 
@@ -117,10 +121,17 @@ class RawSession:
         self._outbox.put_nowait(message)
 
     async def recv(self, within: float = 10.0) -> worker_pb2.ConnectResponse:
+        """The next message (the messages of a batch one by one, in order)."""
+        if self._unpacked:
+            return self._unpacked.popleft()
         async with asyncio.timeout(within):
             response = await self.call.read()
         if response is aio.EOF:
             raise AssertionError(f"the stream ended: {await self.call.code()} {await self.call.details()}")
+        if response.WhichOneof("message") == "batch":
+            self.batches += 1
+            self._unpacked.extend(response.batch.messages)
+            return self._unpacked.popleft()
         return response  # type: ignore[no-any-return]
 
     async def recv_only(self, which: str, within: float = 10.0) -> Any:

@@ -194,7 +194,7 @@ class App:
         self.remote = RemoteExecutor(self.remote_kinds, self.writer, self.store, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl, cancel_grace=config.cancel_grace,
                                      assign_timeout=ASSIGN_TIMEOUT, max_result_bytes=config.max_payload_bytes,
-                                     on_room=self._slot_freed)
+                                     on_room=self._remote_room)
         self.execution = Execution(self.executor, self.remote)
         self.workers: WorkerServicer | None = None
 
@@ -436,6 +436,10 @@ class App:
     def _slot_freed(self) -> None:
         if self.service.accepting:
             self.dispatcher.wake()
+
+    def _remote_room(self) -> None:
+        if self.service.accepting:
+            self.dispatcher.wake_remote()
 
     def _published(self, events: Sequence[Event]) -> None:
         if webhook_wanted(events):

@@ -348,6 +348,10 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     (f'[[token]]\nname = "a"\nsha256 = "{hash_token("x")}"\nscopes = ["jobs:delete"]\n', "unknown scope"),
     (f'[[token]]\nname = "a"\nsecret = "x"\nsha256 = "{hash_token("x")}"\nscopes = ["admin"]\n', "plain secret"),
     ("", "defines no [[token]]"),
+    (f'[[token]]\nname = "a"\nsha256 = "{hash_token("x")}"\nscopes = ["jobs:read"]\nqueues = ["media"]\n',
+     "queues limits the 'jobs:work' scope"),
+    (f'[[token]]\nname = "a"\nsha256 = "{hash_token("x")}"\nscopes = ["jobs:work"]\nqueues = "media"\n',
+     "queues must be a list"),
 ])
 def test_bad_tokens_file_is_a_one_line_start_up_error(tmp_path: Path, content: str | None, message: str) -> None:
     tokens = tmp_path / "tokens.toml"

@@ -13,7 +13,7 @@ from grpc import aio
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc
 
 from tests.conftest import StartServer
-from tests.remote import workers
+from tests.remote import RawSession, hello, workers
 from tests.testkit import FAIL_PERMANENTLY, Gate, finished, until_event, watch
 
 pytestmark = pytest.mark.timeout(120)
@@ -197,3 +197,15 @@ async def test_sigterm_drains_a_worker_and_gives_back_what_did_not_finish(start_
     assert queued.phase == "fetch"
     assert again.state == E.JOB_STATE_QUEUED
     assert again.counted_attempts == 0  # given back: the attempt was not spent
+
+
+async def test_a_worker_the_server_refuses_exits_1_naming_the_reason(start_server: StartServer) -> None:
+    server = start_server()
+    other = RawSession(server.target)
+    other.send(hello(("wk.noop", ("different",))))  # wk.noop is now known with other phases
+    await other.recv_only("welcome")
+    await other.close()
+    async with workers() as start:
+        refused = await start(server.target, connected=False)
+        assert await refused.process.wait() == 1
+        await refused.line("KIND_MISMATCH")

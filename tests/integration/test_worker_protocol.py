@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from jobwire.v1 import jobwire_pb2, jobwire_pb2_grpc, worker_pb2
 from jobwire_server.api.auth import hash_token
@@ -110,6 +111,19 @@ async def test_a_malformed_hello_lists_every_bad_field(app: App) -> None:
     reason, fields = await session.reason()
     assert reason == "INVALID_ARGUMENT"
     assert {"hello.worker_id", "hello.slots", "hello.kinds[0].name", "hello.kinds[0].phases"} <= set(fields)
+
+
+async def test_a_batch_is_handled_in_order_and_may_not_nest(app: App, stub: Any) -> None:
+    session = await connect(app)
+    job = await enqueue(stub)
+    assign = await assigned(session)
+    first, second = done(assign, result=b"r1"), done(assign, phase="two", result=b"r2")
+    session.send(batch=W.RequestBatch(messages=[first, second]))
+    acks = [await session.recv_only("ack"), await session.recv_only("ack")]
+    assert [(a.phase, a.next_phase) for a in acks] == [("one", "two"), ("two", "")]
+    assert (await finished(stub, job.id)).job.state == E.JOB_STATE_SUCCEEDED
+    session.send(batch=W.RequestBatch(messages=[W.ConnectRequest(batch=W.RequestBatch())]))
+    assert await session.status() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_an_empty_message_after_the_hello_is_invalid(app: App) -> None:
@@ -216,6 +230,22 @@ async def test_a_cancel_is_pushed_and_a_worker_that_ignores_it_is_abandoned_then
     assert (await stub.GetJob(E.GetJobRequest(id=job.id))).phases[0].result == b""
 
 
+async def test_a_phase_past_its_timeout_is_cancelled_and_fails_timeout(app: App, stub: Any) -> None:
+    app.remote._cancel_grace = 30.0
+    session = await connect(app)
+    job = (await stub.Enqueue(E.EnqueueRequest(kind="wp.two", timeout=Duration(nanos=300_000_000)))).job
+    assign = await assigned(session)
+    assert assign.phase_timeout.ToMilliseconds() == 300
+    cancel = await session.recv_only("cancel")
+    assert "exceeded its timeout" in cancel.reason
+    session.put(W.ConnectRequest(phase_done=W.PhaseDoneReport(job_id=job.id, attempt=1, phase="one", cancelled=True)))
+    ack = await session.recv_only("ack")
+    assert (ack.status, ack.next_phase) == (W.ACK_STATUS_OK, "")
+    again = await stub.GetJob(E.GetJobRequest(id=job.id))
+    assert again.state == E.JOB_STATE_RETRYING
+    assert (again.error.type, again.error.retryable) == ("TIMEOUT", True)
+
+
 async def test_a_cancel_between_phases_stops_at_the_boundary(app: App, stub: Any) -> None:
     app.remote._cancel_grace = 30.0
     session = await connect(app)
@@ -241,6 +271,7 @@ async def test_a_slot_comes_back_with_the_final_ack(app: App, stub: Any) -> None
     assert (final.status, final.next_phase) == (W.ACK_STATUS_OK, "")
     nxt = await assigned(session)  # the commit that finished the first claimed the second
     assert {assign.job_id, nxt.job_id} == {first.id, second.id}
+    assert session.batches == 1  # the final ack and the next assignment went out together
 
 
 async def test_a_job_taken_back_keeps_its_slot_until_the_worker_closes_it(app: App, stub: Any) -> None:

@@ -36,6 +36,8 @@ log = logging.getLogger("jobwire.workers")
 HELLO_REQUIRED = "HELLO_REQUIRED"
 #: Pings a session may miss before the watchdog ends it.
 MISSED_PINGS = 3
+#: Messages sent as one batch at most.
+MAX_BATCH = 256
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -99,24 +101,35 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                        context: Context, reports: set[asyncio.Task[None]]) -> None:
         async for message in requests:
             session.last_heard = self._clock.now()
-            which = message.WhichOneof("message")
-            if which == "ping":
-                session.send(Pong(message.ping.nonce))
-            elif which == "credit":
-                if message.credit.slots < 1:
-                    await abort(context, InvalidArgument([FieldViolation("credit.slots", "must be at least 1")]))
-                self._remote.credit(session, message.credit.slots)
-            elif which == "draining":
-                self._remote.worker_draining(session)
-            elif which == "hello":
-                await abort_with(context, status_with(grpc.StatusCode.FAILED_PRECONDITION,
-                                                      "a session takes one hello; reconnect to start another",
-                                                      HELLO_REQUIRED))
+            if message.WhichOneof("message") == "batch":
+                for item in message.batch.messages:
+                    if item.WhichOneof("message") == "batch":
+                        await abort(context, InvalidArgument([FieldViolation("batch.messages",
+                                                                             "a batch must not hold a batch")]))
+                    await self._one(session, item, context, reports)
             else:
-                report = report_from_proto(message)
-                if report is None:
-                    await abort(context, InvalidArgument([FieldViolation("message", "no message is set")]))
-                self._handle(session, report, reports)
+                await self._one(session, message, context, reports)
+
+    async def _one(self, session: Session, message: worker_pb2.ConnectRequest, context: Context,
+                   reports: set[asyncio.Task[None]]) -> None:
+        which = message.WhichOneof("message")
+        if which == "ping":
+            session.send(Pong(message.ping.nonce))
+        elif which == "credit":
+            if message.credit.slots < 1:
+                await abort(context, InvalidArgument([FieldViolation("credit.slots", "must be at least 1")]))
+            self._remote.credit(session, message.credit.slots)
+        elif which == "draining":
+            self._remote.worker_draining(session)
+        elif which == "hello":
+            await abort_with(context, status_with(grpc.StatusCode.FAILED_PRECONDITION,
+                                                  "a session takes one hello; reconnect to start another",
+                                                  HELLO_REQUIRED))
+        else:
+            report = report_from_proto(message)
+            if report is None:
+                await abort(context, InvalidArgument([FieldViolation("message", "no message is set")]))
+            self._handle(session, report, reports)
 
     def _handle(self, session: Session, report: Report, reports: set[asyncio.Task[None]]) -> None:
         task = asyncio.create_task(self._remote.report(session, report))
@@ -124,14 +137,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         task.add_done_callback(lambda done: _finished(done, reports))
 
     async def _send(self, session: Session, context: Context) -> None:
+        """Write the outbox to the stream: what is ready at once goes as one batch (a message each
+        costs far more than the bytes)."""
         while True:
-            command = await session.outbox.get()
-            if command is None:
-                return
+            commands = [await session.outbox.get()]
+            while not session.outbox.empty() and len(commands) < MAX_BATCH and commands[-1] is not None:
+                commands.append(session.outbox.get_nowait())
+            last = commands[-1] is None
+            ready = [command_to_proto(c) for c in commands if c is not None]
             try:
-                await context.write(command_to_proto(command))
+                if len(ready) == 1:
+                    await context.write(ready[0])
+                elif ready:
+                    await context.write(worker_pb2.ConnectResponse(batch=worker_pb2.ResponseBatch(messages=ready)))
             except Exception as exc:  # the stream is gone; the reader sees it end too
                 log.debug("session %s: send failed: %s", session.id, exc)
+                return
+            if last:
                 return
 
     async def _watch(self, session: Session, reading: asyncio.Task[Any] | None) -> None:

@@ -52,6 +52,8 @@ class Dispatcher:
         self._timer_at = math.inf
         self._claiming = False
         self._wanted = False
+        #: A remote worker has room (its credit came back): claim for remote workers only.
+        self._wanted_remote = False
         #: Counts claim cycles; `claimed` is set after each (tests wait on it instead of sleeping).
         self.rounds = 0
         self.claimed = asyncio.Event()
@@ -67,6 +69,12 @@ class Dispatcher:
         """Something may be ready to run: claim in the next commit."""
         if self._claiming:
             self._wanted = True
+            self._writer.kick()
+
+    def wake_remote(self) -> None:
+        """A remote worker has room: claim jobs of remote kinds in the next commit."""
+        if self._claiming:
+            self._wanted_remote = True
             self._writer.kick()
 
     def note_wakeup(self, at: float) -> None:
@@ -106,14 +114,19 @@ class Dispatcher:
         ended = [op.change for op in ops if isinstance(op, ApplyChange) and op.change.job.state not in _BUSY]
         finishing = [change for change in ended if not self._runs_remotely(change.job.id)]
         remote_finishing = [change.job.id for change in ended if self._runs_remotely(change.job.id)]
-        readying = any(_may_ready(op) for op in ops)
-        if not (self._wanted or ended or readying):
+        remote_kinds = self._remote.kinds.names() if self._remote is not None else frozenset()
+        ready_here, ready_remote = _readying(ops, remote_kinds)
+        # The claims for this process and for remote workers are asked for apart: a claim for our own
+        # slots reads past every QUEUED job of a remote kind, so it runs only when it may find one.
+        local = self._wanted or bool(finishing) or ready_here
+        elsewhere = self._wanted or self._wanted_remote or bool(remote_finishing) or ready_remote
+        if not (local or elsewhere):
             return None
-        limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM)
-        remote = self._remote.claim_room(remote_finishing) if self._remote is not None else ()
+        limit = min(self._executor.free_slots() + len(finishing), MAX_CLAIM) if local else 0
+        remote = self._remote.claim_room(remote_finishing) if self._remote is not None and elsewhere else ()
         if limit == 0 and not remote and not self._wanted:
             return None  # nothing could start; a freed slot or the timer claims (and promotes) later
-        self._wanted = False
+        self._wanted = self._wanted_remote = False
         now = self._clock.now()
         room = self._executor.queue_room()
         for change in finishing:
@@ -121,8 +134,7 @@ class Dispatcher:
                 room[change.job.queue] += 1
         return ClaimParams(now=now, limit=limit, owner=self._owner, lease_expires=now + self._lease_ttl,
                            queue_room=room, global_limits=self._global_limits,
-                           remote_kinds=self._remote.kinds.names() if self._remote is not None else frozenset(),
-                           remote=remote)
+                           remote_kinds=remote_kinds, remote=remote)
 
     def _start(self, claimed: ClaimResult, remote_kinds: frozenset[str]) -> int:
         """Hand each claimed job to where its kind runs; returns how many run here."""
@@ -171,20 +183,28 @@ class Dispatcher:
         # More may be ready: ask again, but only when a job could start now. With every slot busy,
         # the next finishing change claims in its own commit anyway, and a due job's timer still fires.
         remote_room = sum(r.room for r in claim.remote)
-        more = (claimed.promoted or (claim.limit > 0 and local == claim.limit)
-                or (remote_room > 0 and len(claimed.claimed) - local == remote_room))
-        if more and self._room():
-            self.wake()
+        if claimed.promoted or (claim.limit > 0 and local == claim.limit):
+            if self._room():
+                self.wake()
+        elif remote_room > 0 and len(claimed.claimed) - local == remote_room and self._room():
+            self.wake_remote()
 
 
 _BUSY = frozenset({JobState.RUNNING})
 _WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})
 
 
-def _may_ready(op: WriteOp) -> bool:
-    if isinstance(op, InsertJobs):
-        return any(job.run_at <= op.now for job in op.jobs)
-    return isinstance(op, UpdateJob | UpdateJobs | FireSchedules)
+def _readying(ops: Sequence[WriteOp], remote_kinds: frozenset[str]) -> tuple[bool, bool]:
+    """Whether the batch may make a job ready (an enqueue due now, a retry, a rescue, a firing):
+    (one this process runs, one a remote worker runs)."""
+    here = remote = False
+    for op in ops:
+        if isinstance(op, InsertJobs):
+            due = [job.kind in remote_kinds for job in op.jobs if job.run_at <= op.now]
+            here, remote = here or not all(due), remote or any(due)
+        elif isinstance(op, UpdateJob | UpdateJobs | FireSchedules):
+            return True, True
+    return here, remote
 
 
 def _jobs_written(op: WriteOp, result: Any) -> list[Job]:

@@ -24,7 +24,7 @@ ACK_STATUS_CANCELLED: AckStatus
 ACK_STATUS_REJECTED: AckStatus
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "credit", "started", "progress", "phase_done", "released", "ping", "draining")
+    __slots__ = ("hello", "credit", "started", "progress", "phase_done", "released", "ping", "draining", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class ConnectRequest(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     credit: WorkerCredit
     started: PhaseStartedReport
@@ -41,23 +42,38 @@ class ConnectRequest(_message.Message):
     released: ReleasedReport
     ping: WorkerPing
     draining: WorkerDraining
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[_Union[WorkerCredit, _Mapping]] = ..., started: _Optional[_Union[PhaseStartedReport, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDoneReport, _Mapping]] = ..., released: _Optional[_Union[ReleasedReport, _Mapping]] = ..., ping: _Optional[_Union[WorkerPing, _Mapping]] = ..., draining: _Optional[_Union[WorkerDraining, _Mapping]] = ...) -> None: ...
+    batch: RequestBatch
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[_Union[WorkerCredit, _Mapping]] = ..., started: _Optional[_Union[PhaseStartedReport, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., phase_done: _Optional[_Union[PhaseDoneReport, _Mapping]] = ..., released: _Optional[_Union[ReleasedReport, _Mapping]] = ..., ping: _Optional[_Union[WorkerPing, _Mapping]] = ..., draining: _Optional[_Union[WorkerDraining, _Mapping]] = ..., batch: _Optional[_Union[RequestBatch, _Mapping]] = ...) -> None: ...
+
+class RequestBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ConnectRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ConnectRequest, _Mapping]]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "assign", "ack", "cancel", "drain", "pong")
+    __slots__ = ("welcome", "assign", "ack", "cancel", "drain", "pong", "batch")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     welcome: WorkerWelcome
     assign: JobAssignment
     ack: WorkerAck
     cancel: CancelJobCommand
     drain: DrainCommand
     pong: WorkerPong
-    def __init__(self, welcome: _Optional[_Union[WorkerWelcome, _Mapping]] = ..., assign: _Optional[_Union[JobAssignment, _Mapping]] = ..., ack: _Optional[_Union[WorkerAck, _Mapping]] = ..., cancel: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., pong: _Optional[_Union[WorkerPong, _Mapping]] = ...) -> None: ...
+    batch: ResponseBatch
+    def __init__(self, welcome: _Optional[_Union[WorkerWelcome, _Mapping]] = ..., assign: _Optional[_Union[JobAssignment, _Mapping]] = ..., ack: _Optional[_Union[WorkerAck, _Mapping]] = ..., cancel: _Optional[_Union[CancelJobCommand, _Mapping]] = ..., drain: _Optional[_Union[DrainCommand, _Mapping]] = ..., pong: _Optional[_Union[WorkerPong, _Mapping]] = ..., batch: _Optional[_Union[ResponseBatch, _Mapping]] = ...) -> None: ...
+
+class ResponseBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ConnectResponse]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ConnectResponse, _Mapping]]] = ...) -> None: ...
 
 class WorkerKind(_message.Message):
     __slots__ = ("name", "phases", "default_queue", "default_max_attempts", "default_timeout", "retry_base_delay", "retry_max_delay")

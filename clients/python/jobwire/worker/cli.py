@@ -10,7 +10,7 @@ import signal
 import sys
 
 from jobwire.client import TLSConfig
-from jobwire.worker.runtime import Worker, WorkerRefused
+from jobwire.worker.runtime import DEFAULT_SLOTS, Worker, WorkerRefused
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -40,7 +40,8 @@ def add_worker_command(subparsers: argparse._SubParsersAction[argparse.ArgumentP
                                                          f"{DEFAULT_TARGET})")
     p.add_argument("--handlers", action="append", required=True, metavar="MODULE",
                    help="module defining Kinds at its top level (repeatable)")
-    p.add_argument("--slots", type=int, default=8, metavar="N", help="jobs run at once, 1-1024 (default 8)")
+    p.add_argument("--slots", type=int, default=DEFAULT_SLOTS, metavar="N",
+                   help=f"jobs run at once, 1-1024 (default {DEFAULT_SLOTS}, as the server's --concurrency)")
     p.add_argument("--queue", action="append", default=[], help="take jobs only from this queue (repeatable; "
                                                                 "default every queue)")
     p.add_argument("--worker-id", default=None, metavar="ID", help="name in the server's logs (default host:pid)")

@@ -23,6 +23,7 @@ import os
 import random
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,14 @@ _REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVA
                        grpc.StatusCode.UNIMPLEMENTED})
 #: Seconds a cancelled handler gets to return once the drain's budget is spent.
 RELEASE_GRACE = 5.0
+#: A phase still running after this many seconds sends `started`; one that ends sooner needs none
+#: (its phase done acknowledges the hand-off), which saves a message per short job.
+STARTED_AFTER = 0.05
+#: Messages sent as one batch at most.
+MAX_BATCH = 256
+#: Jobs a worker runs at once unless told: as many as the server's in-process pool (`--concurrency`).
+#: Slots are the worker's pipeline depth: each job's commit and round trip overlap the others'.
+DEFAULT_SLOTS = 100
 
 
 class WorkerRefused(Exception):
@@ -55,7 +64,7 @@ class WorkerRefused(Exception):
     cannot help. `reason` is the ErrorInfo reason when the server sent one (e.g. KIND_MISMATCH)."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
-        super().__init__(f"{code.name}: {message}")
+        super().__init__(f"{code.name} ({reason}): {message}" if reason else f"{code.name}: {message}")
         self.code, self.reason = code, reason
 
 
@@ -89,6 +98,10 @@ class _Job:
         self.fenced = False
         #: Drain ran out of time: give the job back instead of reporting the stopped phase.
         self.releasing = False
+        #: A report went out (so `started` is not needed any more).
+        self.reported = False
+        #: Its final ack came: the slot is free (the runner may still be returning).
+        self.closed = False
 
     def stop_handler(self) -> None:
         if self.handler is not None and not self.handler.done():
@@ -102,7 +115,7 @@ class _Job:
 class Worker:
     """Runs the phases of `kinds` for the server at `target`; see the module."""
 
-    def __init__(self, target: str, kinds: Iterable[Kind], *, slots: int = 8, queues: Sequence[str] = (),
+    def __init__(self, target: str, kinds: Iterable[Kind], *, slots: int = DEFAULT_SLOTS, queues: Sequence[str] = (),
                  token: str | None = None, tls: TLSConfig | None = None, worker_id: str | None = None,
                  backoff: Backoff | None = None, drain_timeout: float = 30.0) -> None:
         self.target = target
@@ -125,6 +138,8 @@ class Worker:
         self._draining = False
         self._stopping: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        #: Threads for synchronous handlers, one per slot.
+        self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="jobwire-handler")
         self.session_id = ""
         #: Set while a session is open (after the welcome); embedders and tests may wait on it.
         self.connected = asyncio.Event()
@@ -141,6 +156,13 @@ class Worker:
         """Connect, run jobs, reconnect when the stream drops; return once `shutdown()` has drained.
         Raises WorkerRefused when the server refuses the hello for good."""
         self._stopping = asyncio.Event()
+        try:
+            await self._connect_until_stopped()
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)  # an abandoned handler's thread is left
+
+    async def _connect_until_stopped(self) -> None:
+        assert self._stopping is not None
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -195,11 +217,13 @@ class Worker:
             pinger: asyncio.Task[None] | None = None
             try:
                 async for response in call:
-                    if response.WhichOneof("message") == "welcome":
-                        welcomed = True
-                        interval = protocol.seconds(response.welcome.ping_interval)
-                        pinger = asyncio.create_task(self._ping(outbox, interval))
-                    self._on(response)
+                    for message in response.batch.messages if response.WhichOneof("message") == "batch" \
+                            else (response,):
+                        if message.WhichOneof("message") == "welcome":
+                            welcomed = True
+                            interval = protocol.seconds(message.welcome.ping_interval)
+                            pinger = asyncio.create_task(self._ping(outbox, interval))
+                        self._on(message)
             except aio.AioRpcError as exc:
                 if exc.code() in _REFUSALS:
                     raise WorkerRefused(exc.code(), exc.details() or "", _reason(exc)) from None
@@ -286,6 +310,8 @@ class Worker:
         if job is None or job.attempt != ack.attempt:
             return
         if job.ack is not None and not job.ack.done():
+            if ack.status in (FENCED, CANCELLED) or (ack.status == OK and not ack.next_phase):
+                self._close(job)  # the slot comes back with the final ack, before what follows it
             job.answer(ack)
         elif ack.status in (FENCED, CANCELLED):  # the job was taken from this worker: stop, then close it
             job.fenced = True
@@ -300,13 +326,23 @@ class Worker:
             if job.releasing:
                 await self._report(job, _released(job, "the worker cannot take it now"))
                 return
-            self._send(worker_pb2.ConnectRequest(started=worker_pb2.PhaseStartedReport(
-                job_id=job.id, attempt=job.attempt, phase=job.phase)))
+            asyncio.get_running_loop().call_later(STARTED_AFTER, self._say_started, job)
             await self._phases(job)
         finally:
+            self._close(job)
+
+    def _close(self, job: _Job) -> None:
+        """The job's slot is free: its final ack came (its handler has returned by then)."""
+        if not job.closed:
+            job.closed = True
+            self.busy -= 1
             if self._jobs.get(job.id) is job:
                 del self._jobs[job.id]
-            self.busy -= 1
+
+    def _say_started(self, job: _Job) -> None:
+        if not job.reported and self._jobs.get(job.id) is job:
+            self._send(worker_pb2.ConnectRequest(started=worker_pb2.PhaseStartedReport(
+                job_id=job.id, attempt=job.attempt, phase=job.phase)))
 
     async def _phases(self, job: _Job) -> None:
         while True:
@@ -316,9 +352,12 @@ class Worker:
                 too_large = PermanentError(f"phase {job.phase!r}: {ack.detail}")
                 report.phase_done.failure.CopyFrom(protocol.failure(too_large))
                 ack = await self._report(job, report)
+            if ack is not None and ack.status == REJECTED:  # a report this worker should not have sent
+                log.warning("job %s: phase %s refused: %s %s; giving the job back", job.id, job.phase, ack.reason,
+                            ack.detail)
+                await self._report(job, _released(job, f"report refused: {ack.reason}"))
+                return
             if ack is None or ack.status != OK or not ack.next_phase:
-                if ack is not None and ack.status == REJECTED:
-                    log.warning("job %s: phase %s refused: %s %s", job.id, job.phase, ack.reason, ack.detail)
                 return
             job.results[job.phase] = report.phase_done.result
             job.phase = ack.next_phase
@@ -335,7 +374,7 @@ class Worker:
             done = worker_pb2.PhaseDoneReport(job_id=job.id, attempt=job.attempt, phase=job.phase)
             done.failure.CopyFrom(protocol.failure(PermanentError(f"this worker has no phase {job.phase!r}")))
             return worker_pb2.ConnectRequest(phase_done=done)
-        handler = asyncio.ensure_future(_call(function, self._context(job)))
+        handler = asyncio.ensure_future(_call(function, self._context(job), self._threads))
         job.handler = handler
         try:
             await asyncio.wait({handler})  # a cancel reaches the handler, never this runner
@@ -349,7 +388,7 @@ class Worker:
 
     async def _report(self, job: _Job, report: worker_pb2.ConnectRequest) -> worker_pb2.WorkerAck | None:
         """Send a report and wait for its ack, across reconnects (resent after each welcome)."""
-        job.unacked = report
+        job.unacked, job.reported = report, True
         job.ack = asyncio.get_running_loop().create_future()
         self._send(report)
         try:
@@ -363,6 +402,7 @@ class Worker:
                 raise asyncio.CancelledError("the job is not this worker's any more")
             self._send(worker_pb2.ConnectRequest(progress=worker_pb2.ProgressReport(
                 job_id=job.id, attempt=job.attempt, phase=job.phase, percent=percent, message=message)))
+            job.reported = True
 
         assign = job.assign
         return JobContext(job_id=job.id, kind=assign.kind, queue=assign.queue, attempt=job.attempt,
@@ -372,18 +412,27 @@ class Worker:
 
 async def _requests(outbox: asyncio.Queue[worker_pb2.ConnectRequest | None]) -> AsyncIterator[
         worker_pb2.ConnectRequest]:
+    """The request stream: what is ready at once goes as one batch (never the hello)."""
     while True:
-        message = await outbox.get()
-        if message is None:
+        ready = [await outbox.get()]
+        while not outbox.empty() and len(ready) < MAX_BATCH and ready[-1] is not None:
+            ready.append(outbox.get_nowait())
+        end = ready[-1] is None
+        messages = [m for m in ready if m is not None]
+        if len(messages) == 1 or (messages and messages[0].WhichOneof("message") == "hello"):
+            for message in messages:
+                yield message
+        elif messages:
+            yield worker_pb2.ConnectRequest(batch=worker_pb2.RequestBatch(messages=messages))
+        if end:
             return
-        yield message
 
 
-async def _call(function: PhaseFunction, ctx: JobContext) -> bytes:
+async def _call(function: PhaseFunction, ctx: JobContext, threads: ThreadPoolExecutor) -> bytes:
     if inspect.iscoroutinefunction(function):
         value = await function(ctx)
-    else:
-        value = await asyncio.to_thread(function, ctx)
+    else:  # a plain function runs in a thread of its own (one per slot), as in the server
+        value = await asyncio.get_running_loop().run_in_executor(threads, function, ctx)
     return protocol.to_bytes(value)
 
 

@@ -299,6 +299,11 @@ class RemoteExecutor:
             run.session.send(_ack(report, AckStatus.REJECTED, AckReason.WRONG_PHASE,  # type: ignore[union-attr]
                                   detail=f"the assignment's phase is {run.phase!r}"))
             return
+        self._mark_started(run)
+
+    def _mark_started(self, run: Run) -> None:
+        """The hand-off is acknowledged: by `started`, or by a first progress or phase done (a phase
+        that ends quickly need not send `started` at all)."""
         if run.started:
             return
         run.started = True
@@ -313,6 +318,7 @@ class RemoteExecutor:
             session.send(_ack(report, AckStatus.REJECTED, AckReason.WRONG_PHASE if report.phase != run.phase
                               else AckReason.INVALID_REPORT, detail="percent must be within 0-100"))
             return
+        self._mark_started(run)
         change = report_progress(run.job, run.index, report.percent, report.message[:1024], self._clock.now())
         if not await self._commit(run, change):
             self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"),
@@ -328,6 +334,7 @@ class RemoteExecutor:
             session.send(_ack(report, AckStatus.REJECTED, AckReason.RESULT_TOO_LARGE,
                               detail=f"results are limited to {self.max_result_bytes} bytes, got {report.size}"))
             return
+        run.started = True
         run.disarm()
         run.answering = True  # a commit that finishes the job here gives its slot back with the ack
         outcome = self._outcome(run, report.outcome)

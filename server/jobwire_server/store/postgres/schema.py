@@ -171,6 +171,8 @@ MIGRATIONS: tuple[str, ...] = (
         retry_max_delay   double precision NOT NULL,
         declare_time      timestamptz NOT NULL
     );
+    -- Claims for remote workers read the ready jobs of their kinds.
+    CREATE INDEX jobs_ready_by_kind ON jobs (kind, priority DESC, run_at, id) WHERE state = 'QUEUED';
     """,
 )
 

@@ -455,11 +455,12 @@ async def _claim_remote(conn: Conn, pending: Pending, p: ClaimParams) -> list[Co
     most the groups' total room in all (a job two groups could take counts once)."""
     found: dict[str, Any] = {}
     for group in p.remote:
-        group_rows = await conn.fetch(
-            f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND kind = ANY($1::text[]) "
-            f"AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) {_ORDER} LIMIT $3 FOR UPDATE SKIP LOCKED",
-            list(group.kinds), list(group.queues), group.room)
-        found.update((row[0], row) for row in group_rows)
+        for kind in group.kinds:  # one query per kind: each reads jobs_ready_by_kind in claim order
+            group_rows = await conn.fetch(
+                f"SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' AND kind = $1 "
+                f"AND (cardinality($2::text[]) = 0 OR queue = ANY($2::text[])) {_ORDER} LIMIT $3 "
+                "FOR UPDATE SKIP LOCKED", kind, list(group.queues), group.room)
+            found.update((row[0], row) for row in group_rows if row[0] not in found)
     best = sorted(found.values(), key=lambda row: (-row[1], row[2], row[0]))[: sum(g.room for g in p.remote)]
     if not best:
         return []

@@ -167,6 +167,8 @@ MIGRATIONS: tuple[str, ...] = (
         retry_max_delay   REAL NOT NULL,
         declare_time      REAL NOT NULL
     ) STRICT, WITHOUT ROWID;
+    -- Claims for remote workers read the ready jobs of their kinds.
+    CREATE INDEX jobs_ready_by_kind ON jobs (kind, priority DESC, run_at, id) WHERE state = 'QUEUED';
     """,
 )
 

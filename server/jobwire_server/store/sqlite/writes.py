@@ -314,14 +314,17 @@ def _candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
 
 def _remote_candidate_sql(p: ClaimParams) -> tuple[str, list[Any]]:
     """The ids to claim for remote workers: the best `room` QUEUED jobs of each group's kinds (and
-    queues), at most the groups' total room in all (a job two groups could take counts once)."""
+    queues), at most the groups' total room in all (a job two groups could take counts once). One
+    subquery per kind, so each reads the `jobs_ready_by_kind` index in claim order and stops at its
+    room, however many jobs wait."""
     parts: list[str] = []
     args: list[Any] = []
     for group in p.remote:
         queues = " AND queue IN (SELECT value FROM json_each(?))" if group.queues else ""
-        parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
-                     f"AND kind IN (SELECT value FROM json_each(?)){queues} {_ORDER} LIMIT ?)")
-        args.extend((json.dumps(group.kinds), *((json.dumps(group.queues),) if group.queues else ()), group.room))
+        for kind in group.kinds:
+            parts.append(f"SELECT * FROM (SELECT id, priority, run_at FROM jobs WHERE state = 'QUEUED' "
+                         f"AND kind = ?{queues} {_ORDER} LIMIT ?)")
+            args.extend((kind, *((json.dumps(group.queues),) if group.queues else ()), group.room))
     union = " UNION ".join(parts)
     return f"SELECT id FROM ({union}) {_ORDER} LIMIT ?", [*args, sum(g.room for g in p.remote)]
 
