@@ -406,7 +406,7 @@ export interface WorkerOptions {
   tls?: boolean | TlsOptions;
   /** Queues to take jobs from; empty (the default): every queue. */
   queues?: string[];
-  /** Jobs run at once, 1-1024 (default 8). */
+  /** Jobs run at once, 1-1024 (default 100, as the server's pool). */
   slots?: number;
   /** Stable identity of this process (default `<host>:<pid>`), 1-128 of letters, digits, `.-_:`. */
   workerId?: string;

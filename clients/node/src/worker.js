@@ -31,8 +31,11 @@ const SDK_VERSION = JSON.parse(fs.readFileSync(
 const WORKER_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const MAX_PROGRESS_MESSAGE = 1024;
 
-/** Slots of a worker that names none. */
-export const DEFAULT_SLOTS = 8;
+/**
+ * Slots of a worker that names none: as many as the server's in-process pool (`--concurrency`). Slots
+ * are the worker's pipeline depth: each job's commit and round trip overlap the others'.
+ */
+export const DEFAULT_SLOTS = 100;
 
 /** How a worker reconnects by default: 100 ms doubling to 5 s, each wait randomised down by up to half. */
 export const DEFAULT_RECONNECT = Object.freeze({ initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 });
@@ -43,6 +46,11 @@ const FATAL_CODES = new Set([
   grpc.status.UNAUTHENTICATED, grpc.status.UNIMPLEMENTED,
 ]);
 
+// A phase still running after this long sends `started`; one that reports sooner needs none (its progress
+// or phase done acknowledges the hand-off), which saves a message per short job.
+const STARTED_AFTER_MS = 50;
+// Messages sent as one batch at most.
+const MAX_BATCH = 256;
 // After a drained worker half-closes its stream, how long the server has to end it.
 const CLOSE_WAIT_MS = 2000;
 // How long a drain waits by default for running jobs before it gives them back.
@@ -194,7 +202,7 @@ export class Worker extends EventEmitter {
       const call = this._stub.Connect(bearerMetadata(this._token));
       const session = {
         call, welcomed: false, closed: false, ended: false, draining: false, credit: 0, lastHeard: Date.now(), ping: null, nonce: 0,
-        maxResultBytes: 0, held: 0,
+        maxResultBytes: 0, held: 0, pending: [], flushing: false,
       };
       this._session = session;
       call.on('data', (msg) => {
@@ -222,14 +230,32 @@ export class Worker extends EventEmitter {
     });
   }
 
+  /** Queues a message on the session; what is queued in one turn of the event loop goes as one batch. */
   _write(session, message) {
     if (!session || session.closed || session.ended) return false;
-    session.call.write(message);
+    session.pending.push(message);
+    if (!session.flushing) {
+      session.flushing = true;
+      setImmediate(() => this._flush(session));
+    }
     return true;
+  }
+
+  _flush(session) {
+    session.flushing = false;
+    const messages = session.pending.splice(0);
+    if (session.closed) return; // the reports among them are sent again after the next welcome
+    for (let i = 0; i < messages.length; i += MAX_BATCH) {
+      const chunk = messages.slice(i, i + MAX_BATCH);
+      session.call.write(chunk.length === 1 ? chunk[0] : { batch: { messages: chunk } });
+    }
   }
 
   _onMessage(session, msg) {
     switch (msg.message) {
+      case 'batch':
+        for (const message of msg.batch.messages) this._onMessage(session, message);
+        return undefined;
       case 'welcome': return this._onWelcome(session, msg.welcome);
       case 'assign': return this._onAssign(session, msg.assign);
       case 'ack': return this._onAck(msg.ack);
@@ -298,6 +324,7 @@ export class Worker extends EventEmitter {
     const task = {
       key, jobId: a.jobId, attempt: a.attempt, assignment: a, phase: a.phase, results: {},
       controller: null, running: false, outbox: [], awaiting: null, sent: false, cancelReason: null, taken: false,
+      reported: false, startedTimer: null,
     };
     for (const done of a.done) task.results[done.name] = done.result;
     this._tasks.set(key, task);
@@ -305,9 +332,18 @@ export class Worker extends EventEmitter {
       this._giveBack(task, this.busy > this.slots ? 'no free slot' : 'draining');
       return;
     }
-    // A started report that the server takes is not acked; the phase runs at once.
-    this._write(session, { started: { jobId: a.jobId, attempt: a.attempt, phase: a.phase } });
+    task.startedTimer = setTimeout(() => this._sayStarted(task), STARTED_AFTER_MS);
     this._startPhase(task);
+  }
+
+  /**
+   * Acknowledges the hand-off of a phase still running with no report yet (a taken `started` gets no ack).
+   * Not after a cancel: the phase is stopping, and its phase done (or the cancel's grace) settles it.
+   */
+  _sayStarted(task) {
+    if (task.reported || task.taken || task.cancelReason !== null || !this._tasks.has(task.key)) return;
+    const { jobId, attempt, assignment } = task;
+    task.reported = this._write(this._session?.welcomed ? this._session : null, { started: { jobId, attempt, phase: assignment.phase } });
   }
 
   _startPhase(task) {
@@ -339,9 +375,10 @@ export class Worker extends EventEmitter {
       throw new RangeError(`percent must be within 0-100, got ${percent}`);
     }
     if (task.taken || task.phase !== phase || !task.running) return;
-    this._write(this._session?.welcomed ? this._session : null, {
+    const sent = this._write(this._session?.welcomed ? this._session : null, {
       progress: { jobId: task.jobId, attempt: task.attempt, phase, percent, message: String(message).slice(0, MAX_PROGRESS_MESSAGE) },
     });
+    task.reported ||= sent;
   }
 
   _phaseEnded(task, phase, controller, { value, error }) {
@@ -394,6 +431,7 @@ export class Worker extends EventEmitter {
     const session = this._session?.welcomed ? this._session : null;
     const message = task.awaiting.phaseDone ? { phaseDone: wire(task.awaiting.phaseDone) } : task.awaiting;
     task.sent = this._write(session, message);
+    task.reported ||= task.sent;
   }
 
   _onAck(ack) {
@@ -425,9 +463,9 @@ export class Worker extends EventEmitter {
       task.outbox.unshift({ phaseDone: { ...done, result: undefined, failure: tooLarge(done.phase, done.result.length, 0) } });
       return;
     }
-    // Nothing was written; the job stays the server's to settle (its lease runs out if nothing else).
-    this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail}); the job is left to the server`);
-    this._close(task, { slotReturned: false });
+    // Nothing was written: give the job back rather than leave it leased.
+    this.emit('warning', `job ${task.jobId}: the server rejected a report (${ack.reason}: ${ack.detail}); giving the job back`);
+    this._giveBack(task, `report refused: ${ack.reason}`);
   }
 
   _nextPhase(task, done, nextPhase) {
@@ -467,14 +505,12 @@ export class Worker extends EventEmitter {
     }
   }
 
-  /**
-   * The task is over here and its slot free. The server's answer to a closing report gives the slot back
-   * on its side too (`slotReturned`); after a rejected report the worker sends credit for it instead.
-   */
-  _close(task, { slotReturned = true } = {}) {
+  /** The server answered the task's closing report: the job is over and its slot free, here and there. */
+  _close(task) {
     if (!this._tasks.delete(task.key)) return;
     task.outbox.length = 0;
-    if (slotReturned && this._session) this._session.credit += 1;
+    clearTimeout(task.startedTimer);
+    if (this._session) this._session.credit += 1;
     this._grantCredit();
     this._checkDrained();
   }
@@ -493,6 +529,7 @@ export class Worker extends EventEmitter {
     const session = this._session;
     if (session && !session.closed && !session.ended) {
       // Half-close: the server ends the session; nothing more is written on it.
+      this._flush(session);
       session.ended = true;
       clearInterval(session.ping);
       session.call.end();
@@ -513,6 +550,7 @@ export class Worker extends EventEmitter {
   /** Stops every task without closing it (the worker is stopping): their leases run out on the server. */
   _abandonAll() {
     for (const task of this._tasks.values()) {
+      clearTimeout(task.startedTimer);
       if (task.running && !task.controller.signal.aborted) task.controller.abort(abortReason('lost', 'the worker stopped'));
     }
     this._tasks.clear();

@@ -19,13 +19,14 @@ export function deferred() {
 /**
  * Every event of a job from its snapshot until its terminal one (a job already finished gives its
  * snapshot alone): the last event's `job` is the job as it ended. `onSnapshot` is called once the
- * snapshot is in: what happens to the job from then on is in the events.
+ * snapshot is in: what happens to the job from then on is in the events; `onEvent` with each event.
  */
-export async function eventsOf(client, id, onSnapshot = () => {}) {
+export async function eventsOf(client, id, onSnapshot = () => {}, onEvent = () => {}) {
   const events = [];
   for await (const ev of client.watch(id)) {
     events.push(ev);
     if (events.length === 1) onSnapshot(ev);
+    onEvent(ev);
   }
   return events;
 }

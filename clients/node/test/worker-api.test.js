@@ -12,7 +12,7 @@ test('the package entry exports the client and the worker, and nothing else', ()
     'DEFAULT_PROTO_DIR', 'DEFAULT_RECONNECT', 'DEFAULT_RETRY', 'DEFAULT_SLOTS', 'JobwireClient', 'JobwireError',
     'Kind', 'PermanentError', 'RetryableError', 'Worker', 'decodeStatusDetails', 'default', 'grpc', 'timestampToDate',
   ]);
-  assert.equal(pkg.DEFAULT_SLOTS, 8);
+  assert.equal(pkg.DEFAULT_SLOTS, 100);
   assert.deepEqual(pkg.DEFAULT_RECONNECT, { initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 });
 });
 
@@ -57,7 +57,7 @@ test('a Worker checks its options, and run() needs kinds with phases', async () 
   assert.throws(() => new Worker({ target: '127.0.0.1:1', queues: ['bad queue'] }), TypeError);
 
   const worker = new Worker({ target: '127.0.0.1:1' });
-  assert.equal(worker.slots, 8);
+  assert.equal(worker.slots, 100);
   assert.match(worker.workerId, /^[A-Za-z0-9._-]+:\d+$/);
   await assert.rejects(worker.run(), /declare at least one kind/);
 

@@ -241,8 +241,9 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
     const timeline = [];
     const started = deferred();
     const gate = deferred();
-    const worker = await startWorker((w) => w.kind('node.stubborn').phase('hold', async (job) => {
+    const worker = await startWorker((w) => w.kind('node.stubborn').phase('hold', async (job, { progress }) => {
       if (job.json().first) {
+        progress(10, 'holding');
         started.resolve(job.id);
         await gate.promise; // deaf to its signal
         timeline.push('first returned');
@@ -256,7 +257,10 @@ describe('a Node worker runs jobs for a live server', { timeout: 120_000 }, () =
     const { job: first } = await client.enqueue('node.stubborn', { payload: { first: true } });
     await within(10_000, started.promise, 'the first job\'s start');
     const warned = new Promise((resolve) => worker.on('warning', (m) => m.includes(first.id) && resolve(m)));
-    const watching = eventsOf(client, first.id);
+    // Cancel once the server has the handler's progress: it knows the phase started.
+    const progressed = deferred();
+    const watching = eventsOf(client, first.id, () => {}, (ev) => ev.type === 'EVENT_TYPE_PROGRESS' && progressed.resolve());
+    await within(10_000, progressed.promise, 'the progress');
     await client.cancel(first.id, 'stop');
     // After the cancel's grace (2 s here) the server finishes the job without the handler.
     assert.equal(finalState(await within(10_000, watching, 'the abandonment')), 'JOB_STATE_CANCELLED');
