@@ -209,3 +209,24 @@ async def test_a_worker_the_server_refuses_exits_1_naming_the_reason(start_serve
         refused = await start(server.target, connected=False)
         assert await refused.process.wait() == 1
         await refused.line("KIND_MISMATCH")
+
+
+async def test_server_shutdown_requeues_a_remote_job_without_spending_its_attempt(start_server: StartServer) -> None:
+    server = start_server(shutdown_grace=2, cancel_grace=1)
+    async with workers() as start, Gate() as gate:
+        async with aio.insecure_channel(server.target) as channel:
+            stub = jobwire_pb2_grpc.JobServiceStub(channel)
+            worker = await start(server.target)
+            job = await _enqueue(stub, "wk.three", gate.payload())
+            await gate.next()
+        assert server.stop() == 0  # the worker's handler is cancelled (reason shutdown) and it reports so
+        await worker.line("reconnecting")  # the worker outlives the server and keeps trying
+        again = start_server(db=server.db_path)
+        async with aio.insecure_channel(again.target) as channel:
+            stub = jobwire_pb2_grpc.JobServiceStub(channel)
+            stored = await stub.GetJob(E.GetJobRequest(id=job.id))
+            assert stored.counted_attempts == 0
+            assert [(e.type, e.phase) for e in stored.error_history] == [("SHUTDOWN", "fetch")]
+            await start(again.target)
+            retried = await gate.next(within=30)
+            assert (retried.phase, retried.attempt) == ("fetch", 2)
