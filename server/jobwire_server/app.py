@@ -194,7 +194,7 @@ class App:
         self.remote = RemoteExecutor(self.remote_kinds, self.writer, self.store, self.clock, owner=self.owner,
                                      lease_ttl=config.lease_ttl, cancel_grace=config.cancel_grace,
                                      assign_timeout=ASSIGN_TIMEOUT, max_result_bytes=config.max_payload_bytes,
-                                     on_room=self._remote_room)
+                                     on_room=self._remote_room, tracer=self.tracing.tracer)
         self.execution = Execution(self.executor, self.remote)
         self.workers: WorkerServicer | None = None
 

@@ -19,6 +19,10 @@ from jobwire_server.api.auth import hash_token
 from jobwire_server.app import App
 from jobwire_server.domain.clock import SystemClock
 from jobwire_server.handlers import Kind
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from tests.remote import RawSession, hello
 from tests.testkit import Harness, error_details, finished, watch
@@ -358,3 +362,27 @@ async def test_jobs_work_allows_connect_and_nothing_else(harness: Harness, tmp_p
         with pytest.raises(aio.AioRpcError) as refused:
             await jobwire_pb2_grpc.JobServiceStub(channel).Enqueue(E.EnqueueRequest(kind="wp.two"), metadata=metadata)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_remote_job_is_traced_like_an_in_process_one(harness: Harness) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = await harness.start(clock=SystemClock(), tracer_provider=provider)  # type: ignore[arg-type]
+    session = await connect(app)
+    async with aio.insecure_channel(target(app)) as channel:
+        stub = jobwire_pb2_grpc.JobServiceStub(channel)
+        job = await enqueue(stub)
+        assign = await assigned(session)
+        await report(session, done(assign))
+        await report(session, W.ConnectRequest(phase_done=W.PhaseDoneReport(
+            job_id=job.id, attempt=1, phase="two", failure=W.PhaseFailure(type="Boom", message="no", retryable=False))))
+        await finished(stub, job.id)
+    spans = exporter.get_finished_spans()
+    (job_span,) = [s for s in spans if s.name == "job wp.two"]
+    assert job_span.context is not None and job_span.status.status_code is StatusCode.ERROR
+    phases = {s.name: s for s in spans if s.parent is not None and s.parent.span_id == job_span.context.span_id}
+    assert set(phases) == {"phase one", "phase two"}
+    assert phases["phase one"].attributes is not None and phases["phase one"].attributes["jobwire.phase.outcome"] == (
+        "succeeded")
+    assert phases["phase two"].status.status_code is StatusCode.ERROR

@@ -22,14 +22,17 @@ import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 
+from opentelemetry.trace import Tracer
+
 from jobwire_server.domain.clock import Clock
 from jobwire_server.domain.errors import JobNotFound
 from jobwire_server.domain.ids import is_job_id
 from jobwire_server.domain.models import Job, JobError, evolve
-from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome, Succeeded, decide
+from jobwire_server.domain.outcomes import Cancelled, Outcome, decide
 from jobwire_server.domain.retry import RetryPolicy
-from jobwire_server.domain.states import JobState, PhaseState
+from jobwire_server.domain.states import JobState
 from jobwire_server.domain.transitions import JobChange, hand_back, interrupt_by_shutdown, report_progress
+from jobwire_server.engine.remote.answers import ack_of, earlier_phase_ack, recorded_outcome
 from jobwire_server.engine.remote.kinds import RemoteKinds
 from jobwire_server.engine.remote.messages import (
     Ack,
@@ -47,6 +50,7 @@ from jobwire_server.engine.remote.messages import (
     Welcome,
 )
 from jobwire_server.engine.remote.session import Run, Session
+from jobwire_server.engine.remote.spans import RunSpans
 from jobwire_server.engine.writer import Writer
 from jobwire_server.store.base import JobStore, RemoteRoom, RenewLeases
 
@@ -60,8 +64,9 @@ RECENT_ACKS = 10_000
 class RemoteExecutor:
     def __init__(self, kinds: RemoteKinds, writer: Writer, store: JobStore, clock: Clock, *, owner: str,
                  lease_ttl: float, cancel_grace: float, assign_timeout: float, max_result_bytes: int,
-                 on_room: Callable[[], None]) -> None:
+                 on_room: Callable[[], None], tracer: Tracer | None = None) -> None:
         self.kinds = kinds
+        self._spans = RunSpans(tracer)
         self._writer = writer
         self._store = store
         self._clock = clock
@@ -184,12 +189,15 @@ class RemoteExecutor:
         if session.runs:
             log.warning("worker %r (session %s) left with %d jobs; they stay leased for %.1fs", session.worker_id,
                         session.id, len(session.runs), self.lease_ttl)
+        else:
+            log.info("worker %r (session %s) left", session.worker_id, session.id)
         self._update_quiet()
 
     def _forget(self, run: Run) -> None:
         """An orphan nobody came back for: the rescuer has requeued it by now."""
         if not run.live and self._runs.get(run.job.id) is run:
             del self._runs[run.job.id]
+            self._spans.ended(run)
 
     def worker_draining(self, session: Session) -> None:
         """The worker is shutting down: nothing more is assigned to it."""
@@ -209,8 +217,12 @@ class RemoteExecutor:
 
     def start(self, job: Job) -> None:
         """Run a job the dispatcher just claimed for a remote worker."""
+        orphan = self._runs.get(job.id)
+        if orphan is not None:  # an earlier attempt that was rescued while its worker was away
+            self._spans.ended(orphan)
         run = Run(job, cancel_requested=job.cancel_requested)
         self._runs[job.id] = run
+        self._spans.started(run)
         if run.cancel_requested:  # asked to stop before this claim: don't run it
             self._spawn(self._end_without_worker(run, Cancelled()))
         elif not self._assign(run):
@@ -254,17 +266,14 @@ class RemoteExecutor:
     async def report(self, session: Session, report: Report) -> None:
         """Handle one report; its ack (if any) goes to the session's outbox."""
         if not is_job_id(report.job_id):
-            session.send(_ack(report, AckStatus.REJECTED, AckReason.INVALID_REPORT, detail="job_id is not a job id"))
+            session.send(ack_of(report, AckStatus.REJECTED, AckReason.INVALID_REPORT, detail="job_id is not a job id"))
             return
         run = self._runs.get(report.job_id)
         if run is None or run.session is not session or run.job.attempt != report.attempt:
             if session.ghosts.get(report.job_id) == report.attempt and isinstance(report, PhaseDone | Released):
-                del session.ghosts[report.job_id]  # the closing report of a job taken from the worker
-                session.send(self._recent.get((report.job_id, report.attempt))
-                             or _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the attempt was taken back"))
-                self._give_slot(session)
-                return
-            session.send(await self._not_held(report, run))
+                self._close_ghost(session, report)
+            else:
+                session.send(await self._not_held(report, run))
             return
         async with run.lock:
             if self._runs.get(report.job_id) is not run:  # finished while this report waited
@@ -278,6 +287,14 @@ class RemoteExecutor:
             else:
                 await self._released(run, report)
 
+    def _close_ghost(self, session: Session, report: PhaseDone | Released) -> None:
+        """The closing report of a job taken from this worker: fenced (or the answer it had before a
+        reconnect), and the job's slot is free again."""
+        del session.ghosts[report.job_id]
+        fenced = ack_of(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the attempt was taken back")
+        session.send(self._recent.get((report.job_id, report.attempt)) or fenced)
+        self._give_slot(session)
+
     async def _not_held(self, report: Report, run: Run | None) -> Ack:
         """The answer to a report about an attempt this session does not hold: the same final ack
         again when it was answered before, FENCED when the job exists, else UNKNOWN_JOB."""
@@ -286,17 +303,17 @@ class RemoteExecutor:
             return remembered
         if run is not None:
             reason = AckReason.WRONG_ATTEMPT if run.job.attempt != report.attempt else AckReason.NOT_HELD
-            return _ack(report, AckStatus.FENCED, reason)
+            return ack_of(report, AckStatus.FENCED, reason)
         try:
             job = await self._store.get_job(report.job_id)
         except JobNotFound:
-            return _ack(report, AckStatus.REJECTED, AckReason.UNKNOWN_JOB, detail="no such job")
+            return ack_of(report, AckStatus.REJECTED, AckReason.UNKNOWN_JOB, detail="no such job")
         reason = AckReason.WRONG_ATTEMPT if job.attempt != report.attempt else AckReason.NOT_HELD
-        return _ack(report, AckStatus.FENCED, reason, detail=f"the job is {job.state.value} at attempt {job.attempt}")
+        return ack_of(report, AckStatus.FENCED, reason, detail=f"the job is {job.state.value} at attempt {job.attempt}")
 
     def _started(self, run: Run, report: Started) -> None:
         if report.phase != run.phase:
-            run.session.send(_ack(report, AckStatus.REJECTED, AckReason.WRONG_PHASE,  # type: ignore[union-attr]
+            run.session.send(ack_of(report, AckStatus.REJECTED, AckReason.WRONG_PHASE,  # type: ignore[union-attr]
                                   detail=f"the assignment's phase is {run.phase!r}"))
             return
         self._mark_started(run)
@@ -315,53 +332,47 @@ class RemoteExecutor:
         session = run.session
         assert session is not None
         if report.phase != run.phase or not 0 <= report.percent <= 100:
-            session.send(_ack(report, AckStatus.REJECTED, AckReason.WRONG_PHASE if report.phase != run.phase
+            session.send(ack_of(report, AckStatus.REJECTED, AckReason.WRONG_PHASE if report.phase != run.phase
                               else AckReason.INVALID_REPORT, detail="percent must be within 0-100"))
             return
         self._mark_started(run)
         change = report_progress(run.job, run.index, report.percent, report.message[:1024], self._clock.now())
         if not await self._commit(run, change):
-            self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"),
+            self._drop(run, ack_of(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"),
                        answered=False)
 
     async def _phase_done(self, run: Run, report: PhaseDone) -> None:
         session = run.session
         assert session is not None
         if report.phase != run.phase:
-            session.send(self._earlier_phase(run, report))
+            session.send(earlier_phase_ack(run, report))
             return
         if report.size > self.max_result_bytes:
-            session.send(_ack(report, AckStatus.REJECTED, AckReason.RESULT_TOO_LARGE,
+            session.send(ack_of(report, AckStatus.REJECTED, AckReason.RESULT_TOO_LARGE,
                               detail=f"results are limited to {self.max_result_bytes} bytes, got {report.size}"))
             return
         run.started = True
         run.disarm()
         run.answering = True  # a commit that finishes the job here gives its slot back with the ack
-        outcome = self._outcome(run, report.outcome)
+        outcome = recorded_outcome(run, report.outcome)
         index = run.index
         if not await self._commit(run, self._change(run, index, outcome)):
-            self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
+            self._drop(run, ack_of(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
             return
+        self._spans.phase_ended(run, outcome)
         if run.job.state is JobState.RUNNING and (run.cancel_requested or run.shutdown):
             # A cancel (or shutdown) arrived while the phase boundary was being written.
             stop: Outcome | None = Cancelled() if run.cancel_requested else None
             if not await self._commit(run, self._change(run, run.index, stop)):
-                self._drop(run, _ack(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
+                self._drop(run, ack_of(report, AckStatus.FENCED, AckReason.NOT_HELD, detail="the job changed"))
                 return
         if run.job.state is JobState.RUNNING:
             run.answering = False
             self._arm_phase_timeout(run)
-            session.send(_ack(report, AckStatus.OK, next_phase=run.phase))
+            session.send(ack_of(report, AckStatus.OK, next_phase=run.phase))
             return
         status = AckStatus.CANCELLED if run.job.state is JobState.CANCELLED else AckStatus.OK
-        self._drop(run, _ack(report, status))
-
-    def _earlier_phase(self, run: Run, report: PhaseDone) -> Ack:
-        """A phase done resent for a phase this attempt already committed: the same answer again."""
-        for phase in run.job.phases[: run.index]:
-            if phase.name == report.phase and phase.state is PhaseState.SUCCEEDED:
-                return _ack(report, AckStatus.OK, next_phase=run.phase)
-        return _ack(report, AckStatus.REJECTED, AckReason.WRONG_PHASE, detail=f"the running phase is {run.phase!r}")
+        self._drop(run, ack_of(report, status))
 
     async def _released(self, run: Run, report: Released) -> None:
         run.answering = True
@@ -373,22 +384,7 @@ class RemoteExecutor:
                              run.job.attempt, True, now)
             change = hand_back(run.job, error, now)
         committed = await self._commit(run, change)
-        self._drop(run, _ack(report, AckStatus.OK if committed else AckStatus.FENCED))
-
-    def _outcome(self, run: Run, reported: Outcome) -> Outcome | None:
-        """What the engine records (None: interrupted by shutdown). A phase stopped by the timeout
-        is a TIMEOUT failure, as in-process; a phase stopped with no cancel asked is a failure."""
-        if isinstance(reported, Succeeded):
-            return reported
-        if run.cancel_requested:
-            return Cancelled()
-        if run.shutdown:
-            return None
-        if run.timed_out:
-            return _timeout(run)
-        if isinstance(reported, Cancelled):
-            return Failed("phase was cancelled on the worker", "CancelledError", retryable=True)
-        return reported
+        self._drop(run, ack_of(report, AckStatus.OK if committed else AckStatus.FENCED))
 
     def _change(self, run: Run, index: int, outcome: Outcome | None) -> JobChange:
         now = self._clock.now()
@@ -414,6 +410,7 @@ class RemoteExecutor:
         taken from the worker (abandoned, not started in time, changed under it): the worker keeps
         the slot until its handler returns and it reports, and that report's answer gives it back."""
         run.disarm()
+        self._spans.ended(run)
         if self._runs.get(run.job.id) is run:
             del self._runs[run.job.id]
         session = run.session
@@ -491,7 +488,7 @@ class RemoteExecutor:
             return
         log.warning("job %s: worker %r did not stop phase %s within %.1fs; abandoned", run.job.id,
                     run.session.worker_id if run.session else "?", run.phase, self._cancel_grace)
-        self._spawn(self._end_without_worker(run, self._outcome(run, Cancelled())))
+        self._spawn(self._end_without_worker(run, recorded_outcome(run, Cancelled())))
 
     async def drain(self, budget: float) -> None:
         """Shutdown: assign nothing more, let running jobs finish for `budget` seconds, then stop the
@@ -530,13 +527,3 @@ def _done(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("a remote job's write failed; its lease will expire and it will be retried",
                   exc_info=task.exception())
-
-
-def _timeout(run: Run) -> Failed:
-    return Failed(f"phase {run.phase!r} exceeded its timeout of {run.job.timeout:g}s", "TIMEOUT", retryable=True)
-
-
-def _ack(report: Report, status: AckStatus, reason: AckReason = AckReason.NONE, *, next_phase: str = "",
-         detail: str = "") -> Ack:
-    phase = "" if isinstance(report, Released) else report.phase
-    return Ack(report.job_id, report.attempt, phase, status, next_phase, reason, detail)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Span
+
 from jobwire_server.domain.models import Job
 from jobwire_server.engine.remote.messages import Command, Hello
 
@@ -72,6 +74,9 @@ class Run:
     timer: asyncio.TimerHandle | None = None
     #: Reports about one job are handled in order; reports about different jobs commit together.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The attempt's job span and its running phase's span (when tracing is on).
+    span: Span | None = None
+    phase_span: Span | None = None
 
     @property
     def live(self) -> bool:
