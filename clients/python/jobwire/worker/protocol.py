@@ -64,8 +64,8 @@ def phase_done(job_id: str, attempt: int, phase: str, task: asyncio.Future[bytes
     done = worker_pb2.PhaseDoneReport(job_id=job_id, attempt=attempt, phase=phase)
     if task is None or cancelled or task.cancelled():
         done.cancelled = True
-    elif task.exception() is not None:
-        done.failure.CopyFrom(failure(task.exception()))  # type: ignore[arg-type]
+    elif (error := task.exception()) is not None:
+        done.failure.CopyFrom(failure(error))
     else:
         done.result = task.result()
     return worker_pb2.ConnectRequest(phase_done=done)

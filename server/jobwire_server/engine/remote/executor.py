@@ -20,7 +20,8 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
 
 from opentelemetry.trace import Tracer
 
@@ -313,8 +314,9 @@ class RemoteExecutor:
 
     def _started(self, run: Run, report: Started) -> None:
         if report.phase != run.phase:
-            run.session.send(ack_of(report, AckStatus.REJECTED, AckReason.WRONG_PHASE,  # type: ignore[union-attr]
-                                  detail=f"the assignment's phase is {run.phase!r}"))
+            assert run.session is not None  # the report came from it
+            run.session.send(ack_of(report, AckStatus.REJECTED, AckReason.WRONG_PHASE,
+                                    detail=f"the assignment's phase is {run.phase!r}"))
             return
         self._mark_started(run)
 
@@ -513,8 +515,8 @@ class RemoteExecutor:
         if not any(run.live for run in self._runs.values()):
             self._quiet.set()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         _background.add(task)
         task.add_done_callback(_done)
 

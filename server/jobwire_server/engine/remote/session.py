@@ -5,6 +5,7 @@ the stream sends in order."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span
@@ -91,9 +92,9 @@ class Run:
         index = self.index
         return self.job.phases[index].name if index < len(self.job.phases) else ""
 
-    def arm(self, delay: float, callback: object) -> None:
+    def arm(self, delay: float, callback: Callable[[Run], object]) -> None:
         self.disarm()
-        self.timer = asyncio.get_running_loop().call_later(delay, callback, self)  # type: ignore[arg-type]
+        self.timer = asyncio.get_running_loop().call_later(delay, callback, self)
 
     def disarm(self) -> None:
         if self.timer is not None:
