@@ -156,6 +156,11 @@ class RawSession:
         metadata = await self.call.trailing_metadata()
         return error_details(SimpleNamespace(trailing_metadata=lambda: metadata))
 
+    async def drop(self) -> None:
+        """Close the connection with the stream still open (a worker that dies)."""
+        self.call.cancel()
+        await self._channel.close()
+
     async def close(self) -> grpc.StatusCode:
         """Half-close and wait for the server to end the stream."""
         self._outbox.put_nowait(None)

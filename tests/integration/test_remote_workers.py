@@ -108,7 +108,8 @@ async def test_a_frozen_worker_past_its_lease_is_fenced(start_server: StartServe
         assert (current.phase, current.attempt) == ("fetch", 2)
         frozen.signal(signal.SIGCONT)
         late.release()  # attempt 1 returns: its report must not be written
-        await frozen.line("0 jobs kept", within=30)  # it came back, and the server dropped its job
+        back = await frozen.line("connected to", count=2, within=30)  # it came back...
+        assert "0 jobs kept" in back  # ...and the server dropped its job
         before = await stub.GetJob(E.GetJobRequest(id=job.id))
         assert before.phases[0].state == E.PHASE_STATE_RUNNING and before.attempt == 2
         current.release()

@@ -130,6 +130,17 @@ async def test_a_batch_is_handled_in_order_and_may_not_nest(app: App, stub: Any)
     assert await session.status() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_silent_session_is_ended_with_a_status_the_worker_sees(harness: Harness, stub: Any) -> None:
+    app = await harness.start(clock=SystemClock(), db="silent.db", lease_ttl=1)  # type: ignore[arg-type]
+    session = RawSession(target(app))
+    session.send(hello(TWO))
+    welcome = await session.recv_only("welcome")
+    assert welcome.ping_interval.ToMilliseconds() == 250  # a quarter of the lease
+    assert await session.status() == grpc.StatusCode.UNAVAILABLE  # no ping for three intervals
+    assert (await session.reason())[0] == "WORKER_SILENT"
+    assert app.remote.sessions == 0
+
+
 async def test_an_empty_message_after_the_hello_is_invalid(app: App) -> None:
     session = await connect(app)
     session.send()
@@ -321,15 +332,21 @@ async def test_a_declared_kind_is_known_with_no_worker_connected_even_after_a_re
 
 
 async def test_a_flood_of_sessions_leaves_nothing_behind(app: App, stub: Any) -> None:
+    assert app.workers is not None
     for _ in range(5):
         sessions = [RawSession(target(app)) for _ in range(40)]
         for index, session in enumerate(sessions):
             session.send(hello(TWO, worker_id=f"flood-{index}"))
-        for session in sessions[:20]:
+        for session in sessions[:30]:
             await session.recv_only("welcome")
-        codes = await asyncio.gather(*(s.close() for s in sessions))
+        codes = await asyncio.gather(*(s.close() for s in sessions[:20]))  # half-closed, answered OK
         assert set(codes) == {grpc.StatusCode.OK}
-    assert app.workers is not None and app.workers.open_streams == 0
+        for session in sessions[20:]:
+            await session.drop()  # the connection goes away with the stream open
+        async with asyncio.timeout(10):
+            while app.workers.open_streams:
+                await app.workers.stream_ended.wait()
+    assert app.workers.open_streams == 0
     assert app.remote.sessions == 0 and app.remote.running_ids() == []
     # Still serving: a job runs on the next worker.
     session = await connect(app)
@@ -339,7 +356,7 @@ async def test_a_flood_of_sessions_leaves_nothing_behind(app: App, stub: Any) ->
     await report(session, done(assign, phase="two"))
     assert (await finished(stub, job.id)).job.state == E.JOB_STATE_SUCCEEDED
     leftover = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("worker-")]
-    assert len(leftover) == 2  # the open session's sender and watchdog only
+    assert len(leftover) == 3  # the open session's reader, sender and watchdog only
 
 
 # ----------------------------------------------------------------------------- access

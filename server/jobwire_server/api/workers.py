@@ -34,6 +34,7 @@ Context = aio.ServicerContext[Any, Any]
 log = logging.getLogger("jobwire.workers")
 
 HELLO_REQUIRED = "HELLO_REQUIRED"
+WORKER_SILENT = "WORKER_SILENT"
 #: Pings a session may miss before the watchdog ends it.
 MISSED_PINGS = 3
 #: Messages sent as one batch at most.
@@ -46,8 +47,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._clock = clock
         self._auth = auth
         self.accepting = True
-        #: Sessions open now (tests read it to see that nothing leaks).
+        #: Sessions open now, and an event set (and replaced) each time one ends: tests wait on it to
+        #: see that nothing leaks.
         self.open_streams = 0
+        self.stream_ended = asyncio.Event()
 
     async def Connect(self, request_iterator: AsyncIterator[worker_pb2.ConnectRequest],  # type: ignore[override]
                       context: Context) -> None:
@@ -58,15 +61,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         except Exception as exc:  # KindMismatch, KindInProcess, storage faults: their statuses
             await abort(context, exc)
         self.open_streams += 1
-        reading = asyncio.current_task()
         sender = asyncio.create_task(self._send(session, context), name=f"worker-send-{session.id}")
-        watchdog = asyncio.create_task(self._watch(session, reading), name=f"worker-watch-{session.id}")
+        watchdog = asyncio.create_task(self._watch(session), name=f"worker-watch-{session.id}")
         reports: set[asyncio.Task[None]] = set()
+        # The reading runs in a task of its own, so a silent session can be ended with a status the
+        # worker sees: cancelling the method itself would leave the worker's stream hanging open.
+        reader = asyncio.create_task(self._receive(session, requests, context, reports),
+                                     name=f"worker-read-{session.id}")
         try:
-            await self._receive(session, requests, context, reports)
+            done, _ = await asyncio.wait({reader, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reader.result()  # how the stream ended: by the worker, or a protocol error (aborted)
+            else:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await abort_with(context, status_with(
+                    grpc.StatusCode.UNAVAILABLE, f"nothing heard from the worker for {MISSED_PINGS} ping intervals; "
+                    "reconnect", WORKER_SILENT))
         finally:
             self.open_streams -= 1
+            self.stream_ended.set()
+            self.stream_ended = asyncio.Event()
             watchdog.cancel()
+            reader.cancel()
             self._remote.close_session(session)
             await asyncio.gather(sender, return_exceptions=True)
             for task in reports:
@@ -156,15 +173,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             if last:
                 return
 
-    async def _watch(self, session: Session, reading: asyncio.Task[Any] | None) -> None:
+    async def _watch(self, session: Session) -> None:
+        """Return once the session has been silent for MISSED_PINGS ping intervals."""
         interval = self._remote.ping_interval
-        while not session.closed:
-            await asyncio.sleep(interval)
+        while True:
+            await asyncio.sleep(interval)  # sleep-ok: the liveness check's beat, at the ping interval
             if self._clock.now() - session.last_heard > interval * MISSED_PINGS:
                 log.warning("worker %r (session %s) silent for %.1fs; ending its session", session.worker_id,
                             session.id, self._clock.now() - session.last_heard)
-                if reading is not None:
-                    reading.cancel()
                 return
 
 

@@ -41,6 +41,7 @@ class WorkerServiceStub:
     - KIND_IN_PROCESS (FAILED_PRECONDITION): the hello declares a kind the server runs in-process.
     - PERMISSION_DENIED (PERMISSION_DENIED): the token does not allow a declared queue.
     - SHUTTING_DOWN (UNAVAILABLE): the server is stopping; reconnect (to another replica) later.
+    - WORKER_SILENT (UNAVAILABLE): nothing heard from the worker for three ping intervals; reconnect.
     Reports about jobs are never answered by ending the stream: each gets a WorkerAck.
     """
 
@@ -73,6 +74,7 @@ class WorkerServiceServicer:
     - KIND_IN_PROCESS (FAILED_PRECONDITION): the hello declares a kind the server runs in-process.
     - PERMISSION_DENIED (PERMISSION_DENIED): the token does not allow a declared queue.
     - SHUTTING_DOWN (UNAVAILABLE): the server is stopping; reconnect (to another replica) later.
+    - WORKER_SILENT (UNAVAILABLE): nothing heard from the worker for three ping intervals; reconnect.
     Reports about jobs are never answered by ending the stream: each gets a WorkerAck.
     """
 
@@ -117,6 +119,7 @@ class WorkerService:
     - KIND_IN_PROCESS (FAILED_PRECONDITION): the hello declares a kind the server runs in-process.
     - PERMISSION_DENIED (PERMISSION_DENIED): the token does not allow a declared queue.
     - SHUTTING_DOWN (UNAVAILABLE): the server is stopping; reconnect (to another replica) later.
+    - WORKER_SILENT (UNAVAILABLE): nothing heard from the worker for three ping intervals; reconnect.
     Reports about jobs are never answered by ending the stream: each gets a WorkerAck.
     """
 

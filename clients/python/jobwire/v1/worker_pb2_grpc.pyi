@@ -60,6 +60,7 @@ class WorkerServiceStub:
       - KIND_IN_PROCESS (FAILED_PRECONDITION): the hello declares a kind the server runs in-process.
       - PERMISSION_DENIED (PERMISSION_DENIED): the token does not allow a declared queue.
       - SHUTTING_DOWN (UNAVAILABLE): the server is stopping; reconnect (to another replica) later.
+      - WORKER_SILENT (UNAVAILABLE): nothing heard from the worker for three ping intervals; reconnect.
     Reports about jobs are never answered by ending the stream: each gets a WorkerAck.
     """
 
@@ -90,6 +91,7 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
       - KIND_IN_PROCESS (FAILED_PRECONDITION): the hello declares a kind the server runs in-process.
       - PERMISSION_DENIED (PERMISSION_DENIED): the token does not allow a declared queue.
       - SHUTTING_DOWN (UNAVAILABLE): the server is stopping; reconnect (to another replica) later.
+      - WORKER_SILENT (UNAVAILABLE): nothing heard from the worker for three ping intervals; reconnect.
     Reports about jobs are never answered by ending the stream: each gets a WorkerAck.
     """
 
@@ -116,6 +118,7 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
       - KIND_IN_PROCESS (FAILED_PRECONDITION): the hello declares a kind the server runs in-process.
       - PERMISSION_DENIED (PERMISSION_DENIED): the token does not allow a declared queue.
       - SHUTTING_DOWN (UNAVAILABLE): the server is stopping; reconnect (to another replica) later.
+      - WORKER_SILENT (UNAVAILABLE): nothing heard from the worker for three ping intervals; reconnect.
     Reports about jobs are never answered by ending the stream: each gets a WorkerAck.
     """
 

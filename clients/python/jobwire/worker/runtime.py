@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ RELEASE_GRACE = 5.0
 STARTED_AFTER = 0.05
 #: Messages sent as one batch at most.
 MAX_BATCH = 256
+#: Ping intervals without a word from the server before the worker reconnects.
+MISSED_PINGS = 3
 #: Jobs a worker runs at once unless told: as many as the server's in-process pool (`--concurrency`).
 #: Slots are the worker's pipeline depth: each job's commit and round trip overlap the others'.
 DEFAULT_SLOTS = 100
@@ -79,6 +82,21 @@ class Backoff:
     def delay(self, failures: int) -> float:
         ceiling = min(self.maximum, self.initial * 2.0 ** min(failures, 30))
         return random.uniform(ceiling / 2, ceiling)
+
+
+class Heard:
+    """When the server was last heard from on a session (a pong at least every ping interval)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        #: Set when the session was given up on for silence.
+        self.lost = False
+
+    def now(self) -> None:
+        self.at = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.at
 
 
 class _Job:
@@ -215,19 +233,26 @@ class Worker:
             call = stub.Connect(_requests(outbox), metadata=metadata)
             self._outbox = outbox
             pinger: asyncio.Task[None] | None = None
+            heard = Heard()
             try:
                 async for response in call:
+                    heard.now()
                     for message in response.batch.messages if response.WhichOneof("message") == "batch" \
                             else (response,):
                         if message.WhichOneof("message") == "welcome":
                             welcomed = True
                             interval = protocol.seconds(message.welcome.ping_interval)
-                            pinger = asyncio.create_task(self._ping(outbox, interval))
+                            pinger = asyncio.create_task(self._ping(outbox, interval, heard, call))
                         self._on(message)
             except aio.AioRpcError as exc:
                 if exc.code() in _REFUSALS:
                     raise WorkerRefused(exc.code(), exc.details() or "", _reason(exc)) from None
                 raise
+            except asyncio.CancelledError:
+                if not heard.lost:
+                    raise
+                log.warning("worker %s: nothing heard from %s for %d ping intervals; reconnecting", self.worker_id,
+                            self.target, MISSED_PINGS)
             finally:
                 self._outbox = None
                 self.connected.clear()
@@ -252,10 +277,17 @@ class Worker:
                                       kinds=[protocol.declare(kind) for kind in self._kinds.values()],
                                       queues=list(self.queues), slots=self.slots, held=held)
 
-    async def _ping(self, outbox: asyncio.Queue[worker_pb2.ConnectRequest | None], interval: float) -> None:
+    async def _ping(self, outbox: asyncio.Queue[worker_pb2.ConnectRequest | None], interval: float, heard: Heard,
+                    call: Any) -> None:
+        """Ping every `interval`; a server silent for MISSED_PINGS intervals (no pong, nothing) is
+        given up on: the call is cancelled and the worker reconnects."""
         nonce = 0
         while True:
             await asyncio.sleep(interval)  # sleep-ok: the protocol's liveness beat, at the server's interval
+            if heard.silent_for() > interval * MISSED_PINGS:
+                heard.lost = True
+                call.cancel()
+                return
             nonce += 1
             outbox.put_nowait(worker_pb2.ConnectRequest(ping=worker_pb2.WorkerPing(nonce=nonce)))
 
