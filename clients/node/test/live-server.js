@@ -33,7 +33,8 @@ function freePort() {
  * `{target, stop()}` of a serving jobwire server; throws with its output when it does not start.
  * `flags` are added to `serve`'s arguments; giving the `dir` (and `target`) of a stopped server starts
  * it again on the same database (and address); a `dir` given is left in place by `stop()`.
- * `stop()` sends SIGTERM (the server drains); `stop('SIGKILL')` kills it where it stands.
+ * `stop()` sends SIGTERM (the server drains); `stop('SIGKILL')` kills it where it stands; `signal(name)`
+ * sends any other signal (SIGSTOP freezes it, SIGCONT thaws it).
  * `tls` is the readiness probe's (JobwireClient's `tls` option), for a server started with TLS flags.
  */
 export async function startServer({ flags = [], dir, target, readyMs = 20_000, tls } = {}) {
@@ -67,5 +68,6 @@ export async function startServer({ flags = [], dir, target, readyMs = 20_000, t
   } finally {
     probe.close();
   }
-  return { target, dir, stop, output: () => output };
+  const signal = (name) => server.kill(name);
+  return { target, dir, stop, signal, output: () => output };
 }

@@ -1,4 +1,5 @@
-// An idle Node worker keeps its session by pinging, and comes back after losing its server:
+// An idle Node worker keeps its session by pinging, gives up on a server that stopped answering, and
+// comes back after losing its server:
 //  - the connection drops (a TCP relay between worker and server cuts it and refuses new ones for a
 //    while): the worker reconnects, names the job it still runs in its hello, the server keeps it, and
 //    the phase done that was waiting is sent on the new session: the job ends on its first attempt;
@@ -116,6 +117,32 @@ describe('a Node worker reconnects', { timeout: 120_000 }, () => {
       const { job } = await client.enqueue('node.idle');
       assert.equal(finalState(await within(10_000, eventsOf(client, job.id), 'the job')), 'JOB_STATE_SUCCEEDED');
       assert.equal((await client.get(job.id)).phases[0].result.toString(), 'awake');
+    } finally {
+      await worker.drain({ timeoutMs: 1000 });
+      await running;
+    }
+  });
+
+  test('a worker gives up on a frozen server after three silent ping intervals, and comes back', async () => {
+    const worker = new Worker({ target: server.target, slots: 1, reconnect: FAST_RECONNECT });
+    worker.kind('node.patient').phase('work', () => 'thawed');
+    const welcomed = next(worker, 'session');
+    const running = worker.run();
+    try {
+      await within(10_000, welcomed, 'the welcome');
+      const gaveUp = next(worker, 'disconnect');
+      server.signal('SIGSTOP'); // the connection stays open; nothing answers
+      let info;
+      try {
+        info = await within(10_000, gaveUp, 'giving up on the frozen server');
+      } finally {
+        server.signal('SIGCONT');
+      }
+      // CANCELLED: the worker ended the call itself (a session the server ends is UNAVAILABLE).
+      assert.equal(info.error?.codeName, 'CANCELLED', info.error?.message);
+      await within(15_000, next(worker, 'session'), 'the welcome after the thaw');
+      const { job } = await client.enqueue('node.patient');
+      assert.equal(finalState(await within(10_000, eventsOf(client, job.id), 'the job')), 'JOB_STATE_SUCCEEDED');
     } finally {
       await worker.drain({ timeoutMs: 1000 });
       await running;
