@@ -2,6 +2,7 @@
 // camelCase fields, enums as names, 64-bit integers as decimal strings, bytes as Buffers).
 
 import type * as grpcNs from '@grpc/grpc-js';
+import { EventEmitter } from 'node:events';
 
 export const grpc: typeof grpcNs;
 export const DEFAULT_PROTO_DIR: string;
@@ -364,6 +365,157 @@ export class JobwireClient {
   listQueues(options?: { pageSize?: number; pageToken?: string }): Promise<{ queues: Queue[]; nextPageToken: string }>;
   updateQueue(name: string, settings: QueueSettingsInput): Promise<Queue>;
   close(): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker (WorkerService.Connect): runs the phases of the kinds it declares.
+
+/** Thrown by a phase handler when no retry can succeed: the job fails at once. */
+export class PermanentError extends Error {
+  constructor(message?: string, options?: { cause?: unknown });
+}
+
+export interface RetryableErrorOptions {
+  /** Retry after this many milliseconds instead of the kind's backoff. */
+  retryAfterMs?: number | null;
+  cause?: unknown;
+}
+
+/** Thrown by a phase handler to have the job retried while it has attempts left. */
+export class RetryableError extends Error {
+  constructor(message?: string, options?: RetryableErrorOptions);
+  constructor(options: RetryableErrorOptions & { message?: string });
+  readonly retryAfterMs: number | null;
+}
+
+/** The job as a phase handler sees it. */
+export interface WorkerJob {
+  id: string;
+  attempt: number;
+  kind: string;
+  queue: string;
+  payload: Buffer;
+  labels: Record<string, string>;
+  /** Every phase of the job, in order. */
+  phases: string[];
+  /** The phase running now. */
+  phase: string;
+  /** Results of the phases already done (earlier in this attempt, or kept from an earlier one). */
+  results: Record<string, Buffer>;
+  /** W3C trace context of the job ('' when none). */
+  traceparent: string;
+  /** The payload decoded as JSON (null when empty); throws a PermanentError when it is not JSON. */
+  json<T = unknown>(): T;
+}
+
+/** Why a handler's signal was aborted (its `reason`). */
+export interface AbortReason extends Error {
+  name: 'AbortError';
+  code: 'ABORT_ERR';
+  /**
+   * 'cancel': the job was cancelled, its phase ran past its timeout, or the server is shutting down
+   * (the message ends with the server's reason: the user's, the timeout, or "shutdown"); 'drain': this worker's drain ran out of time; 'lost': the attempt is not
+   * this worker's any more (fenced, dropped after a reconnect, or the worker stopped).
+   */
+  why: 'cancel' | 'drain' | 'lost';
+}
+
+export interface PhaseContext {
+  /** Aborted when the handler should stop; `signal.reason` is an AbortReason. */
+  signal: AbortSignal;
+  /** The phase running. */
+  phase: string;
+  /** Reports progress of the phase (0-100; message up to 1024 characters); seen by watchers. */
+  progress(percent: number, message?: string): void;
+}
+
+/** Returns the phase's result: bytes as is, a string as UTF-8, nothing as empty, anything else as JSON. */
+export type PhaseHandler = (job: WorkerJob, context: PhaseContext) =>
+  Buffer | Uint8Array | string | unknown | Promise<Buffer | Uint8Array | string | unknown>;
+
+export interface KindOptions {
+  /** Queue a job of this kind goes to when Enqueue names none ('' : the server's default queue). */
+  queue?: string;
+  /** Attempts a job gets when Enqueue sets none (0: the server's default, 3). */
+  maxAttempts?: number;
+  /** Per-phase timeout when Enqueue sets none, in milliseconds (0: none). */
+  timeoutMs?: number;
+  /** Backoff before the first retry, doubling with each attempt (0: the server's default, 1 s). */
+  retryBaseDelayMs?: number;
+  /** Longest backoff (0: the server's default, 300 s). */
+  retryMaxDelayMs?: number;
+}
+
+export class Kind {
+  constructor(name: string, options?: KindOptions);
+  readonly name: string;
+  /** Phase names in the order they run. */
+  readonly phases: string[];
+  /** Adds the next phase; returns this kind, to chain. */
+  phase(name: string, handler: PhaseHandler): this;
+}
+
+export interface ReconnectPolicy {
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+  multiplier?: number;
+}
+
+export interface WorkerOptions {
+  /** host:port of the server. */
+  target: string;
+  /** Bearer token with the `jobs:work` scope. */
+  token?: string;
+  /** As for JobwireClient. */
+  tls?: boolean | TlsOptions;
+  /** Queues to take jobs from; empty (the default): every queue. */
+  queues?: string[];
+  /** Jobs run at once, 1-1024 (default 100, as the server's pool). */
+  slots?: number;
+  /** Stable identity of this process (default `<host>:<pid>`), 1-128 of letters, digits, `.-_:`. */
+  workerId?: string;
+  channelOptions?: grpcNs.ChannelOptions;
+  protoDir?: string;
+  /** Waits between sessions: each randomised down by up to half; defaults to DEFAULT_RECONNECT. */
+  reconnect?: ReconnectPolicy;
+}
+
+export interface WorkerSession {
+  sessionId: string;
+  leaseTtlMs: number;
+  pingIntervalMs: number;
+  /** Jobs held from the previous session that this worker keeps running. */
+  kept: string[];
+  /** Jobs held from the previous session that were stopped (their attempt is over). */
+  dropped: string[];
+}
+
+export const DEFAULT_SLOTS: number;
+export const DEFAULT_RECONNECT: Readonly<Required<ReconnectPolicy>>;
+
+export class Worker extends EventEmitter {
+  constructor(options: WorkerOptions);
+  readonly slots: number;
+  readonly workerId: string;
+  readonly queues: string[];
+  /** Slots taken now: jobs held, and handlers still running after their job was taken away. */
+  readonly busy: number;
+  /** Declares a kind before run() (or returns the one declared with that name). */
+  kind(name: string, options?: KindOptions): Kind;
+  /**
+   * Connects and runs jobs, reconnecting whenever the session ends, until drained. Rejects with a
+   * JobwireError when the server refuses the worker for good (e.g. reason KIND_MISMATCH).
+   */
+  run(): Promise<void>;
+  /** Stops taking work, lets running jobs finish for `timeoutMs` (default 30000), gives back the rest. */
+  drain(options?: { timeoutMs?: number }): Promise<void>;
+
+  on(event: 'session', listener: (session: WorkerSession) => void): this;
+  on(event: 'disconnect', listener: (info: { error: JobwireError | null; retryInMs: number }) => void): this;
+  on(event: 'warning', listener: (message: string) => void): this;
+  once(event: 'session', listener: (session: WorkerSession) => void): this;
+  once(event: 'disconnect', listener: (info: { error: JobwireError | null; retryInMs: number }) => void): this;
+  once(event: 'warning', listener: (message: string) => void): this;
 }
 
 export default JobwireClient;

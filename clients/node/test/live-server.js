@@ -33,8 +33,11 @@ function freePort() {
  * `{target, stop()}` of a serving jobwire server; throws with its output when it does not start.
  * `flags` are added to `serve`'s arguments; giving the `dir` (and `target`) of a stopped server starts
  * it again on the same database (and address); a `dir` given is left in place by `stop()`.
+ * `stop()` sends SIGTERM (the server drains); `stop('SIGKILL')` kills it where it stands; `signal(name)`
+ * sends any other signal (SIGSTOP freezes it, SIGCONT thaws it).
+ * `tls` is the readiness probe's (JobwireClient's `tls` option), for a server started with TLS flags.
  */
-export async function startServer({ flags = [], dir, target, readyMs = 20_000 } = {}) {
+export async function startServer({ flags = [], dir, target, readyMs = 20_000, tls } = {}) {
   const ownDir = !dir;
   dir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'jobwire-node-server-'));
   target ??= `127.0.0.1:${await freePort()}`;
@@ -46,13 +49,14 @@ export async function startServer({ flags = [], dir, target, readyMs = 20_000 } 
   server.stdout.on('data', (chunk) => { output += chunk; });
   server.stderr.on('data', (chunk) => { output += chunk; });
   const exited = new Promise((resolve) => server.on('exit', (code, signal) => resolve({ code, signal })));
-  const stop = async () => {
-    if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
+  const stop = async (signal = 'SIGTERM') => {
+    if (server.exitCode === null && server.signalCode === null) server.kill(signal);
     const status = await exited;
     if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
     return status;
   };
   const probe = new JobwireClient(target, {
+    tls,
     channelOptions: { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 500 },
   });
   try {
@@ -66,5 +70,6 @@ export async function startServer({ flags = [], dir, target, readyMs = 20_000 } 
   } finally {
     probe.close();
   }
-  return { target, dir, stop, output: () => output };
+  const signal = (name) => server.kill(name);
+  return { target, dir, stop, signal, output: () => output };
 }

@@ -33,7 +33,7 @@ test('the packed tarball installs outside the repository and runs a job', { time
   const files = packed.files.map((f) => f.path).sort();
   assert.equal(packed.name, '@jobwire/client');
   for (const wanted of ['README.md', 'package.json', 'proto/jobwire/v1/jobwire.proto', 'proto/jobwire/v1/worker.proto',
-    'src/index.d.ts', 'src/index.js']) {
+    'src/errors.js', 'src/index.d.ts', 'src/index.js', 'src/transport.js', 'src/worker.js']) {
     assert.ok(files.includes(wanted), `${wanted} missing from the tarball: ${files.join(', ')}`);
   }
   assert.ok(!files.some((f) => f.startsWith('test/') || f.startsWith('scripts/')), files.join(', '));
@@ -44,12 +44,22 @@ test('the packed tarball installs outside the repository and runs a job', { time
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
   npm(['install', path.join(work, packed.filename)], app);
   fs.writeFileSync(path.join(app, 'main.js'), `
-    import { JobwireClient } from '@jobwire/client';
+    import { once } from 'node:events';
+    import { JobwireClient, Worker } from '@jobwire/client';
     const client = new JobwireClient(process.argv[2], { timeoutMs: 15000 });
     const { job } = await client.enqueue('sleep', { payload: { seconds: 0.2, phases: 2 } });
     const types = [];
     for await (const ev of client.watch(job.id)) types.push(ev.type);
-    console.log(JSON.stringify({ types, state: (await client.get(job.id)).state }));
+    const worker = new Worker({ target: process.argv[2], slots: 1 });
+    worker.kind('packed.echo').phase('echo', (remote) => remote.json().text.toUpperCase());
+    const running = worker.run();
+    await once(worker, 'session');
+    const { job: echo } = await client.enqueue('packed.echo', { payload: { text: 'hi' } });
+    for await (const ev of client.watch(echo.id)) { /* until it ends */ }
+    const echoed = (await client.get(echo.id)).phases[0].result.toString();
+    await worker.drain();
+    await running;
+    console.log(JSON.stringify({ types, state: (await client.get(job.id)).state, echoed }));
     client.close();
   `);
   const env = { ...process.env };
@@ -58,6 +68,7 @@ test('the packed tarball installs outside the repository and runs a job', { time
     cwd: app, encoding: 'utf8', env, timeout: 60_000,
   }));
   assert.equal(result.state, 'JOB_STATE_SUCCEEDED');
+  assert.equal(result.echoed, 'HI', 'a worker from the installed package ran a job');
   assert.equal(result.types.at(-1), 'EVENT_TYPE_SUCCEEDED');
   assert.ok(result.types.filter((t) => t === 'EVENT_TYPE_PHASE_SUCCEEDED').length === 2, result.types.join());
   // The installed client read the proto packed with it, not the repository's.
