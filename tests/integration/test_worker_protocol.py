@@ -245,6 +245,18 @@ async def test_a_cancel_is_pushed_and_a_worker_that_ignores_it_is_abandoned_then
     assert (await stub.GetJob(E.GetJobRequest(id=job.id))).phases[0].result == b""
 
 
+async def test_a_started_report_after_a_cancel_does_not_stop_the_grace(app: App, stub: Any) -> None:
+    session = await connect(app)
+    job = await enqueue(stub)
+    assign = await assigned(session)
+    await stub.CancelJob(E.CancelJobRequest(id=job.id, reason="stop"))
+    await session.recv_only("cancel")
+    # The worker's `started` crossed the cancel on the wire; it ignores the cancel from then on.
+    session.put(W.ConnectRequest(started=W.PhaseStartedReport(job_id=job.id, attempt=1, phase=assign.phase)))
+    final = await finished(stub, job.id)  # still abandoned after the grace (0.5 s in the harness)
+    assert final.job.state == E.JOB_STATE_CANCELLED
+
+
 async def test_a_phase_past_its_timeout_is_cancelled_and_fails_timeout(app: App, stub: Any) -> None:
     app.remote._cancel_grace = 30.0
     session = await connect(app)

@@ -279,7 +279,7 @@ def test_the_output_counts_each_table_and_says_the_copy_was_checked(tmp_path: Pa
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"copying {source} into {empty_url}"
-    assert lines[1:9] == [f"  {'jobs':<18} {7:>10} rows", f"  {'phases':<18} {12:>10} rows",
+    assert lines[1:10] == [f"  {'jobs':<18} {7:>10} rows", f"  {'phases':<18} {12:>10} rows",
                           f"  {'events':<18} {32:>10} rows", f"  {'requests':<18} {2:>10} rows",
                           f"  {'deliveries':<18} {5:>10} rows", f"  {'delivery_attempts':<18} {3:>10} rows",
                           f"  {'schedules':<18} {2:>10} rows", f"  {'kinds':<18} {1:>10} rows",

@@ -326,9 +326,10 @@ class RemoteExecutor:
         if run.started:
             return
         run.started = True
+        if run.cancel_requested:
+            return  # the armed timer is the cancel's grace: a late `started` must not stop it
         run.disarm()
-        if not run.cancel_requested:
-            self._arm_phase_timeout(run)
+        self._arm_phase_timeout(run)
 
     async def _progress(self, run: Run, report: ProgressReport) -> None:
         session = run.session
