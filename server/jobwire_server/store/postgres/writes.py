@@ -421,7 +421,6 @@ def _change_params(job: Job, old_state: str, old_attempt: int) -> tuple[Any, ...
 
 async def claim_jobs(conn: Conn, pending: Pending, params: ClaimParams) -> ClaimResult:
     promoted, next_due = await _promote_due(conn, pending, params.now)
-    promoted, next_due = await _promote_due(conn, pending, params.now)
     claimed, next_token = await _claim_ready(conn, pending, params) if params.limit > 0 else ([], None)
     if params.remote:
         more, remote_token = await _claim_remote(conn, pending, params)
