@@ -1,6 +1,6 @@
 """The console in a real browser against a real server: find a job, watch its progress bars advance to
 SUCCEEDED live, cancel a running job, retry a failed one, page through 200 jobs, use it with a token,
-and load it with 10,000 jobs in the database."""
+and load it with 10,000 jobs in the database; pause and resume a queue, and see a job wait for it."""
 
 from __future__ import annotations
 
@@ -157,3 +157,62 @@ def test_loads_with_10000_jobs_and_on_a_phone(server: HttpServer, page: Page) ->
     shoot(page, "jobs-phone")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the job list is {width}px wide on a 390px screen"
+
+
+def test_queues_page_pauses_and_resumes_a_queue(server: HttpServer, page: Page) -> None:
+    enqueue(server, "noop", queue="media")  # the queue holds a job: it is listed
+    page.goto(server.base + "/")
+    row = page.get_by_role("table", name=re.compile("Jobs per state")).get_by_role("row", name=re.compile("media"))
+    expect(row).to_contain_text("active", timeout=WAIT)
+    page.get_by_role("button", name="Pause queue media").press("Enter")  # by keyboard
+    expect(row).to_contain_text("paused", timeout=WAIT)
+    resume = page.get_by_role("button", name="Resume queue media")
+    expect(resume).to_be_focused()  # the redrawn table keeps the keyboard user's place
+    assert api(server, "GET", "/v1/queues/media")["settings"]["paused"] is True
+    # A job enqueued to the paused queue waits, and its page says why.
+    job = enqueue(server, "noop", queue="media")
+    page.get_by_role("link", name="media", exact=True).click()
+    page.get_by_role("link", name=job["id"]).click()
+    expect(page.locator("#job-state")).to_have_text("QUEUED", timeout=WAIT)
+    expect(page.locator("#job-waiting")).to_contain_text("its queue is paused", timeout=WAIT)
+    expect(page.locator("#job-waiting")).to_contain_text("QUEUE_PAUSED")
+    shoot(page, "job-waiting-paused-queue")
+    stored = api(server, "GET", f"/v1/jobs/{job['id']}")
+    assert (stored["state"], stored["waitingReason"]) == ("JOB_STATE_QUEUED", "WAITING_REASON_QUEUE_PAUSED")
+    page.get_by_role("link", name="Queues", exact=True).click()
+    expect(row).to_contain_text("paused", timeout=WAIT)
+    shoot(page, "queues-paused")
+    resume.click()
+    expect(row).to_contain_text("active", timeout=WAIT)
+    expect(page.get_by_role("button", name="Pause queue media")).to_be_visible()
+    # Back on the job's page: it ran once the queue was resumed, and no longer shows a waiting reason.
+    page.go_back()
+    expect(page.get_by_role("heading", name=re.compile(job["id"]))).to_be_visible(timeout=WAIT)
+    expect(page.locator("#job-state")).to_have_text("SUCCEEDED", timeout=WAIT)
+    expect(page.locator("#job-waiting")).to_have_count(0)
+    assert api(server, "GET", "/v1/queues/media")["settings"]["paused"] is False
+
+
+def test_queues_page_shows_limits_and_a_refused_pause(start_server: StartServer, tmp_path: Path, page: Page) -> None:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[token]]\nname = "ops"\nsha256 = "{hash_token("ops-secret")}"\nscopes = ["admin"]\n'
+                      f'[[token]]\nname = "viewer"\nsha256 = "{hash_token("viewer-secret")}"\n'
+                      'scopes = ["jobs:read", "jobs:write"]\n')
+    server = start_http(start_server, tokens_file=tokens)
+    api(server, "PATCH", "/v1/queues/media", {"concurrencyLimit": 3, "rateLimit": 2.5, "rateBurst": 5, "keyLimit": 1},
+        token="ops-secret")  # settings and no job: listed all the same
+    page.goto(server.base + "/")
+    dialog = page.get_by_role("dialog", name="Bearer token")
+    expect(dialog).to_be_visible(timeout=WAIT)
+    dialog.get_by_label("Token").fill("viewer-secret")
+    dialog.get_by_label("Token").press("Enter")
+    row = page.get_by_role("table", name=re.compile("Jobs per state")).get_by_role("row", name=re.compile("media"))
+    expect(row).to_contain_text("concurrency 3", timeout=WAIT)
+    expect(row).to_contain_text("rate 2.5/s, burst 5")
+    expect(row).to_contain_text("key limit 1")
+    expect(row).to_contain_text("active")
+    page.get_by_role("button", name="Pause queue media").click()
+    expect(page.get_by_role("alert")).to_contain_text("lacks scope 'queues:write'", timeout=WAIT)
+    shoot(page, "queues-pause-refused")
+    expect(row).to_contain_text("active")
+    assert api(server, "GET", "/v1/queues/media", token="ops-secret")["settings"]["paused"] is False

@@ -7,12 +7,22 @@ import { TERMINAL, announce, badge, bytesText, errorText, h, replace, short, tab
 
 const ACTIVE = new Set(["JOB_STATE_SCHEDULED", "JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_RETRYING"]);
 const RECONNECT_MS = 1000;
+const WAITING_MS = 5000; // how often a QUEUED job's waiting reason is read again
+// GetJob's waitingReason: what holds a QUEUED job back (only GetJob says; events and other replies do not).
+const WAITING = {
+  WAITING_REASON_NONE: "for a free worker slot",
+  WAITING_REASON_QUEUE_PAUSED: "its queue is paused",
+  WAITING_REASON_QUEUE_CONCURRENCY: "its queue's concurrency limit is reached",
+  WAITING_REASON_CONCURRENCY_KEY: "its queue's limit of running jobs with its concurrency key is reached",
+  WAITING_REASON_RATE_LIMIT: "its queue's rate limit: it starts when the next token accrues",
+};
 
 export async function renderJob(main, signal, id) {
   const page = new JobPage(main, signal, await get(`/v1/jobs/${encodeURIComponent(id)}`, { signal }));
   page.draw();
   page.loadDeliveries();
   page.follow();
+  page.watchWaiting();
 }
 
 class JobPage {
@@ -20,6 +30,7 @@ class JobPage {
     this.main = main;
     this.signal = signal;
     this.job = job;
+    this.waiting = job.waitingReason || ""; // from the last GetJob: the job in an event has none
     this.lastSequence = "1"; // replay everything after ENQUEUED (sequence 1), shown from the job itself
     this.following = false;
     this.slots = { head: h("div", {}), phases: h("div", {}), outcome: h("div", {}), deliveries: h("div", {}) };
@@ -37,6 +48,9 @@ class JobPage {
       h("dl", { class: "facts" },
         h("dt", {}, "State"), h("dd", { id: "job-state" }, badge(job.state),
           job.cancelRequested ? h("span", { class: "muted" }, ` cancel requested: ${job.cancelReason}`) : null),
+        job.state === "JOB_STATE_QUEUED" && WAITING[this.waiting]
+          ? [h("dt", {}, "Waiting"), h("dd", { id: "job-waiting" }, WAITING[this.waiting], " ",
+            h("span", { class: "muted mono" }, this.waiting.replace(/^WAITING_REASON_/, "")))] : null,
         h("dt", {}, "Kind"), h("dd", {}, job.kind), h("dt", {}, "Queue"), h("dd", {}, job.queue),
         h("dt", {}, "Attempt"), h("dd", {}, `${job.attempt} of ${job.maxAttempts}`),
         h("dt", {}, "Priority"), h("dd", {}, String(job.priority)),
@@ -78,8 +92,22 @@ class JobPage {
    * stream has brought the events that followed it (a cancel's reply after the CANCELLED event). */
   adopt(job) {
     if (Number(job.lastSequence) < Number(this.job.lastSequence)) return;
+    if (job.state !== "JOB_STATE_QUEUED") this.waiting = "";
+    else if (WAITING[job.waitingReason]) this.waiting = job.waitingReason;
     this.job = job;
     this.draw();
+  }
+
+  /** While the job is QUEUED, read it again every few seconds for its waiting reason. */
+  watchWaiting() {
+    const timer = window.setInterval(async () => {
+      if (this.job.state !== "JOB_STATE_QUEUED") return;
+      try {
+        const job = await get(`/v1/jobs/${encodeURIComponent(this.job.id)}`, { signal: this.signal });
+        this.adopt(job);
+      } catch { /* next tick */ }
+    }, WAITING_MS);
+    this.signal.addEventListener("abort", () => window.clearInterval(timer));
   }
 
   drawPhases() {

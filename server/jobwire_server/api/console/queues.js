@@ -1,7 +1,8 @@
-// Queues: jobs per state, the oldest queued job's age, and jobs finished per minute (a small chart).
+// Queues: jobs per state, the oldest queued job's age, whether the queue is paused and its limits, with
+// Pause and Resume; and jobs finished per minute (a small chart).
 
-import { events, get, query } from "./api.js";
-import { duration, h, replace, table } from "./ui.js";
+import { events, get, post, query } from "./api.js";
+import { announce, duration, errorText, h, replace, table } from "./ui.js";
 
 const MINUTES = 15;
 const BACKFILL_PAGES = 2; // at most 1,000 finished jobs are read to draw the past minutes
@@ -10,14 +11,13 @@ const FINAL = ["EVENT_TYPE_SUCCEEDED", "EVENT_TYPE_FAILED", "EVENT_TYPE_CANCELLE
 const COLUMNS = ["scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled", "stale"];
 
 export async function renderQueues(main, signal) {
-  const stats = await get("/v1/queues/stats", { signal });
-  const tableSlot = h("div", {});
+  const list = new QueueList(signal);
+  list.queues = await list.load();
   const chartSlot = h("div", {}, h("p", { class: "muted" }, "Reading finished jobs…"));
-  replace(main, h("h1", {}, "Queues"), tableSlot, h("h2", {}, `Jobs finished per minute, last ${MINUTES} minutes`), chartSlot);
-  drawTable(tableSlot, stats.queues);
-  const timer = window.setInterval(async () => {
-    try { drawTable(tableSlot, (await get("/v1/queues/stats", { signal })).queues); } catch { /* next tick */ }
-  }, REFRESH_MS);
+  replace(main, h("h1", {}, "Queues"), list.message, list.slot,
+    h("h2", {}, `Jobs finished per minute, last ${MINUTES} minutes`), chartSlot);
+  list.draw();
+  const timer = window.setInterval(() => list.refresh(), REFRESH_MS);
   signal.addEventListener("abort", () => window.clearInterval(timer));
   const counts = new Map(); // minute (epoch ms) -> jobs finished
   const capped = await backfill(counts, signal);
@@ -25,17 +25,87 @@ export async function renderQueues(main, signal) {
   follow(counts, () => drawChart(chartSlot, counts, capped), signal);
 }
 
-function drawTable(slot, queues) {
-  if (!queues.length) {
-    replace(slot, h("p", {}, "No jobs yet. Enqueue one with ", h("code", {}, "POST /v1/jobs"), " or the jobwire command."));
-    return;
+/** Every queue with settings or jobs (ListQueues: a paused queue stays listed when it holds no job). */
+class QueueList {
+  constructor(signal) {
+    this.signal = signal;
+    this.queues = [];
+    this.changes = 0; // a refresh that started before the last Pause or Resume answered is not drawn
+    this.slot = h("div", {});
+    this.message = h("p", { role: "alert", class: "error" });
   }
-  const rows = queues.map((q) => h("tr", {},
-    h("th", { scope: "row" }, h("a", { href: `#/jobs?${new URLSearchParams({ queue: q.queue })}` }, q.queue)),
-    COLUMNS.map((c) => h("td", { class: "num" }, q[c] || "0")),
-    h("td", { class: "num" }, duration(q.oldestQueuedAge))));
-  replace(slot, table("Jobs per state in each queue (refreshed every 5 s)",
-    [["Queue"], ...COLUMNS.map((c) => [c[0].toUpperCase() + c.slice(1), "num"]), ["Oldest queued", "num"]], rows));
+
+  async load() {
+    const queues = [];
+    let pageToken = "";
+    do { // queues are few: read them all
+      const reply = await get(`/v1/queues${query({ pageSize: 1000, pageToken })}`, { signal: this.signal });
+      queues.push(...reply.queues);
+      pageToken = reply.nextPageToken;
+    } while (pageToken);
+    return queues;
+  }
+
+  async refresh() {
+    const changes = this.changes;
+    let queues;
+    try { queues = await this.load(); } catch { return; } // next tick
+    if (changes !== this.changes || this.signal.aborted) return;
+    this.queues = queues;
+    this.draw();
+  }
+
+  async act(queue, verb) {
+    this.message.textContent = "";
+    try {
+      const reply = await post(`/v1/queues/${encodeURIComponent(queue.name)}:${verb}`, {}, { signal: this.signal });
+      this.changes++;
+      this.queues = this.queues.map((q) => (q.name === reply.name ? reply : q));
+      announce(`Queue ${reply.name} ${reply.settings.paused ? "paused" : "resumed"}`);
+      this.draw();
+    } catch (error) {
+      if (!this.signal.aborted) this.message.textContent = errorText(error);
+    }
+  }
+
+  draw() {
+    if (!this.queues.length) {
+      replace(this.slot, h("p", {}, "No jobs yet. Enqueue one with ", h("code", {}, "POST /v1/jobs"),
+        " or the jobwire command."));
+      return;
+    }
+    // The table is drawn anew on each refresh: a keyboard user's focus goes back to the same queue's button.
+    const focused = this.slot.contains(document.activeElement) ? document.activeElement.dataset.queue : undefined;
+    const rows = this.queues.map((q) => {
+      const paused = q.settings.paused;
+      return h("tr", {},
+        h("th", { scope: "row" }, h("a", { href: `#/jobs?${new URLSearchParams({ queue: q.name })}` }, q.name)),
+        COLUMNS.map((c) => h("td", { class: "num" }, q.stats[c] || "0")),
+        h("td", { class: "num" }, duration(q.stats.oldestQueuedAge)),
+        h("td", {}, h("span", { class: "line" }, h("span", { class: `badge s-${paused ? "PAUSED" : "ACTIVE"}` },
+          paused ? "paused" : "active")), limits(q.settings)),
+        h("td", {}, h("button", { type: "button", class: "quiet", "data-queue": q.name,
+          "aria-label": `${paused ? "Resume" : "Pause"} queue ${q.name}`,
+          onclick: () => this.act(q, paused ? "resume" : "pause") }, paused ? "Resume" : "Pause")));
+    });
+    replace(this.slot, table("Jobs per state in each queue, and its controls (refreshed every 5 s)",
+      [["Queue"], ...COLUMNS.map((c) => [c[0].toUpperCase() + c.slice(1), "num"]), ["Oldest queued", "num"],
+        ["State and limits"], ["Actions"]], rows));
+    if (focused !== undefined) {
+      for (const button of this.slot.querySelectorAll("button[data-queue]")) {
+        if (button.dataset.queue === focused) button.focus();
+      }
+    }
+  }
+}
+
+/** The queue's stored limits, one a line. */
+function limits(settings) {
+  const parts = [];
+  if (settings.concurrencyLimit) parts.push(`concurrency ${settings.concurrencyLimit}`);
+  if (settings.rateLimit) parts.push(`rate ${settings.rateLimit}/s, burst ${settings.rateBurst}`);
+  if (settings.keyLimit) parts.push(`key limit ${settings.keyLimit}`);
+  return parts.map((text) => h("span", { class: "line" }, text));
 }
 
 const minuteOf = (ms) => Math.floor(ms / 60000) * 60000;
