@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from jobwire_server.domain.queues import QueueChange, QueueSettings, apply_change
 from jobwire_server.domain.transitions import finish_phase
-from jobwire_server.store.base import ChangeQueue, ClaimJobs, ClaimParams, Committed
+from jobwire_server.store.base import ChangeQueue, ClaimJobs, ClaimParams, Committed, RemoteRoom
 
 from tests.store.conformance import LEASE, OWNER, T0, Store, claim, insert, nj
 
@@ -128,3 +128,40 @@ class QueueConformance:
 
 def _claim_op(now: float) -> ClaimJobs:
     return ClaimJobs(ClaimParams(now=now, limit=100, owner=OWNER, lease_expires=now + LEASE))
+
+
+def _split(now: float, *, limit: int, remote: tuple[RemoteRoom, ...]) -> ClaimJobs:
+    kinds = frozenset(k for group in remote for k in group.kinds)
+    return ClaimJobs(ClaimParams(now=now, limit=limit, owner=OWNER, lease_expires=now + LEASE, remote_kinds=kinds,
+                                 remote=remote))
+
+
+class RemoteQueueConformance:
+    """Claims for remote workers go through the same stored queue controls as this process's claims."""
+
+    async def test_a_paused_queue_hands_nothing_to_remote_workers(self, store: Store) -> None:
+        await set_queue(store, "media", paused=True)
+        (other,) = (await insert(store, nj("remote.kind", queue="media"), nj("remote.kind")))[1:]
+        room = (RemoteRoom(("remote.kind",), (), 10),)
+        result = (await store.write([_split(T0 + 1, limit=0, remote=room)]))[0]
+        assert ids(result.claimed) == [other.id], "only the job of the queue that is not paused"
+
+    async def test_a_key_limit_counts_local_and_remote_claims_together(self, store: Store) -> None:
+        await set_queue(store, "media", key_limit=1)
+        local = replace(nj("local.kind", queue="media", priority=9), concurrency_key="tenant")
+        remote = [replace(nj("remote.kind", queue="media"), concurrency_key=key) for key in ("tenant", "other")]
+        await insert(store, local, *remote)
+        room = (RemoteRoom(("remote.kind",), (), 10),)
+        result = (await store.write([_split(T0 + 1, limit=10, remote=room)]))[0]
+        assert sorted((c.job.kind, c.job.concurrency_key) for c in result.claimed) == [
+            ("local.kind", "tenant"), ("remote.kind", "other")], "one 'tenant' job runs, wherever it runs"
+
+    async def test_a_rate_limit_is_one_bucket_for_local_and_remote_claims(self, store: Store) -> None:
+        start = T0 + REST
+        await set_queue(store, "media", rate=1.0, burst=3)
+        await insert(store, *[nj("local.kind", queue="media") for _ in range(2)],
+                     *[nj("remote.kind", queue="media") for _ in range(2)])
+        room = (RemoteRoom(("remote.kind",), (), 10),)
+        result = (await store.write([_split(start, limit=10, remote=room)]))[0]
+        assert len(result.claimed) == 3, "a burst of 3 in all, not 3 each"
+        assert result.next_token == pytest.approx(start + 1.0)

@@ -19,13 +19,14 @@ from jobwire_server.store.postgres.store import StoreError, display_url
 from tests.pg import admin_async, create_database, drop_database, url_of
 from tests.store.conformance import T0, StoreConformance, claim_one, insert, nj
 from tests.store.kind_conformance import KindConformance
-from tests.store.queue_conformance import QueueConformance
+from tests.store.queue_conformance import QueueConformance, RemoteQueueConformance
 from tests.store.schedule_conformance import ScheduleConformance
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class TestPostgresStore(StoreConformance, ScheduleConformance, KindConformance, QueueConformance):
+class TestPostgresStore(StoreConformance, ScheduleConformance, KindConformance, QueueConformance,
+                        RemoteQueueConformance):
     @pytest.fixture
     async def store(self, pg_url: str) -> AsyncIterator[PostgresJobStore]:
         store = PostgresJobStore(pg_url, pool_size=4)

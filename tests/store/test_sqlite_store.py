@@ -20,14 +20,15 @@ from jobwire_server.store.sqlite.store import StoreError
 
 from tests.store.conformance import T0, StoreConformance, insert, nj
 from tests.store.kind_conformance import KindConformance
-from tests.store.queue_conformance import QueueConformance
+from tests.store.queue_conformance import QueueConformance, RemoteQueueConformance
 from tests.store.schedule_conformance import ScheduleConformance
 
 #: A hang fails the test instead of blocking the run.
 pytestmark = pytest.mark.timeout(60)
 
 
-class TestSqliteStore(StoreConformance, ScheduleConformance, KindConformance, QueueConformance):
+class TestSqliteStore(StoreConformance, ScheduleConformance, KindConformance, QueueConformance,
+                      RemoteQueueConformance):
     @pytest.fixture
     def db_path(self, tmp_path: Path) -> Path:
         return tmp_path / "store.db"
