@@ -24,7 +24,7 @@ from jobwire_server.domain.states import ACTIVE_STATES, JobState
 from jobwire_server.domain.transitions import JobChange
 
 #: Jobs per batch: each batch is one transaction of its own.
-DEFAULT_BATCH = 100
+DEFAULT_BATCH = 50
 
 
 class SkipReason(StrEnum):
