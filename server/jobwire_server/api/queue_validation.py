@@ -6,7 +6,6 @@ rather than half applied: the caller would believe a limit is in force that is n
 
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Final
 
@@ -14,10 +13,9 @@ from google.protobuf import message as _message
 from google.protobuf import unknown_fields
 from jobwire.v1 import jobwire_pb2
 
-from jobwire_server.api.validation import MAX_ATTEMPTS, decode_page_token
+from jobwire_server.api.validation import MAX_ATTEMPTS, named_page
 from jobwire_server.domain.errors import FieldViolation, InvalidArgument
 from jobwire_server.domain.models import MAX_PRIORITY, MIN_PRIORITY
-from jobwire_server.domain.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from jobwire_server.domain.queues import MAX_BURST, MAX_CONCURRENCY, MAX_KEY_LIMIT, MAX_RATE, QueueChange
 from jobwire_server.handlers.kind import NAME_PATTERN
 
@@ -100,18 +98,4 @@ def _rate(request: jobwire_pb2.UpdateQueueRequest, out: list[FieldViolation]) ->
 
 def page_from_proto(req: jobwire_pb2.ListQueuesRequest, secret: bytes) -> tuple[str, int]:
     """(the name to list after, the page size) of a ListQueues request."""
-    violations = _unknown(req)
-    if req.page_size < 0:
-        violations.append(FieldViolation("page_size", f"must not be negative, got {req.page_size}"))
-    after = ""
-    if req.page_token:
-        decoded = decode_page_token(req.page_token, secret)
-        if (decoded is None or queue_name_problem(decoded[0]) is not None
-                or not hmac.compare_digest(decoded[1], PAGE_TOKEN_KIND)):
-            violations.append(FieldViolation("page_token", "is malformed or was altered; pass next_page_token "
-                                                           "unchanged"))
-        else:
-            after = decoded[0]
-    if violations:
-        raise InvalidArgument(violations)
-    return after, max(1, min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE))
+    return named_page(req.page_size, req.page_token, secret, PAGE_TOKEN_KIND, queue_name_problem, _unknown(req))

@@ -8,7 +8,6 @@ rules.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 from typing import Final, cast
 
@@ -20,11 +19,10 @@ from jobwire_server.api.validation import (
     DEFAULT_LIMITS,
     MAX_REQUEST_ID,
     Limits,
-    decode_page_token,
     enqueue_to_new_job,
+    named_page,
 )
 from jobwire_server.domain.errors import FieldViolation, InvalidArgument
-from jobwire_server.domain.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from jobwire_server.domain.schedules import CatchupPolicy, JobTemplate, OverlapPolicy, ScheduleSpec
 from jobwire_server.domain.states import EventType
 from jobwire_server.domain.timing import Cron, TimingError, interval, zone
@@ -163,21 +161,7 @@ def _duration(value: duration_pb2.Duration, field: str, out: list[FieldViolation
 
 def page_from_proto(req: jobwire_pb2.ListSchedulesRequest, secret: bytes) -> tuple[str, int]:
     """(the id to list after, the page size) of a ListSchedules request."""
-    violations = []
-    if req.page_size < 0:
-        violations.append(FieldViolation("page_size", f"must not be negative, got {req.page_size}"))
-    after = ""
-    if req.page_token:
-        decoded = decode_page_token(req.page_token, secret)
-        if (decoded is None or schedule_id_problem(decoded[0]) is not None
-                or not hmac.compare_digest(decoded[1], PAGE_TOKEN_KIND)):
-            violations.append(FieldViolation("page_token", "is malformed or was altered; pass next_page_token "
-                                                           "unchanged"))
-        else:
-            after = decoded[0]
-    if violations:
-        raise InvalidArgument(violations)
-    return after, max(1, min(req.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE))
+    return named_page(req.page_size, req.page_token, secret, PAGE_TOKEN_KIND, schedule_id_problem, [])
 
 
 # ----------------------------------------------------------------------------- the config file

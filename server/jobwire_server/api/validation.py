@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final, Protocol
@@ -382,6 +382,26 @@ def encode_page_token(last_id: str, filters_digest: str, secret: bytes) -> str:
     body = json.dumps({"a": last_id, "f": filters_digest}, sort_keys=True, separators=(",", ":")).encode()
     mac = hmac.new(secret, body, hashlib.sha256).digest()[:_TOKEN_MAC_BYTES]
     return _b64encode(mac + body)
+
+
+def named_page(page_size: int, page_token: str, secret: bytes, kind: str,
+               name_problem: Callable[[str], str | None], violations: list[FieldViolation]) -> tuple[str, int]:
+    """(the name to list after, the page size) of a list of things kept by name (queues, schedules),
+    whose page tokens are made with `kind` as their digest; raises InvalidArgument with `violations`
+    and any of its own."""
+    if page_size < 0:
+        violations.append(FieldViolation("page_size", f"must not be negative, got {page_size}"))
+    after = ""
+    if page_token:
+        decoded = decode_page_token(page_token, secret)
+        if decoded is None or name_problem(decoded[0]) is not None or not hmac.compare_digest(decoded[1], kind):
+            violations.append(FieldViolation("page_token", "is malformed or was altered; pass next_page_token "
+                                                           "unchanged"))
+        else:
+            after = decoded[0]
+    if violations:
+        raise InvalidArgument(violations)
+    return after, max(1, min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE))
 
 
 def decode_page_token(token: str, secret: bytes) -> tuple[str, str] | None:

@@ -4,7 +4,7 @@ done now rather than a batch."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery
@@ -39,8 +39,8 @@ from jobwire_server.store.base import (
 class SingleOperations:
     """Mixed into a store that defines `write`."""
 
-    async def write(self, ops: Sequence[WriteOp]) -> list[Any]:
-        raise NotImplementedError
+    #: The store's own `write` (one transaction for the whole batch), which every method here calls.
+    write: Callable[[Sequence[WriteOp]], Awaitable[list[Any]]]
 
     async def _one(self, op: WriteOp) -> Any:
         (result,) = await self.write([op])

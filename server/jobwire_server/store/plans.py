@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobwire_server.domain.errors import RequestIdReused
 from jobwire_server.domain.ids import new_job_id
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import EventType, JobState
 from jobwire_server.domain.transitions import JobChange
+from jobwire_server.store import rows
 from jobwire_server.store.base import InsertResult
 
 #: The change reasons that set (or clear) the cancel flags; other changes leave the stored ones.
@@ -108,3 +110,20 @@ def job_from_new(new: NewJob, now: float) -> Job:
         run_at=max(new.run_at, now), timeout=new.timeout, dedupe_key=new.dedupe_key, labels=new.labels,
         webhook=new.webhook, trace_parent=new.trace_parent, last_sequence=1, concurrency_key=new.concurrency_key,
     )
+
+
+_QUEUE = rows.JOB_COLUMNS.index("queue")
+
+
+def started_per_queue(claimed_rows: Sequence[Any]) -> dict[str, int]:
+    """Queue → how many of a claim's job rows (in `rows.JOB_COLUMNS` order) it started: what the
+    queues' rate buckets are charged."""
+    started: dict[str, int] = {}
+    for row in claimed_rows:
+        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
+    return started
+
+
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The earlier of two wake-up times, either of which may be None (no wake-up)."""
+    return b if a is None else a if b is None else min(a, b)

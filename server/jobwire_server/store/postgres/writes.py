@@ -425,7 +425,7 @@ async def claim_jobs(conn: Conn, pending: Pending, params: ClaimParams) -> Claim
     if params.remote:
         more, remote_token = await _claim_remote(conn, pending, params)
         claimed += more
-        next_token = _earliest(next_token, remote_token)
+        next_token = plans.earliest(next_token, remote_token)
     return ClaimResult(promoted, claimed, next_due, next_token)
 
 
@@ -454,7 +454,6 @@ async def _promote_due(conn: Conn, pending: Pending, now: float) -> tuple[list[C
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
-_QUEUE = rows.JOB_COLUMNS.index("queue")
 _PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
 
@@ -494,7 +493,8 @@ async def _claim_ready(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[li
         return [], None
     ids = await queues.claim_candidates(conn, p, controls, ClaimScope(exclude=tuple(local)))
     found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
-    return await _claimed(conn, pending, p, found), await queues.spend(conn, p.now, controls, _started(found))
+    claimed = await _claimed(conn, pending, p, found)
+    return claimed, await queues.spend(conn, p.now, controls, plans.started_per_queue(found))
 
 
 async def _claim_remote(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[list[Committed], float | None]:
@@ -513,7 +513,7 @@ async def _claim_remote(conn: Conn, pending: Pending, p: ClaimParams) -> tuple[l
         ids = await queues.claim_candidates(conn, room, controls, ClaimScope(include=group.kinds, queues=group.queues))
         found = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, ids) if ids else []
         claimed += await _claimed(conn, pending, p, found)
-        wake = _earliest(wake, await queues.spend(conn, p.now, controls, _started(found)))
+        wake = plans.earliest(wake, await queues.spend(conn, p.now, controls, plans.started_per_queue(found)))
         controls = await queues.controls(conn)  # as this pass left them
     return claimed, wake
 
@@ -536,17 +536,6 @@ async def _claim_remote_free(conn: Conn, pending: Pending, p: ClaimParams) -> li
         return []
     claimed = await conn.fetch(_CLAIM, p.now, p.owner, p.lease_expires, [r[0] for r in best])
     return await _claimed(conn, pending, p, claimed)
-
-
-def _started(found: list[Any]) -> dict[str, int]:
-    started: dict[str, int] = {}
-    for row in found:
-        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
-    return started
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
 
 
 async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any]) -> list[Committed]:

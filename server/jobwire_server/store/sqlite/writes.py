@@ -256,7 +256,7 @@ def claim_jobs(conn: Conn, params: ClaimParams) -> ClaimResult:
     if params.remote:
         more, remote_token = _claim_remote(conn, params, bool(controls))
         claimed += more
-        next_token = _earliest(next_token, remote_token)
+        next_token = plans.earliest(next_token, remote_token)
     return ClaimResult(promoted, claimed, scalar(conn.execute(_NEXT_DUE)), next_token)
 
 
@@ -273,7 +273,6 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
 
 
 _STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
-_QUEUE = rows.JOB_COLUMNS.index("queue")
 _PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
 
@@ -295,7 +294,7 @@ def _claim_ready(conn: Conn, p: ClaimParams, controls: dict[str, QueueSettings],
             f"RETURNING {rows.JOB_SELECT}", (p.now, p.now, p.owner, p.lease_expires, *args, p.limit)).fetchall()
         return _claimed(conn, p, found), None
     found = _claim_ids(conn, p, [row[0] for row in queues.claim_candidates(conn, p, controls, scope)])
-    return _claimed(conn, p, found), queues.spend(conn, p.now, controls, _started(found))
+    return _claimed(conn, p, found), queues.spend(conn, p.now, controls, plans.started_per_queue(found))
 
 
 def _claim_remote(conn: Conn, p: ClaimParams, controlled: bool) -> tuple[list[Committed], float | None]:
@@ -314,7 +313,7 @@ def _claim_remote(conn: Conn, p: ClaimParams, controlled: bool) -> tuple[list[Co
         scope = ClaimScope(include=group.kinds, queues=group.queues)
         found = _claim_ids(conn, p, [row[0] for row in queues.claim_candidates(conn, room, controls, scope)])
         claimed += _claimed(conn, p, found)
-        wake = _earliest(wake, queues.spend(conn, p.now, controls, _started(found)))
+        wake = plans.earliest(wake, queues.spend(conn, p.now, controls, plans.started_per_queue(found)))
     return claimed, wake
 
 
@@ -323,17 +322,6 @@ def _claim_ids(conn: Conn, p: ClaimParams, ids: list[str]) -> list[Any]:
         return []
     return conn.execute(f"{_CLAIM_SET} WHERE id IN (SELECT value FROM json_each(?)) RETURNING {rows.JOB_SELECT}",
                         (p.now, p.now, p.owner, p.lease_expires, json.dumps(ids))).fetchall()
-
-
-def _started(found: list[Any]) -> dict[str, int]:
-    started: dict[str, int] = {}
-    for row in found:
-        started[row[_QUEUE]] = started.get(row[_QUEUE], 0) + 1
-    return started
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
 
 
 def _claimed(conn: Conn, p: ClaimParams, found: list[Any]) -> list[Committed]:
