@@ -153,8 +153,9 @@ async def test_create_get_update_pause_resume_delete(stub: jobwire_pb2_grpc.JobS
     assert (effective.cron, effective.time_zone, effective.jitter.seconds) == ("*/5 * * * *", "UTC", 30)
     assert effective.overlap_policy == pb.OVERLAP_POLICY_SKIP
     assert effective.catchup_policy == pb.CATCHUP_POLICY_SKIP
+    # Left unset, priority and max attempts stay 0: each firing takes the queue's defaults then.
     assert (effective.template.queue, effective.template.priority, effective.template.max_attempts) == (
-        "default", 5, 3)
+        "default", 0, 0)
     assert not created.HasField("last_fire_time") and created.last_job_id == ""
     assert await stub.GetSchedule(pb.GetScheduleRequest(id="five")) == created
 
@@ -205,6 +206,24 @@ async def test_trigger_returns_the_job_and_a_skip_returns_the_previous(stub: job
     error = await failure(stub.TriggerSchedule(pb.TriggerScheduleRequest(id="sleepy", request_id="r" * 129)))
     assert error_details(error)[1] == {"request_id": "must be at most 128 characters, got 129"}
     await stub.CancelJob(pb.CancelJobRequest(id=first.job.id))
+
+
+async def test_a_firing_takes_the_queue_defaults_of_its_moment(stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    await stub.UpdateQueue(pb.UpdateQueueRequest(name="media", default_priority=8, default_max_attempts=7))
+    unset = spec(template=pb.EnqueueRequest(queue="media", kind="noop", payload=b"{}"))
+    await stub.CreateSchedule(pb.CreateScheduleRequest(id="plain", spec=unset, paused=True))
+    given = spec(template=pb.EnqueueRequest(queue="media", kind="noop", payload=b"{}", priority=2, max_attempts=1))
+    await stub.CreateSchedule(pb.CreateScheduleRequest(id="given", spec=given, paused=True))
+    plain = (await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="plain", request_id="p-1"))).job
+    assert (plain.priority, plain.max_attempts) == (8, 7)
+    explicit = (await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="given", request_id="g-1"))).job
+    assert (explicit.priority, explicit.max_attempts) == (2, 1)
+    # A later change of the queue's defaults reaches the next firing; the schedule still shows 0.
+    await stub.UpdateQueue(pb.UpdateQueueRequest(name="media", default_priority=3))
+    later = (await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="plain", request_id="p-2"))).job
+    assert (later.priority, later.max_attempts) == (3, 7)
+    shown = (await stub.GetSchedule(pb.GetScheduleRequest(id="plain"))).spec.template
+    assert (shown.priority, shown.max_attempts) == (0, 0)
 
 
 async def test_list_pages_by_id_with_a_checked_token(stub: jobwire_pb2_grpc.JobServiceStub) -> None:

@@ -41,7 +41,7 @@ async def test_a_schedule_round_trips_with_its_effective_values(client: jobwire.
     assert effective.jitter == timedelta(minutes=5) and effective.description == "nightly"
     assert (effective.overlap_policy, effective.catchup_policy) == (OverlapPolicy.SKIP, CatchupPolicy.RUN_ONCE)
     assert (effective.queue, effective.priority, effective.max_attempts, effective.timeout) == (
-        "default", 5, 3, timedelta(0))
+        "default", 0, 0, timedelta(0))
     assert await client.get_schedule(name) == created
     assert name in [s.id async for s in client.list_schedules(page_size=1)]
 

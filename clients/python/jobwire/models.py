@@ -372,6 +372,7 @@ class ScheduleSpec:
 
     Durations take a ``timedelta`` or seconds. The server returns the spec with its effective values:
     ``payload`` as bytes, durations as ``timedelta``, the kind's defaults and the policies filled in.
+    ``priority`` and ``max_attempts`` left 0 stay 0: each firing takes the queue's defaults of that moment.
     """
 
     kind: str

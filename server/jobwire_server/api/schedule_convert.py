@@ -21,10 +21,13 @@ _CATCHUP: Final = {
 
 
 def spec_to_proto(spec: ScheduleSpec) -> jobwire_pb2.ScheduleSpec:
-    """The spec with its effective values (the template as its kind's defaults made it)."""
+    """The spec with its effective values (the template as its kind's defaults made it). A priority
+    or max attempts left unset stays 0: each firing takes the queue's default of that moment."""
     t = spec.template
-    template = jobwire_pb2.EnqueueRequest(queue=t.queue, kind=t.kind, payload=t.payload, priority=t.priority,
-                                          max_attempts=t.max_attempts, dedupe_key=t.dedupe_key, labels=dict(t.labels),
+    template = jobwire_pb2.EnqueueRequest(queue=t.queue, kind=t.kind, payload=t.payload,
+                                          priority=0 if t.priority_unset else t.priority,
+                                          max_attempts=0 if t.max_attempts_unset else t.max_attempts,
+                                          dedupe_key=t.dedupe_key, labels=dict(t.labels),
                                           concurrency_key=t.concurrency_key,
                                           timeout=duration_to_proto(t.timeout))
     if t.webhook is not None:

@@ -99,7 +99,8 @@ def spec_from_proto(spec: jobwire_pb2.ScheduleSpec, registry: Registry, now: flo
             template = JobTemplate(queue=new.queue, kind=new.kind, payload=new.payload, priority=new.priority,
                                    max_attempts=new.max_attempts, timeout=new.timeout, phase_names=new.phase_names,
                                    dedupe_key=new.dedupe_key, labels=new.labels, webhook=new.webhook,
-                                   concurrency_key=new.concurrency_key)
+                                   concurrency_key=new.concurrency_key, priority_unset=new.priority_unset,
+                                   max_attempts_unset=new.max_attempts_unset)
     cron, seconds, zone = _timing(spec, field, violations)
     jitter = _duration(spec.jitter, f"{field}.jitter", violations) if spec.HasField("jitter") else 0.0
     if jitter > MAX_JITTER:

@@ -52,7 +52,9 @@ class CatchupPolicy(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobTemplate:
-    """The job a firing enqueues, with its kind's defaults applied when the schedule was written."""
+    """The job a firing enqueues, with its kind's defaults applied when the schedule was written.
+    A priority or max attempts the schedule left unset takes the queue's stored default at each
+    firing, as an Enqueue that leaves it unset does (the `*_unset` flags)."""
 
     queue: str
     kind: str
@@ -65,6 +67,8 @@ class JobTemplate:
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     webhook: Webhook | None = None
     concurrency_key: str = ""
+    priority_unset: bool = False
+    max_attempts_unset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +232,8 @@ def job_of(schedule: Schedule, key: str, run_at: float) -> NewJob:
                   run_at=run_at, max_attempts=template.max_attempts, timeout=template.timeout,
                   phase_names=template.phase_names, dedupe_key=template.dedupe_key, request_id=key,
                   fingerprint=key, labels=labels, webhook=template.webhook,
-                  concurrency_key=template.concurrency_key)
+                  concurrency_key=template.concurrency_key, priority_unset=template.priority_unset,
+                  max_attempts_unset=template.max_attempts_unset)
 
 
 def firing_key(schedule_id: str, moment: str) -> str:

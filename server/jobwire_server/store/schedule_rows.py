@@ -31,6 +31,9 @@ def spec_to_json(spec: ScheduleSpec) -> str:
     }
     if t.concurrency_key:  # only when set: the specs stored before there were keys read back the same
         template["concurrency_key"] = t.concurrency_key
+    for name, unset in (("priority_unset", t.priority_unset), ("max_attempts_unset", t.max_attempts_unset)):
+        if unset:  # likewise: the specs stored before these flags read back as set
+            template[name] = True
     return json.dumps({
         "template": template, "cron": spec.cron, "time_zone": spec.time_zone, "interval": spec.interval,
         "jitter": spec.jitter, "overlap": spec.overlap.value, "catchup": spec.catchup.value,
@@ -47,7 +50,8 @@ def spec_from_json(text: str) -> ScheduleSpec:
         max_attempts=int(t["max_attempts"]), timeout=float(t["timeout"]), phase_names=tuple(t["phase_names"]),
         dedupe_key=t.get("dedupe_key", ""), labels=MappingProxyType(dict(t.get("labels", {}))),
         webhook=None if hook is None else Webhook(hook["url"], tuple(EventType(e) for e in hook["events"])),
-        concurrency_key=t.get("concurrency_key", ""))
+        concurrency_key=t.get("concurrency_key", ""), priority_unset=bool(t.get("priority_unset", False)),
+        max_attempts_unset=bool(t.get("max_attempts_unset", False)))
     return ScheduleSpec(
         template=template, cron=data.get("cron", ""), time_zone=data.get("time_zone", ""),
         interval=int(data.get("interval", 0)), jitter=float(data.get("jitter", 0.0)),
