@@ -175,7 +175,8 @@ class App:
             may_run=self.retention_lease.is_held if self.retention_lease is not None else _always)
         self.scheduler = Scheduler(self.store, self.writer, self.clock, arm=self.dispatcher.note_wakeup,
                                    request_ttl=config.request_id_ttl, on_cancel=self.execution.request_cancel,
-                                   may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always)
+                                   may_run=self.schedule_lease.is_held if self.schedule_lease is not None else _always,
+                                   on_firing=self.metrics.schedule_firing if self.metrics is not None else None)
         self.dispatcher.on_timer.append(self.scheduler.tick)
         self.queues, self.schedules = self._rpc_services(config)
         try:

@@ -31,6 +31,9 @@ log = logging.getLogger("jobwire.metrics")
 #: Outcomes `Metrics.webhook_attempt` accepts.
 WEBHOOK_OUTCOMES = ("delivered", "retry", "failed", "refused")
 
+#: Outcomes `Metrics.schedule_firing` accepts.
+SCHEDULE_OUTCOMES = ("enqueued", "duplicate", "skipped", "missed")
+
 #: Jobs run from milliseconds to hours; the buckets cover both ends.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                     600.0, 1800.0, 3600.0)
@@ -71,6 +74,8 @@ class Metrics:
         self._webhook_seconds = Histogram("jobwire_webhook_attempt_duration_seconds",
                                           "Seconds one webhook delivery attempt took.", ["outcome"],
                                           buckets=WEBHOOK_BUCKETS, registry=self.registry)
+        self._firings = Counter("jobwire_schedule_firings", "Schedule firings, by what each did.",
+                                ["schedule", "outcome"], registry=self.registry)
         # Per-RPC metrics, named as go-grpc-prometheus and py-grpc-prometheus name them.
         self._rpc_started = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS,
                                     registry=self.registry)
@@ -137,6 +142,18 @@ class Metrics:
             raise ValueError(f"webhook outcome must be one of {', '.join(WEBHOOK_OUTCOMES)}, got {outcome!r}")
         self._count(self._webhooks, outcome)
         self._time(self._webhook_seconds, seconds, outcome)
+
+    def schedule_firing(self, schedule_id: str, outcome: str) -> None:
+        """Count one firing of a schedule (timed or TriggerSchedule).
+
+        `outcome` is one of `SCHEDULE_OUTCOMES`: ``enqueued`` (a new job), ``duplicate`` (the
+        firing's job existed already: the same firing made twice), ``skipped`` (overlap policy SKIP
+        and the previous job still active), ``missed`` (firing times passed while the server was
+        down, dropped by catch-up policy SKIP). Raises ValueError for anything else.
+        """
+        if outcome not in SCHEDULE_OUTCOMES:
+            raise ValueError(f"schedule outcome must be one of {', '.join(SCHEDULE_OUTCOMES)}, got {outcome!r}")
+        self._count(self._firings, schedule_id, outcome)
 
     def rpc_started(self, grpc_type: str, service: str, method: str) -> None:
         """An RPC began (``grpc_type`` is unary, server_stream, client_stream or bidi_stream)."""

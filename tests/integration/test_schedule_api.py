@@ -14,6 +14,7 @@ from jobwire.v1 import jobwire_pb2 as pb
 from jobwire.v1 import jobwire_pb2_grpc
 from jobwire_server.app import App
 from jobwire_server.domain.clock import FakeClock
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.testkit import Harness, error_details
 
@@ -28,7 +29,8 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
     from jobwire_server.handlers.builtin import noop, sleep  # noqa: PLC0415
 
     yield await harness.start(noop, sleep, clock=FakeClock(DAY0 + 30), max_payload_bytes=1000,
-                              schedules=[{"id": "declared", "kind": "noop", "every": "1h"}])
+                              schedules=[{"id": "declared", "kind": "noop", "every": "1h"}],
+                              metrics_listen="127.0.0.1:0")
     await harness.stop_all()
 
 
@@ -224,6 +226,22 @@ async def test_a_firing_takes_the_queue_defaults_of_its_moment(stub: jobwire_pb2
     assert (later.priority, later.max_attempts) == (3, 7)
     shown = (await stub.GetSchedule(pb.GetScheduleRequest(id="plain"))).spec.template
     assert (shown.priority, shown.max_attempts) == (0, 0)
+
+
+async def test_firings_are_counted_by_what_they_did(app: App, stub: jobwire_pb2_grpc.JobServiceStub) -> None:
+    sleepy = spec(template=pb.EnqueueRequest(kind="sleep", payload=b'{"seconds": 60}'),
+                  overlap_policy=pb.OVERLAP_POLICY_SKIP)
+    await stub.CreateSchedule(pb.CreateScheduleRequest(id="counted", spec=sleepy, paused=True))
+    first = await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="counted", request_id="c-1"))
+    await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="counted", request_id="c-1"))  # the same firing
+    assert (await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="counted"))).skipped
+    assert app.metrics is not None
+    body, _ = await app.metrics.render()
+    counted = {s.labels["outcome"]: s.value for family in text_string_to_metric_families(body.decode())
+               for s in family.samples
+               if s.name == "jobwire_schedule_firings_total" and s.labels["schedule"] == "counted"}
+    assert counted == {"enqueued": 1.0, "duplicate": 1.0, "skipped": 1.0}
+    await stub.CancelJob(pb.CancelJobRequest(id=first.job.id))
 
 
 async def test_list_pages_by_id_with_a_checked_token(stub: jobwire_pb2_grpc.JobServiceStub) -> None:

@@ -8,7 +8,7 @@ import pytest
 from jobwire_server.domain.models import Event, Job, Phase, QueueStats, evolve
 from jobwire_server.domain.states import EventType as E
 from jobwire_server.domain.states import JobState, PhaseState
-from jobwire_server.metrics import WEBHOOK_OUTCOMES, Metrics
+from jobwire_server.metrics import SCHEDULE_OUTCOMES, WEBHOOK_OUTCOMES, Metrics
 from prometheus_client.parser import text_string_to_metric_families
 
 JOB = Job(id="j1", queue="media", kind="resize", payload=b"", priority=5, state=JobState.RUNNING, max_attempts=3,
@@ -109,3 +109,15 @@ async def test_openmetrics_on_request() -> None:
     body, content_type = await Metrics().render("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
+
+
+async def test_schedule_firings_are_counted_and_their_outcome_checked() -> None:
+    metrics = Metrics()
+    metrics.schedule_firing("nightly", "enqueued")
+    metrics.schedule_firing("nightly", "missed")
+    got = await samples(metrics)
+    assert got[key("jobwire_schedule_firings_total", schedule="nightly", outcome="enqueued")] == 1
+    assert got[key("jobwire_schedule_firings_total", schedule="nightly", outcome="missed")] == 1
+    assert SCHEDULE_OUTCOMES == ("enqueued", "duplicate", "skipped", "missed")
+    with pytest.raises(ValueError, match="schedule outcome must be one of enqueued, duplicate, skipped, missed"):
+        metrics.schedule_firing("nightly", "fired")

@@ -65,7 +65,8 @@ class Scheduler:
 
     def __init__(self, store: JobStore, writer: Writer, clock: Clock, *, arm: Callable[[float], None],
                  request_ttl: float, on_cancel: Callable[[str, str], object],
-                 may_run: Callable[[], bool] = lambda: True) -> None:
+                 may_run: Callable[[], bool] = lambda: True,
+                 on_firing: Callable[[str, str], None] | None = None) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
@@ -75,6 +76,8 @@ class Scheduler:
         #: Asks the executor to stop a running job that a firing cancelled.
         self._on_cancel = on_cancel
         self._may_run = may_run
+        #: Told (schedule id, outcome) of each firing after its commit (the metrics).
+        self._on_firing = on_firing
         self._next: float | None = None
         self._stale = True  # read the earliest next firing from the store at the next pass
         self._read_at = -REFRESH_EVERY
@@ -184,14 +187,19 @@ class Scheduler:
             s = item.schedule
             when = show(s.last_fire) if s.last_fire is not None else "?"
             if item.inserted is not None:
+                outcome = "enqueued" if item.inserted.created else "duplicate"
                 log.info("schedule %s fired for %s: job %s%s", s.id, when, item.inserted.job.id,
                          "" if item.inserted.created else " (already enqueued)")
             elif item.skipped:
+                outcome = "skipped"
                 log.info("schedule %s skipped its firing for %s: job %s is still active", s.id, when,
                          item.previous.id if item.previous is not None else "?")
             else:
+                outcome = "missed"
                 log.warning("schedule %s missed its firing times up to %s (catch-up policy SKIP); next at %s",
                             s.id, when, show(s.next_fire) if s.next_fire is not None else "-")
+            if self._on_firing is not None:
+                self._on_firing(s.id, outcome)
 
 
 class ScheduleService:
