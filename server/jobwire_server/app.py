@@ -287,7 +287,8 @@ class App:
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the TLS files for the HTTP gateway: {exc}") from None
         gateway = Gateway(servicer, auth=auth, metrics=self.metrics, heartbeat=cfg.http_heartbeat,
-                          max_body=2 * cfg.max_message_bytes, tls=tls)  # JSON spells bytes in base64
+                          max_body=2 * cfg.max_message_bytes, tls=tls,  # JSON spells bytes in base64
+                          tracer=self.tracing.tracer)
         host, _, port = cfg.http_listen.rpartition(":")
         try:
             await gateway.start(host.strip("[]"), int(port))

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from grpc import aio
@@ -243,6 +244,49 @@ async def test_with_tracing_off_the_job_keeps_the_callers_traceparent(tmp_path: 
         assert (await app.service.get(plain.job.id)).trace_parent == ""
     finally:
         await harness.stop_all()
+
+
+async def test_http_requests_get_server_spans_named_by_route(tmp_path: Path,
+                                                              exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    harness = Harness(tmp_path)
+    try:
+        app = await harness.start(flaky, tracer_provider=provider, http_listen="127.0.0.1:0")
+        assert app.gateway is not None
+        base = f"http://127.0.0.1:{app.gateway.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/v1/jobs", json={"kind": "t.flaky"},
+                                 headers={"traceparent": CALLER_TRACEPARENT}) as response:
+                assert response.status == 200
+                job_id = (await response.json())["job"]["id"]
+            missing = "01900000-0000-7000-8000-000000000000"
+            async with http.get(f"{base}/v1/jobs/{missing}") as response:
+                assert response.status == 404
+            async with http.get(f"{base}/v1/openapi.json") as response:
+                assert response.status == 200
+        spans = exporter.get_finished_spans()
+        (enqueue,) = named(spans, "POST /v1/jobs")
+        assert enqueue.kind is SpanKind.SERVER and enqueue.parent is not None and enqueue.context is not None
+        assert f"{enqueue.parent.trace_id:032x}" == CALLER_TRACEPARENT.split("-")[1]
+        assert enqueue.parent.span_id == CALLER_SPAN
+        assert dict(enqueue.attributes or {}) == {
+            "http.request.method": "POST", "url.path": "/v1/jobs", "url.scheme": "http", "http.route": "/v1/jobs",
+            "user_agent.original": aiohttp.http.SERVER_SOFTWARE, "http.response.status_code": 200,
+            # What the servicer adds to the current span, as over gRPC.
+            "jobwire.job.id": job_id, "jobwire.queue": "default", "jobwire.kind": "t.flaky"}
+        # The span is current while the RPC runs: the job names it, as an Enqueue over gRPC does.
+        context = enqueue.context
+        stored = await app.service.get(job_id)
+        assert stored.trace_parent == (f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+                                       f"{int(context.trace_flags):02x}")
+        (lookup,) = named(spans, "GET /v1/jobs/{id}")
+        assert (lookup.attributes or {})["http.response.status_code"] == 404
+        assert lookup.status.status_code is StatusCode.UNSET  # the caller's error, not the server's
+        assert not [s for s in spans if "openapi" in s.name]
+    finally:
+        await harness.stop_all()
+        provider.shutdown()
 
 
 def test_bad_otel_settings_stop_the_start_with_one_line(tmp_path: Path) -> None:

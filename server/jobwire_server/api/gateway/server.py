@@ -16,7 +16,9 @@ from typing import Any, Final
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from google.protobuf.message import Message
+from opentelemetry.trace import Tracer
 
 from jobwire_server.api.auth import TokenAuthInterceptor
 from jobwire_server.api.errors import status_with, to_status
@@ -25,6 +27,7 @@ from jobwire_server.api.gateway.context import HttpAbort, HttpContext
 from jobwire_server.api.gateway.openapi import openapi_document
 from jobwire_server.api.gateway.routes import ROUTES, STREAM_ROUTES, Route, StreamRoute, aiohttp_path
 from jobwire_server.api.gateway.sse import EventWriter, close_stream, paced
+from jobwire_server.api.gateway.tracing import tracing_middleware
 from jobwire_server.api.servicer import JobServicer
 from jobwire_server.domain.errors import JobwireError
 from jobwire_server.metrics import Metrics
@@ -45,8 +48,9 @@ class Gateway:
 
     def __init__(self, servicer: JobServicer, *, auth: TokenAuthInterceptor | None = None,
                  metrics: Metrics | None = None, heartbeat: float = 15.0, max_body: int = 8 << 20,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, tracer: Tracer | None = None) -> None:
         self._servicer = servicer
+        self._tracer = tracer
         self._auth = auth
         self._metrics = metrics
         self._heartbeat = heartbeat
@@ -78,7 +82,11 @@ class Gateway:
     # ------------------------------------------------------------------ routing
 
     def _application(self, max_body: int) -> web.Application:
-        app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
+        # Tracing outermost, so its span sees every answer's status, the router's JSON errors included.
+        middlewares: list[Middleware] = [_json_errors]
+        if self._tracer is not None:
+            middlewares.insert(0, tracing_middleware(self._tracer))
+        app = web.Application(client_max_size=max_body, middlewares=middlewares)
         for route in ROUTES:
             app.router.add_route(route.method, aiohttp_path(route.path), self._unary(route))
         for stream in STREAM_ROUTES:
