@@ -199,6 +199,8 @@ async def test_trigger_returns_the_job_and_a_skip_returns_the_previous(stub: job
     await stub.CreateSchedule(pb.CreateScheduleRequest(id="sleepy", spec=sleepy, paused=True))
     first = await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="sleepy", request_id="r-1"))
     assert not first.skipped and first.job.kind == "sleep" and first.job.labels["jobwire/schedule"] == "sleepy"
+    # A slot was free: the firing's own transaction claimed the job, and the reply shows it as committed.
+    assert first.job.state == pb.JOB_STATE_RUNNING
     again = await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="sleepy", request_id="r-1"))
     assert again.job.id == first.job.id and not again.skipped
     skipped = await stub.TriggerSchedule(pb.TriggerScheduleRequest(id="sleepy"))

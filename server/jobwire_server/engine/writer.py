@@ -350,14 +350,22 @@ def _fresh(fault: StorageError) -> StorageError:
 
 
 def _show_claims(ops: Sequence[WriteOp], results: list[Any], claimed: ClaimResult) -> None:
-    """An enqueue whose job the same transaction claimed answers with the job as committed
-    (RUNNING), not as it was inserted."""
+    """An enqueue (or a schedule's firing) whose job the same transaction claimed answers with the
+    job as committed (RUNNING), not as it was inserted."""
     running = {item.job.id: item.job for item in claimed.claimed}
+
+    def shown(r: Any) -> Any:
+        return replace(r, job=running[r.job.id]) if r.created and r.job.id in running else r
+
     for index, op in enumerate(ops):
         result = results[index]
-        if isinstance(op, InsertJobs) and not isinstance(result, JobwireError):
-            results[index] = [replace(r, job=running[r.job.id]) if r.created and r.job.id in running else r
-                              for r in result]
+        if isinstance(result, JobwireError):
+            continue
+        if isinstance(op, InsertJobs):
+            results[index] = [shown(r) for r in result]
+        elif isinstance(op, FireSchedules):
+            results[index] = replace(result, fired=[
+                replace(f, inserted=shown(f.inserted)) if f.inserted is not None else f for f in result.fired])
 
 
 def _resolve(batch: list[_Pending], results: Sequence[Any]) -> None:
