@@ -79,7 +79,8 @@ class ServerConfig:
     delivery_log_keep: float = 30 * DAY
     retention_interval: float = 60.0
     retention_batch: int = 500
-    #: Jobs a bulk action (CancelJobs, RetryJobs) changes per transaction.
+    #: Jobs a bulk action (CancelJobs, RetryJobs) changes per transaction at most (each batch is
+    #: sized to take about `domain.bulk.BATCH_BUDGET`).
     bulk_batch: int = DEFAULT_BATCH
     #: HOST:PORT of the Prometheus endpoint; empty means off.
     metrics_listen: str = ""
@@ -426,8 +427,8 @@ _HELP: dict[str, str] = {
     "delivery_log_keep": "how long the webhook delivery log is kept; 0 keeps forever (default 30d)",
     "retention_interval": "how often retention runs (default 60s)",
     "retention_batch": "jobs retention touches per transaction (default 500)",
-    "bulk_batch": "jobs CancelJobs and RetryJobs change per transaction; other writes are committed between "
-                  "two (default 100)",
+    "bulk_batch": "jobs CancelJobs and RetryJobs change per transaction at most; each batch is sized to take "
+                  "about 4 ms, and other writes are committed between two (default 200)",
     "metrics_listen": "serve Prometheus metrics over HTTP at HOST:PORT, path /metrics (default off)",
     "http_listen": "serve the HTTP/JSON gateway, Server-Sent Events and the web console at HOST:PORT; empty or "
                    "off: none (default 127.0.0.1:8080)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from jobwire.v1 import jobwire_pb2 as pb
 from jobwire.v1 import jobwire_pb2_grpc
 from jobwire_server.app import App
 from jobwire_server.config import build_config
+from jobwire_server.domain.bulk import MIN_BATCH
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import EventType
 from jobwire_server.store.base import UpdateJobs, WriteOp
@@ -253,8 +255,9 @@ async def _enqueue_latencies_during(stub: jobwire_pb2_grpc.JobServiceStub, actio
 
 
 async def test_batches_commit_on_their_own_between_other_writes(tmp_path: Path) -> None:
-    """2,500 jobs cancelled in batches of 500: each batch is a transaction of its own (with at most
-    the claim the writer adds), and the enqueues made meanwhile commit between them."""
+    """2,500 jobs cancelled in batches of at most 500: each batch is a transaction of its own (with
+    at most the claim the writer adds), sized by the time the one before took (the first is the
+    smallest), and the enqueues made meanwhile commit between them."""
     app = App(build_config({"db": str(tmp_path / "j.db"), "listen": "127.0.0.1:0", "bulk_batch": 500}))
     await app.start()
     try:
@@ -277,7 +280,10 @@ async def test_batches_commit_on_their_own_between_other_writes(tmp_path: Path) 
     finally:
         await app.stop()
     bulk = [ops for ops in transactions if any(isinstance(op, UpdateJobs) for op in ops)]
-    assert [len(ops[0].job_ids) for ops in bulk] == [500] * 5  # type: ignore[union-attr]
+    sizes = [len(ops[0].job_ids) for ops in bulk]  # type: ignore[union-attr]
+    assert sum(sizes) == 2500 and sizes[0] == MIN_BATCH and max(sizes) <= 500
+    assert all(size >= MIN_BATCH for size in sizes[:-1]), "only the last batch may be smaller"
+    assert all(after <= before * 2 for before, after in itertools.pairwise(sizes)), "grows at most twofold"
     assert all(isinstance(ops[0], UpdateJobs) and len(ops) <= 2 for ops in bulk), "alone (with at most a claim)"
     first, last = transactions.index(bulk[0]), transactions.index(bulk[-1])
     between = [ops for ops in transactions[first:last] if not any(isinstance(op, UpdateJobs) for op in ops)]

@@ -598,6 +598,22 @@ class StoreConformance:
         assert (await store.get_job(new.id)).state is JobState.QUEUED
         assert [e[1] for e in await stored_events(store, other.id)][-1] is EventType.QUEUED
 
+    async def test_update_jobs_numbers_each_jobs_events_without_gaps_across_batches(self, store: Store) -> None:
+        jobs = await insert(store, nj(), nj(run_at=T0 + 100), nj(payload=b"third"))
+        ids = [job.id for job in jobs]
+        cancelled = await store.update_jobs(ids, cancel_builder(JobQuery(), "first", T0 + 1))
+        retried = await store.update_jobs(ids, retry_builder(JobQuery(), True, T0 + 2))
+        again = await store.update_jobs(ids, cancel_builder(JobQuery(), "second", T0 + 3))
+        for job_id, (_, c1), (job, c2), (last, c3) in zip(ids, cancelled, retried, again, strict=True):
+            assert job.state is JobState.QUEUED and not job.cancel_requested and job.cancel_reason == ""
+            assert [p.state for p in job.phases] == [PhaseState.PENDING, PhaseState.PENDING]
+            assert last == await store.get_job(job_id) and last.cancel_reason == "second"
+            events = await stored_events(store, job_id)
+            assert [e[0] for e in events] == list(range(1, len(events) + 1)) == list(range(1, last.last_sequence + 1))
+            assert [e[1] for e in events] == [EventType.ENQUEUED, EventType.CANCELLED, EventType.QUEUED,
+                                              EventType.CANCELLED]
+            assert [e.sequence for c in (c1, c2, c3) for e in c.events] == [2, 3, 4], "as committed"
+
     async def test_update_jobs_writes_the_webhook_deliveries_of_its_events(self, store: Store) -> None:
         hooked = replace(nj(), webhook=Webhook("https://hooks.example.com/x", (EventType.CANCELLED,)))
         a, b = await insert(store, hooked, hooked)

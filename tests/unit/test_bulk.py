@@ -6,7 +6,16 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
-from jobwire_server.domain.bulk import Skipped, SkipReason, Tally, cancel_builder, retry_builder
+from jobwire_server.domain.bulk import (
+    BATCH_BUDGET,
+    MIN_BATCH,
+    Skipped,
+    SkipReason,
+    Tally,
+    cancel_builder,
+    next_batch,
+    retry_builder,
+)
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Job, Phase
 from jobwire_server.domain.queries import JobQuery
@@ -101,3 +110,18 @@ def test_tally_counts_changes_and_skips_in_reason_order() -> None:
     assert (summary.matched, summary.changed, summary.cancel_requested) == (6, 2, 1)
     assert list(summary.skipped.items()) == [(SkipReason.ALREADY_FINISHED, 2), (SkipReason.DEDUPE_KEY_TAKEN, 1),
                                              (SkipReason.NOT_FOUND, 1)]
+
+
+@pytest.mark.parametrize(("size", "seconds", "ceiling", "expected"), [
+    (10, BATCH_BUDGET / 4, 200, 20),  # fast: grows, but at most twofold
+    (40, BATCH_BUDGET / 1.5, 200, 60),  # fills the budget at the last batch's pace
+    (100, BATCH_BUDGET, 200, 100),  # on budget: stays
+    (100, BATCH_BUDGET * 4, 200, 25),  # slow: shrinks at once
+    (50, BATCH_BUDGET * 100, 200, MIN_BATCH),  # however slow, the action moves on
+    (150, BATCH_BUDGET / 10, 200, 200),  # never beyond the configured maximum
+    (5, 0.0, 5, 5),  # a maximum below the floor wins
+    (10, 0.0, 200, 20),  # no measure (too fast to time): grows
+])
+def test_a_batch_is_sized_to_take_the_budget_at_the_last_ones_pace(size: int, seconds: float, ceiling: int,
+                                                                    expected: int) -> None:
+    assert next_batch(size, seconds, ceiling=ceiling) == expected

@@ -23,8 +23,14 @@ from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.states import ACTIVE_STATES, JobState
 from jobwire_server.domain.transitions import JobChange
 
-#: Jobs per batch: each batch is one transaction of its own.
-DEFAULT_BATCH = 50
+#: Jobs per batch at most: each batch is one transaction of its own, sized to `BATCH_BUDGET`.
+DEFAULT_BATCH = 200
+#: Seconds a batch's transaction should take: an enqueue made meanwhile waits for at most about
+#: this long (besides its own commit). Each batch is sized by how long the one before took.
+BATCH_BUDGET = 0.004
+#: Jobs per batch at least, however slow the transactions are, so a bulk action always moves on;
+#: also the first batch's size.
+MIN_BATCH = 20
 
 
 class SkipReason(StrEnum):
@@ -64,6 +70,15 @@ class BulkSummary:
 
 
 Builder = Callable[[Job], JobChange]
+
+
+def next_batch(size: int, seconds: float, *, ceiling: int, budget: float = BATCH_BUDGET,
+               floor: int = MIN_BATCH) -> int:
+    """The size of the batch after one of `size` jobs whose transaction took `seconds`: what fits
+    in `budget` at that pace, between `floor` and `ceiling`. It grows at most twofold per batch (a
+    batch that happened to be fast is not trusted far) and shrinks at once."""
+    fits = size * 2 if seconds <= 0 else min(size * 2, int(size * budget / seconds))
+    return max(min(floor, ceiling), min(ceiling, fits))
 
 
 def cancel_builder(query: JobQuery, reason: str, now: float) -> Builder:

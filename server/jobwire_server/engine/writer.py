@@ -11,7 +11,7 @@ is idle is claimed by its own enqueue's commit.
 Each caller's future resolves only after the commit; events are published to the hub first, once
 per batch. An operation refused for its own reason gets that error without failing the others.
 
-A bulk action's batch (`UpdateJobs`, hundreds of jobs) is committed in a transaction of its own,
+A bulk action's batch (`UpdateJobs`, jobs enough for about 4 ms) is committed in a transaction of its own,
 taking turns with the other writes: when both are waiting, the other writes go first, then one
 bulk batch, so an enqueue waits behind at most one batch, and a bulk action still moves on under a
 steady stream of other writes.
@@ -111,6 +111,10 @@ class Writer:
         #: benchmarks read them: pickup latency is measured from a commit).
         self.commits = 0
         self.last_commit_at = 0.0
+        #: Jobs of the last bulk batch (UpdateJobs) committed, and the seconds from its store write
+        #: to the hand-out of its results: what an enqueue made meanwhile waited for at most. Bulk
+        #: actions size their next batch by it (`domain.bulk.next_batch`).
+        self.last_bulk: tuple[int, float] = (0, 0.0)
 
     def start(self) -> None:
         if self._task is None:
@@ -201,6 +205,7 @@ class Writer:
             claim = self.claimer.claim_params(ops)
         if not ops and claim is None:
             return
+        started = time.perf_counter()
         try:
             results = await self._store.write([*ops, ClaimJobs(claim)] if claim is not None else ops)
         except Exception as exc:
@@ -221,6 +226,9 @@ class Writer:
         except Exception:  # committed already: every caller still gets its answer, the writer goes on
             log.exception("handing out %d committed writes failed", len(batch))
             _resolve(batch, results)
+        bulk = sum(len(op.job_ids) for op in ops if isinstance(op, UpdateJobs))
+        if bulk:
+            self.last_bulk = (bulk, time.perf_counter() - started)
 
     def _after_commit(self, batch: list[_Pending], ops: list[WriteOp], results: list[Any],
                       claim: ClaimParams | None, claimed: ClaimResult | None) -> None:

@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobwire_server.domain.errors import RequestIdReused
+from jobwire_server.domain.errors import JobNotFound, JobwireError, RequestIdReused
 from jobwire_server.domain.ids import new_job_id
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
-from jobwire_server.domain.states import EventType, JobState
+from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
 from jobwire_server.domain.transitions import JobChange
 from jobwire_server.store import rows
-from jobwire_server.store.base import InsertResult
+from jobwire_server.store.base import ChangeBuilder, InsertResult
 
 #: The change reasons that set (or clear) the cancel flags; other changes leave the stored ones.
 WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
@@ -22,6 +22,57 @@ WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user"
 def passes(change: JobChange, state: str, attempt: int) -> bool:
     """Whether a row in `state` at `attempt` is one `change` may be written over."""
     return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
+
+
+def plan_updates(job_ids: Sequence[str], found: Mapping[str, Job],
+                 build: ChangeBuilder) -> tuple[list[Any], list[tuple[int, Job, JobChange]]]:
+    """What an UpdateJobs batch will write, from the jobs as read (`found`): one result per id in
+    order, filled for the jobs that write nothing (`JobNotFound`, the builder's refusal, or
+    (job, None) when it had nothing to do), and the changes to write with their index and the job
+    each was built from."""
+    results: list[Any] = [None] * len(job_ids)
+    changes: list[tuple[int, Job, JobChange]] = []
+    for index, job_id in enumerate(job_ids):
+        job = found.get(job_id)
+        if job is None:
+            results[index] = JobNotFound(job_id)
+            continue
+        try:
+            change = build(job)
+        except JobwireError as exc:
+            results[index] = exc
+            continue
+        if change is None:
+            results[index] = (job, None)
+        else:
+            changes.append((index, job, change))
+    return results, changes
+
+
+def takes_dedupe_key(before: Job, change: JobChange) -> bool:
+    """Whether writing `change` over `before` may break the unique index of active dedupe keys:
+    only a job that becomes active again (a retry) can collide with another active job's key. A
+    job that stays active keeps the key it already holds, and one that leaves the active states
+    gives it up."""
+    return bool(change.job.dedupe_key) and change.job.state in ACTIVE_STATES and before.state not in ACTIVE_STATES
+
+
+def as_written(before: Job, change: JobChange) -> Job:
+    """The job `change` makes of `before`, a job this transaction read and holds (locked, or under
+    the write lock), as the guarded write commits it: its sequence advanced by the change's events,
+    and the stored cancel flags kept unless the change sets them. A change whose guard does not
+    hold on `before` is a bug of its builder."""
+    if before.state not in change.guard or (change.attempt is not None and change.attempt != before.attempt):
+        raise RuntimeError(f"change of job {before.id} ({change.reason.value}) does not apply to it as read")
+    job = change.job
+    seq = before.last_sequence + len(change.events)
+    if change.reason.value in WRITES_CANCEL_FLAGS:
+        requested, reason = job.cancel_requested, job.cancel_reason
+    else:
+        requested, reason = before.cancel_requested, before.cancel_reason
+    if job.cancel_requested != requested or job.cancel_reason != reason or job.last_sequence != seq:
+        job = evolve(job, cancel_requested=requested, cancel_reason=reason, last_sequence=seq)
+    return job
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """`UpdateJobs` (PostgreSQL): UpdateJob for a batch of jobs, on the writer connection inside the
 transaction `PostgresJobStore.write` opens.
 
-The jobs are read and locked in one statement (in id order, as every batch locks, so two replicas
-acting on the same jobs wait for each other instead of deadlocking) and their changes written
-together (`writes.apply_changes`: guarded by state and attempt, events and outbox rows queued for the
-transaction's last statement). Should that write break the unique index of active dedupe keys (a
-retried job whose key another active job holds now), it is undone and each job is written on its
-own, as UpdateJob writes it, so only that job is refused.
+The jobs are read and locked, with their phases, in one statement (in id order, as every batch
+locks, so two replicas acting on the same jobs wait for each other instead of deadlocking). Their
+changes are then written in the transaction's last statement together with their phases, events
+and outbox rows (`writes.apply_locked`): a batch of cancels is four round trips with BEGIN and
+COMMIT, whatever its size. A batch that may break the unique index of active dedupe keys (a
+retried job whose key another active job may hold now) is written in a savepoint instead; should
+it break it, the savepoint is undone and each job is written on its own, as UpdateJob writes it,
+so only that job is refused.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from jobwire_server.domain.errors import JobNotFound, JobwireError
-from jobwire_server.domain.transitions import JobChange
+from jobwire_server.domain.errors import JobwireError
+from jobwire_server.store import plans
 from jobwire_server.store.base import ChangeBuilder
 from jobwire_server.store.postgres import writes
 
@@ -28,36 +30,26 @@ async def update_jobs(conn: Conn, pending: writes.Pending, job_ids: Sequence[str
     """One result per id, in order: (job, committed change), None as the change when the builder
     had nothing to do, or the `JobwireError` the job was refused with."""
     found = await writes.load_jobs(conn, job_ids, lock=True, pending=pending)
-    results: list[Any] = [None] * len(job_ids)
-    changes: list[tuple[int, JobChange]] = []
-    for index, job_id in enumerate(job_ids):
-        job = found.get(job_id)
-        if job is None:
-            results[index] = JobNotFound(job_id)
-            continue
-        try:
-            change = build(job)
-        except JobwireError as exc:
-            results[index] = exc
-            continue
-        if change is None:
-            results[index] = (job, None)
-        else:
-            changes.append((index, change))
+    results, changes = plans.plan_updates(job_ids, found, build)
     if not changes:
+        return results
+    if not any(plans.takes_dedupe_key(before, change) for _, before, change in changes):
+        locked = await writes.apply_locked(conn, pending, [(before, change) for _, before, change in changes])
+        for (index, _, _), written in zip(changes, locked, strict=True):
+            results[index] = (written.job, written)
         return results
     mark = pending.mark()
     try:
         async with conn.transaction():  # a savepoint: the unique violation below must not end the batch
-            committed = await writes.apply_changes(conn, pending, [change for _, change in changes])
+            committed = await writes.apply_changes(conn, pending, [change for _, _, change in changes])
     except asyncpg.UniqueViolationError as exc:
         pending.drop_to(mark)
         if exc.constraint_name != "jobs_dedupe":
             raise
-        for index, _ in changes:
+        for index, _, _ in changes:
             results[index] = await _one(conn, pending, job_ids[index], build)
         return results
-    for (index, change), item in zip(changes, committed, strict=True):
+    for (index, _, change), item in zip(changes, committed, strict=True):
         if item is None:  # cannot happen: the rows have been locked since the read
             raise RuntimeError(f"guarded write of job {change.job.id} did not apply")
         results[index] = (item.job, item)

@@ -84,19 +84,28 @@ WHERE p.job_id = u.job_id AND p.idx = u.idx
 # the guard so a row that moved anyway is left alone.
 _CHANGE_ROW = ("uuid", "text", "int4", "int4", "float8", "text", "jsonb", "jsonb", "timestamptz", "timestamptz",
                "timestamptz", "timestamptz", "int4", "bool", "text", "text", "int4")
-_APPLY_CHANGES = f"""
+#: `{rows}`: a `batch.rows_of` subquery of `_CHANGE_ROW` columns.
+_UPDATE_JOBS = """
 UPDATE jobs AS j SET state = u.state, attempt = u.attempt, uncounted_attempts = u.uncounted,
     progress_pct = u.pct, progress_msg = u.msg, error = u.error, error_history = u.history, run_at = u.run_at,
     start_time = u.start_time, finish_time = u.finish_time, update_time = u.update_time, seq = u.seq,
     cancel_requested = u.cancel_requested, cancel_reason = u.cancel_reason,
     lease_owner = CASE WHEN u.state = 'RUNNING' THEN j.lease_owner END,
     lease_expires = CASE WHEN u.state = 'RUNNING' THEN j.lease_expires END
-FROM {batch.rows_of(1, _CHANGE_ROW)}
+FROM {rows}
     AS u(id, state, attempt, uncounted, pct, msg, error, history, run_at, start_time, finish_time, update_time, seq,
          cancel_requested, cancel_reason, old_state, old_attempt)
 WHERE j.id = u.id AND j.state = u.old_state AND j.attempt = u.old_attempt
 """
+_APPLY_CHANGES = _UPDATE_JOBS.format(rows=batch.rows_of(1, _CHANGE_ROW))
 
+
+# A job's phases as a column of its row (a read or a claim gets each job with its phases in one
+# round trip; a claim gets them as they are in the table: see `_claim_ready`).
+_WITH_PHASES = (
+    "ARRAY(SELECT ROW(p.job_id::text, p.idx, p.name, p.state, p.progress_pct, p.progress_msg, p.result, "
+    "p.error::text, p.start_time, p.finish_time) FROM phases p WHERE p.job_id = jobs.id ORDER BY p.idx)"
+)
 
 
 class Pending:
@@ -123,9 +132,11 @@ class Pending:
         wanted = set(ids)
         return any(r[0] in wanted for r in self.new_phases) or any(r[7] in wanted for r in self.phase_updates)
 
-    async def flush(self, conn: Conn) -> None:
+    async def flush(self, conn: Conn, jobs: Sequence[tuple[Any, ...]] = ()) -> int:
         """One statement: each non-empty part a data-modifying CTE (they see the same snapshot, so
-        a phase is never inserted and updated in one flush: a read in between flushes first)."""
+        a phase is never inserted and updated in one flush: a read in between flushes first).
+        `jobs`: rows of `_CHANGE_ROW` to write in the same statement (see `apply_locked`); returns
+        how many of them were written."""
         parts: list[str] = []
         args: list[Any] = []
 
@@ -133,6 +144,8 @@ class Pending:
             args.append(batch.encode(table))
             parts.append(sql.format(rows=batch.rows_of(len(args), types)))
 
+        if jobs:
+            part(_UPDATE_JOBS + " RETURNING 1", _CHANGE_ROW, jobs)
         if self.new_phases:
             part(_INSERT_PHASES, _PHASE_ROW, self.new_phases)
         if self.phase_updates:
@@ -144,10 +157,13 @@ class Pending:
         if deliveries:
             part(outbox.INSERT, outbox.DELIVERY_ROW, deliveries)
         self.new_phases, self.phase_updates, self.events, self.outbox = [], [], [], []
-        if parts:
-            names = [f"w{n}" for n in range(len(parts))]
-            await conn.execute("WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in zip(names, parts, strict=True))
-                               + " SELECT 1", *args)
+        if not parts:
+            return 0
+        names = [f"w{n}" for n in range(len(parts))]
+        written = await conn.fetchval(
+            "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in zip(names, parts, strict=True))
+            + (" SELECT count(*) FROM w0" if jobs else " SELECT 0"), *args)
+        return int(written)
 
 
 class Conflict(Exception):
@@ -169,13 +185,13 @@ async def load_jobs(conn: Conn, ids: Sequence[str], *, lock: bool = False,
     if pending is not None and pending.touches(ids):
         await pending.flush(conn)
     suffix = " ORDER BY id FOR UPDATE" if lock else ""
+    # Each job with its phases: one round trip.
+    select = f"SELECT {rows.JOB_RETURNING}, {_WITH_PHASES} FROM jobs"
     if len(ids) == 1:
-        job_rows = await conn.fetch(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = $1{suffix}", ids[0])
+        job_rows = await conn.fetch(f"{select} WHERE id = $1{suffix}", ids[0])
     else:
-        job_rows = await conn.fetch(f"SELECT {rows.JOB_SELECT} FROM jobs WHERE id = ANY($1::uuid[]){suffix}",
-                                    list(ids))
-    phases = await load_phases(conn, [row[0] for row in job_rows])
-    return {row[0]: rows.job_from_row(row, phases.get(row[0], ())) for row in job_rows}
+        job_rows = await conn.fetch(f"{select} WHERE id = ANY($1::uuid[]){suffix}", list(ids))
+    return {row[0]: rows.job_from_row(row[:-1], [rows.phase_from_row(p) for p in row[-1]]) for row in job_rows}
 
 
 async def load_phases(conn: Conn, ids: Sequence[str], pending: Pending | None = None) -> dict[str, list[Phase]]:
@@ -336,6 +352,24 @@ async def apply_changes(conn: Conn, pending: Pending, changes: Sequence[JobChang
     return results
 
 
+async def apply_locked(conn: Conn, pending: Pending, changes: Sequence[tuple[Job, JobChange]]) -> list[Committed]:
+    """Write changes to jobs this transaction has read and locked (`load_jobs(lock=True)`), each
+    given with the job as read: the guards are checked on those rows (they cannot have moved), so
+    the job rows are written in the transaction's last statement, with every detail row pending
+    (phases, events, outbox): one round trip. The UPDATE still repeats each guard (state and
+    attempt as read); a row it did not write fails the whole transaction, as it cannot happen.
+    A change that may break the unique index of active dedupe keys (`plans.takes_dedupe_key`)
+    does not belong here: the failure would end the transaction, not only that job's write."""
+    finals = [(change, plans.as_written(before, change)) for before, change in changes]
+    params = sorted((_change_params(job, before.state.value, before.attempt)
+                     for (before, _), (_, job) in zip(changes, finals, strict=True)), key=lambda row: row[0])
+    committed = write_details(pending, finals)
+    written = await pending.flush(conn, params)
+    if written != len(params):
+        raise RuntimeError(f"guarded write of {len(params) - written} locked jobs did not apply")
+    return committed
+
+
 async def _apply_each_once(conn: Conn, pending: Pending, changes: Sequence[JobChange]) -> list[Committed | None]:
     params = sorted((_guarded_params(c) for c in changes), key=lambda row: row[0])  # rows locked in id order
     found = await conn.fetch(_APPLY_GUARDED, batch.encode(params))
@@ -465,11 +499,6 @@ def _claim_order(row: Any) -> tuple[int, float, str]:
 _CLAIM_SET = (
     "UPDATE jobs SET state = 'RUNNING', attempt = attempt + 1, seq = seq + 2, start_time = $1, "
     "finish_time = NULL, update_time = $1, lease_owner = $2, lease_expires = $3 "
-)
-# Each claimed job comes back with its phases (as they are in the table: see `_claim_ready`).
-_WITH_PHASES = (
-    "ARRAY(SELECT ROW(p.job_id::text, p.idx, p.name, p.state, p.progress_pct, p.progress_msg, p.result, "
-    "p.error::text, p.start_time, p.finish_time) FROM phases p WHERE p.job_id = jobs.id ORDER BY p.idx)"
 )
 _CLAIM = f"{_CLAIM_SET} WHERE id = ANY($4::uuid[]) RETURNING {rows.JOB_RETURNING}, {_WITH_PHASES}"
 # Without limited queues (the common case) candidates and claim are one round trip. It claims

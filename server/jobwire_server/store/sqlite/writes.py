@@ -207,6 +207,20 @@ def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | 
     return results
 
 
+def apply_locked(conn: Conn, changes: Sequence[tuple[Job, JobChange]]) -> list[Committed]:
+    """Write changes to jobs this transaction has read (it holds the write lock since, so they
+    cannot have moved), each given with the job as read: the guards are checked on those, with no
+    second read. The UPDATE still repeats each guard (state and attempt as read); a row it did not
+    write fails the whole transaction, as it cannot happen."""
+    finals = [(change, plans.as_written(before, change)) for before, change in changes]
+    params = [_change_params(change, job.last_sequence, before.state.value, before.attempt)
+              for (before, change), (_, job) in zip(changes, finals, strict=True)]
+    written = conn.executemany(_APPLY_CHANGE, params).rowcount
+    if written != len(params):
+        raise RuntimeError(f"guarded write of {len(params) - written} jobs read in this transaction did not apply")
+    return _write_details(conn, finals)
+
+
 def update_job(conn: Conn, job_id: str, build: ChangeBuilder,
                lease_expired_before: float | None = None) -> tuple[Job, Committed | None]:
     found = load_jobs(conn, [job_id])
