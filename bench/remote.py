@@ -440,7 +440,10 @@ def _cpu(drains: Sequence[Drained]) -> dict[str, float]:
 def _parts(cpu: Mapping[str, float], *, postgres: bool) -> str:
     """Where a drain's CPU per job goes, for a figure's note."""
     parts = [f"worker {cpu['worker_us']:,.0f}"] if cpu["worker_us"] else []
-    parts.append(f"server {cpu['server_us']:,.0f}")
+    threads = f"event loop {cpu['server_loop_us']:,.0f}"
+    if not postgres:
+        threads += f", database thread {cpu['server_db_us']:,.0f}"
+    parts.append(f"server {cpu['server_us']:,.0f} ({threads})")
     if postgres:
         parts.append(f"PostgreSQL {cpu['database_us']:,.0f} + {cpu['database_shared_us']:,.0f} shared")
     return " + ".join(parts) + " µs"
