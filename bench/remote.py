@@ -485,11 +485,22 @@ def _add_drains(run: Run, local: Sequence[Drained], one: Sequence[Drained], two:
     run.add(Figure("remote_drain_2", "  the same with 2 worker processes", "jobs/s", rate["two"], rate["one"],
                    "1 worker process, above", (Target(TWO_WORKERS, of_floor=True),), note=note,
                    extra=_rounds(two)))
-    _add_cpu(run, _cpu(local), _cpu(one), _cpu(two), rate["one"])
+    _add_cpu(run, _cpu(local), _cpu(one), _cpu(two), rate["one"], _paired(one, two))
+
+
+def _paired(one: Sequence[Drained], two: Sequence[Drained]) -> list[dict[str, float]]:
+    """Per round, the cores a two-worker drain at twice the one-worker rate would need (at the
+    two-worker drain's CPU per job), beside how busy the machine was with other work: the round
+    where the one-worker drain got the most CPU says the most."""
+    return [{"one_rate": round(a.rate), "one_drain_cores": round(a.usage.total / a.usage.wall, 3),
+             "one_other_cores": round(a.usage.summary()["other_cores"], 3),
+             "two_total_us": round(b.usage.total / b.usage.jobs * 1e6, 1),
+             "cores_for_2x": round(2 * a.rate * b.usage.total / b.usage.jobs, 3)}
+            for a, b in zip(one, two, strict=True)]
 
 
 def _add_cpu(run: Run, local: dict[str, float], one: dict[str, float], two: dict[str, float],
-             one_rate: float) -> None:
+             one_rate: float, paired: list[dict[str, float]]) -> None:
     """CPU per job of each drain, the ceiling the machine's cores put on the two-worker drain, and
     what bounds the one-worker drain."""
     postgres, cores = run.settings.postgres, len(CORES)
@@ -502,13 +513,15 @@ def _add_cpu(run: Run, local: dict[str, float], one: dict[str, float], two: dict
                    one["total_us"], "1 worker process, above", note=_parts(two, postgres=postgres)))
     ceiling = cores / two["total_us"] * 1e6
     needed = 2 * one_rate * two["total_us"] / 1e6
+    most = max(paired, key=lambda pair: pair["cores_for_2x"])
     run.add(Figure("remote_ceiling_2", f"  2 workers: ceiling, {cores} cores / CPU per job", "jobs/s", ceiling,
                    one_rate, "1 worker process, above",
-                   note=f"2× needs {needed:.1f} cores; the drain used {two['drain_cores']:.2f}, "
-                        f"others {two['other_cores']:.2f}",
+                   note=f"2× needs {needed:.1f} cores (per round up to {most['cores_for_2x']:.1f}); the drain "
+                        f"used {two['drain_cores']:.2f}, others {two['other_cores']:.2f}",
                    extra={"cores": cores, "ratio_ceiling": round(ceiling / one_rate, 3),
                           "cores_for_2x": round(needed, 3), "drain_cores": two["drain_cores"],
-                          "other_cores": two["other_cores"], "machine_cores": two["machine_cores"]}))
+                          "other_cores": two["other_cores"], "machine_cores": two["machine_cores"],
+                          "rounds": paired}))
     run.add(Figure("remote_worker_busy_1", "  1 worker: worker main thread, share of a core", "% core",
                    one["worker_loop_core"] * 100,
                    note=f"process {one['worker_process_core']:.0%}, waited for a CPU {one['worker_loop_wait']:.0%}"))
