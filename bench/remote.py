@@ -516,7 +516,7 @@ def _add_cpu(run: Run, local: dict[str, float], one: dict[str, float], two: dict
     most = max(paired, key=lambda pair: pair["cores_for_2x"])
     run.add(Figure("remote_ceiling_2", f"  2 workers: ceiling, {cores} cores / CPU per job", "jobs/s", ceiling,
                    one_rate, "1 worker process, above",
-                   note=f"2× needs {needed:.1f} cores (per round up to {most['cores_for_2x']:.1f}); the drain "
+                   note=f"2× needs {needed:.1f} cores, up to {most['cores_for_2x']:.1f} in a round; the drain "
                         f"used {two['drain_cores']:.2f}, others {two['other_cores']:.2f}",
                    extra={"cores": cores, "ratio_ceiling": round(ceiling / one_rate, 3),
                           "cores_for_2x": round(needed, 3), "drain_cores": two["drain_cores"],
