@@ -8,11 +8,14 @@ the first enqueue to the last SUCCEEDED event (a hub listener): the in-process f
 built-in `noop` kind, the remote ones `bench.remote-noop` (bench/remote_kinds.py) on the workers.
 Rounds alternate the order of the three drains; medians over the rounds.
 
-CPU: read when the first enqueue starts and again once the last job succeeded (`Usage`): this
-process (it hosts the server; the enqueueing is part of the drain and counted, the bench's own event
-counting is measured and taken out), its event-loop thread, each worker process and its main thread,
-and with `--store postgres` the PostgreSQL processes (`Database`). From these, CPU per job, and the
-ceiling the machine's cores put on the two-worker drain: cores / CPU per job.
+CPU: read when the first enqueue starts and again once the last job succeeded (`Meter`, `Usage`):
+this process (it hosts the server; the enqueueing is part of the drain and counted, the bench's own
+event counting is timed and taken out), its event-loop thread and SQLite database thread (time on a
+CPU and waiting for one), each worker process and its main thread, with `--store postgres` the
+PostgreSQL processes (`Database`), and the busy time of the machine's CPUs, whoever used them; beside
+them, the time a write transaction was in flight (`Transactions`). From these: CPU per job, the
+ceiling the machine's cores put on the two-worker drain (cores / CPU per job), and what bounds the
+one-worker drain (`bound`).
 
 Pickup: a probe job is enqueued while the worker is idle; its handler returns the time it started
 (`time.perf_counter`, CLOCK_MONOTONIC on Linux: one clock for every process), compared with when the
@@ -46,7 +49,8 @@ PICKUP_P50_MS = 2.0
 PICKUP_P99_MS = 5.0
 BATCH = 1000
 NOOP, PROBE = "bench.remote-noop", "bench.remote-probe"
-#: A thread this busy (share of one core) is what limits its process.
+#: A thread on a CPU this share of the time limits its process; a writer in a transaction this share
+#: of the time is what the drain waits for; cores this busy leave it nothing more.
 SATURATED = 0.9
 #: /proc reports CPU time in these ticks per second.
 TICKS = os.sysconf("SC_CLK_TCK")
