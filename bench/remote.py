@@ -466,9 +466,10 @@ def bound(cpu: Mapping[str, float], cores: int) -> str:
         return "server-bound: " + ", ".join(server)
     if cpu["machine_cores"] >= SATURATED * cores:
         return f"CPU-bound: the {cores} cores {cpu['machine_cores'] / cores:.0%} busy"
-    together = cpu["server_loop_core"] + cpu["server_db_core"]
-    return (f"not worker-bound (worker {cpu['worker_loop_core']:.0%}); nothing saturated, server event loop "
-            f"+ database thread {together:.0%} of a core")
+    threads = f"server event loop {cpu['server_loop_core']:.0%}"
+    if cpu["server_db_core"]:
+        threads += f" + database thread {cpu['server_db_core']:.0%}"
+    return f"not worker-bound (worker {cpu['worker_loop_core']:.0%}); nothing saturated: {threads} of a core"
 
 
 def _rounds(drains: Sequence[Drained]) -> dict[str, Any]:
