@@ -112,21 +112,44 @@ def become_due(job: Job, now: float) -> JobChange:
     return JobChange(Reason.BECAME_DUE, new, frozenset({S.SCHEDULED, S.RETRYING}), (PendingEvent(EventType.QUEUED),))
 
 
+_CLAIM_GUARD = frozenset({S.QUEUED})
+_STARTED = PendingEvent(EventType.STARTED)
+
+
 def claim(job: Job, now: float, lease_expires: float) -> JobChange:
     """A worker takes a QUEUED job: a new attempt starts at the first unfinished phase."""
     del lease_expires  # kept by the store beside the row, not part of the job's public state
-    index = job.next_phase
-    phases = job.phases
-    events: list[PendingEvent] = [PendingEvent(EventType.STARTED)]
-    changed: tuple[int, ...] = ()
-    if index < len(phases):
-        phases = _set_phase(phases, index, evolve(phases[index], state=PhaseState.RUNNING, start_time=now,
-                                                   finish_time=None, error=None, progress=NO_PROGRESS))
-        events.append(PendingEvent(EventType.PHASE_STARTED, phases[index].name))
-        changed = (index,)
+    phases, started = start_attempt(job.phases, now)
     new = evolve(job, state=S.RUNNING, attempt=job.attempt + 1, phases=phases, start_time=now,
                   finish_time=None, update_time=now)
-    return JobChange(Reason.CLAIMED, new, frozenset({S.QUEUED}), tuple(events), changed)
+    return claimed(new, started)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """What starting an attempt does to the phases: the claim's events and the phases it changed."""
+
+    events: tuple[PendingEvent, ...]
+    changed_phases: tuple[int, ...]
+
+
+def start_attempt(phases: tuple[Phase, ...], now: float) -> tuple[tuple[Phase, ...], AttemptStart]:
+    """The phases of a new attempt (the first unfinished one RUNNING from `now`), and what `claim`
+    emits and changes for them."""
+    index = next((i for i, p in enumerate(phases) if p.state is not PhaseState.SUCCEEDED), len(phases))
+    if index == len(phases):
+        return phases, AttemptStart((_STARTED,), ())
+    running = evolve(phases[index], state=PhaseState.RUNNING, start_time=now, finish_time=None, error=None,
+                     progress=NO_PROGRESS)
+    events = (_STARTED, PendingEvent(EventType.PHASE_STARTED, running.name))
+    return _set_phase(phases, index, running), AttemptStart(events, (index,))
+
+
+def claimed(job: Job, started: AttemptStart) -> JobChange:
+    """`claim`'s change for `job` as the claim made it (RUNNING, its attempt counted, its phases from
+    `start_attempt`). A store whose claim is one `UPDATE … RETURNING` builds the job from the
+    returned row and the started phases, without building the QUEUED job first."""
+    return JobChange(Reason.CLAIMED, job, _CLAIM_GUARD, started.events, started.changed_phases)
 
 
 # ----------------------------------------------------------------------------- executor
