@@ -32,6 +32,11 @@ class Row(Protocol):
 
 
 _STATES = {s.value: s for s in JobState}
+#: Each member's value: `.value` of an enum is a property, several times slower than a dict lookup
+#: on the paths that write every job's rows (and sqlite3 binds a str subclass slowly).
+STATE_VALUES: Mapping[JobState, str] = {s: s.value for s in JobState}
+PHASE_STATE_VALUES: Mapping[PhaseState, str] = {s: s.value for s in PhaseState}
+EVENT_TYPE_VALUES: Mapping[EventType, str] = {t: t.value for t in EventType}
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 _PHASE_STATES = {s.value: s for s in PhaseState}
 _EVENT_TYPES = {t.value: t for t in EventType}
@@ -76,8 +81,9 @@ def phase_from_row(row: Row) -> Phase:
 
 def phase_params(job_id: str, index: int, phase: Phase) -> tuple[Any, ...]:
     """Parameters for `UPDATE phases SET state, pct, msg, result, error, start, finish WHERE job, idx`."""
-    return (phase.state.value, phase.progress.percent, phase.progress.message, phase.result,
-            error_to_json(phase.error), phase.start_time, phase.finish_time, job_id, index)
+    return (PHASE_STATE_VALUES[phase.state], phase.progress.percent, phase.progress.message, phase.result,
+            None if phase.error is None else error_to_json(phase.error), phase.start_time, phase.finish_time,
+            job_id, index)
 
 
 def job_from_row(row: Row, phases: Iterable[Phase]) -> Job:
