@@ -136,8 +136,10 @@ class AttemptStart:
 def start_attempt(phases: tuple[Phase, ...], now: float) -> tuple[tuple[Phase, ...], AttemptStart]:
     """The phases of a new attempt (the first unfinished one RUNNING from `now`), and what `claim`
     emits and changes for them."""
-    index = next((i for i, p in enumerate(phases) if p.state is not PhaseState.SUCCEEDED), len(phases))
-    if index == len(phases):
+    for index, phase in enumerate(phases):
+        if phase.state is not PhaseState.SUCCEEDED:
+            break
+    else:  # every phase has succeeded (or there is none): nothing to start
         return phases, AttemptStart((_STARTED,), ())
     running = evolve(phases[index], state=PhaseState.RUNNING, start_time=now, finish_time=None, error=None,
                      progress=NO_PROGRESS)
