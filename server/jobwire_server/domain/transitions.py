@@ -92,6 +92,15 @@ class JobChange:
         return self.job.state
 
 
+_CLAIM_GUARD = frozenset({S.QUEUED})
+#: Guards (the claim's, and every change of the worker holding an attempt) and records shared by
+#: every change that needs them (all immutable), rather than built again for each job.
+_RUNNING = frozenset({S.RUNNING})
+_STARTED = PendingEvent(EventType.STARTED)
+_SUCCEEDED = PendingEvent(EventType.SUCCEEDED)
+_DONE = Progress(100.0)
+
+
 def _set_phase(phases: tuple[Phase, ...], index: int, phase: Phase) -> tuple[Phase, ...]:
     return (*phases[:index], phase, *phases[index + 1 :])
 
@@ -110,10 +119,6 @@ def become_due(job: Job, now: float) -> JobChange:
     """A SCHEDULED or RETRYING job whose run_at has come joins the queue."""
     new = evolve(job, state=S.QUEUED, update_time=now)
     return JobChange(Reason.BECAME_DUE, new, frozenset({S.SCHEDULED, S.RETRYING}), (PendingEvent(EventType.QUEUED),))
-
-
-_CLAIM_GUARD = frozenset({S.QUEUED})
-_STARTED = PendingEvent(EventType.STARTED)
 
 
 def claim(job: Job, now: float, lease_expires: float) -> JobChange:
@@ -136,10 +141,10 @@ class AttemptStart:
 def start_attempt(phases: tuple[Phase, ...], now: float) -> tuple[tuple[Phase, ...], AttemptStart]:
     """The phases of a new attempt (the first unfinished one RUNNING from `now`), and what `claim`
     emits and changes for them."""
-    for index, phase in enumerate(phases):
-        if phase.state is not PhaseState.SUCCEEDED:
-            break
-    else:  # every phase has succeeded (or there is none): nothing to start
+    index = 0
+    while index < len(phases) and phases[index].state is PhaseState.SUCCEEDED:
+        index += 1
+    if index == len(phases):  # every phase has succeeded (or there is none): nothing to start
         return phases, AttemptStart((_STARTED,), ())
     running = evolve(phases[index], state=PhaseState.RUNNING, start_time=now, finish_time=None, error=None,
                      progress=NO_PROGRESS)
@@ -164,7 +169,7 @@ def report_progress(job: Job, index: int, percent: float, message: str, now: flo
     overall = Progress(_overall_percent(phases), message)
     new = evolve(job, phases=phases, progress=overall, update_time=now)
     event = PendingEvent(EventType.PROGRESS, phases[index].name, message)
-    return JobChange(Reason.PROGRESS, new, frozenset({S.RUNNING}), (event,), (index,), job.attempt)
+    return JobChange(Reason.PROGRESS, new, _RUNNING, (event,), (index,), job.attempt)
 
 
 def _overall_percent(phases: tuple[Phase, ...]) -> float:
@@ -175,8 +180,9 @@ def _overall_percent(phases: tuple[Phase, ...]) -> float:
 
 
 def _succeed_phase(job: Job, index: int, result: bytes, now: float) -> tuple[Phase, ...]:
+    message = job.phases[index].progress.message
     done = evolve(job.phases[index], state=PhaseState.SUCCEEDED, result=result, finish_time=now,
-                   progress=Progress(100.0, job.phases[index].progress.message))
+                   progress=Progress(100.0, message) if message else _DONE)
     return _set_phase(job.phases, index, done)
 
 
@@ -193,12 +199,13 @@ def finish_phase(job: Job, index: int, result: bytes, now: float) -> JobChange:
         events.append(PendingEvent(EventType.PHASE_STARTED, following.name))
         changed.append(index + 1)
         new = evolve(job, phases=phases, progress=Progress(_overall_percent(phases)), update_time=now)
-        return JobChange(Reason.PHASE_SUCCEEDED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed),
+        return JobChange(Reason.PHASE_SUCCEEDED, new, _RUNNING, tuple(events), tuple(changed),
                          job.attempt)
-    new = evolve(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, job.progress.message),
+    message = job.progress.message
+    new = evolve(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, message) if message else _DONE,
                   error=None, finish_time=now, update_time=now)
-    events.append(PendingEvent(EventType.SUCCEEDED))
-    return JobChange(Reason.COMPLETED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed), job.attempt)
+    events.append(_SUCCEEDED)
+    return JobChange(Reason.COMPLETED, new, _RUNNING, tuple(events), tuple(changed), job.attempt)
 
 
 def _fail_running_phase(job: Job, error: JobError, now: float) -> tuple[tuple[Phase, ...], list[int]]:
@@ -216,7 +223,7 @@ def retry_after_failure(job: Job, error: JobError, run_at: float, now: float) ->
                   run_at=run_at, update_time=now)
     events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
               PendingEvent(EventType.RETRY_SCHEDULED, error.phase, error.message))
-    return JobChange(Reason.RETRY_AFTER_FAILURE, new, frozenset({S.RUNNING}), events if changed else events[1:],
+    return JobChange(Reason.RETRY_AFTER_FAILURE, new, _RUNNING, events if changed else events[1:],
                      tuple(changed), job.attempt)
 
 
@@ -228,7 +235,7 @@ def fail(job: Job, error: JobError, now: float) -> JobChange:
                   finish_time=now, update_time=now)
     events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
               PendingEvent(EventType.FAILED, error.phase, error.message))
-    return JobChange(reason, new, frozenset({S.RUNNING}), events if changed else events[1:], tuple(changed),
+    return JobChange(reason, new, _RUNNING, events if changed else events[1:], tuple(changed),
                      job.attempt)
 
 
@@ -246,7 +253,7 @@ def finish_cancel(job: Job, now: float) -> JobChange:
     phases, changed = _cancel_unfinished(job, now)
     new = evolve(job, state=S.CANCELLED, phases=phases, finish_time=now, update_time=now)
     event = PendingEvent(EventType.CANCELLED, detail=job.cancel_reason)
-    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
+    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, _RUNNING, (event,), changed, job.attempt)
 
 
 def finish_phase_then_cancel(job: Job, index: int, result: bytes, now: float) -> JobChange:
@@ -256,7 +263,7 @@ def finish_phase_then_cancel(job: Job, index: int, result: bytes, now: float) ->
     new = evolve(job, state=S.CANCELLED, phases=cancelled, finish_time=now, update_time=now)
     events = (PendingEvent(EventType.PHASE_SUCCEEDED, phases[index].name),
               PendingEvent(EventType.CANCELLED, detail=job.cancel_reason))
-    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), events,
+    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, _RUNNING, events,
                      tuple(sorted({index, *changed})), job.attempt)
 
 
@@ -271,7 +278,7 @@ def _interrupt(job: Job, error: JobError, now: float, reason: Reason, *, counted
     new = evolve(job, state=S.QUEUED, phases=phases, error=error, error_history=(*job.error_history, error),
                   uncounted_attempts=job.uncounted_attempts + (0 if counted else 1), run_at=now, update_time=now)
     event = PendingEvent(EventType.INTERRUPTED, error.phase, error.message)
-    return JobChange(reason, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
+    return JobChange(reason, new, _RUNNING, (event,), changed, job.attempt)
 
 
 def interrupt_by_shutdown(job: Job, error: JobError, now: float) -> JobChange:
@@ -311,7 +318,7 @@ def request_cancel(job: Job, reason: str, now: float) -> JobChange:
     """Ask the worker holding a RUNNING job to stop; it finishes the cancel when it does."""
     new = evolve(job, cancel_requested=True, cancel_reason=reason, update_time=now)
     event = PendingEvent(EventType.CANCEL_REQUESTED, detail=reason)
-    return JobChange(Reason.CANCEL_REQUESTED, new, frozenset({S.RUNNING}), (event,), (), job.attempt)
+    return JobChange(Reason.CANCEL_REQUESTED, new, _RUNNING, (event,), (), job.attempt)
 
 
 def retry_by_user(job: Job, from_start: bool, now: float) -> JobChange:
