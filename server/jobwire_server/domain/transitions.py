@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress, evolve
+from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress, evolve, fast_init
 from jobwire_server.domain.states import (
     TERMINAL_STATES,
     UNFINISHED_PHASES,
@@ -75,6 +75,7 @@ class Reason(StrEnum):
     MADE_STALE = "made stale by retention"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class JobChange:
     """A guarded write: apply `job` only if the stored row is in `guard` (and at `attempt`)."""
@@ -130,6 +131,7 @@ def claim(job: Job, now: float, lease_expires: float) -> JobChange:
     return claimed(new, started)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AttemptStart:
     """What starting an attempt does to the phases: the claim's events and the phases it changed."""
