@@ -250,6 +250,20 @@ def test_claim_after_partial_retry_resumes_at_first_unfinished_phase_keeping_res
     assert change.changed_phases == (1,)
 
 
+@pytest.mark.parametrize("before", ["fresh", "partial retry", "every phase done"])
+def test_claimed_from_the_updated_row_is_the_change_claim_makes(before: str) -> None:
+    """A store's claim UPDATE writes the job row and returns it; `claimed` with the phases
+    `start_attempt` gives must be exactly `claim`'s change."""
+    queued = {"fresh": lambda: job_in(S.QUEUED),
+              "partial retry": lambda: t.retry_by_user(job_in(S.FAILED), False, NOW).job,
+              "every phase done": lambda: replace(job_in(S.QUEUED), phases=job_in(S.SUCCEEDED).phases)}[before]()
+    expected = t.claim(queued, NOW, NOW + 30)
+    as_written = replace(queued, state=S.RUNNING, attempt=queued.attempt + 1, start_time=NOW, finish_time=None,
+                         update_time=NOW)
+    phases, started = t.start_attempt(as_written.phases, NOW)
+    assert t.claimed(replace(as_written, phases=phases), started) == expected
+
+
 def test_claim_after_retryable_failure_restarts_the_failed_phase() -> None:
     retrying = job_in(S.RETRYING)
     queued = t.become_due(retrying, NOW).job

@@ -4,7 +4,7 @@ so an event can hold the job "as it was after the event" without copying."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -16,7 +16,39 @@ MIN_PRIORITY, MAX_PRIORITY = 1, 10
 
 _EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
+_C = TypeVar("_C", bound=type)
 
+
+def fast_init(cls: _C) -> _C:
+    """Give a frozen, slotted dataclass a faster `__init__` of the same signature. The one
+    `dataclass` generates sets each field with `object.__setattr__` looked up by name (a frozen
+    class refuses plain assignment); this one calls each slot descriptor's setter directly, about
+    half the cost for an `Event`. Records built for every job's every change use it."""
+    params: list[str] = []
+    lines: list[str] = []
+    scope: dict[str, Any] = {"MISSING": MISSING}
+    for f in fields(cls):
+        if not f.init or f.kw_only or hasattr(cls, "__post_init__"):
+            raise TypeError(f"fast_init does not handle {cls.__name__}.{f.name}")
+        scope[f"set_{f.name}"] = getattr(cls, f.name).__set__
+        if f.default is not MISSING:
+            scope[f"default_{f.name}"] = f.default
+            params.append(f"{f.name}=default_{f.name}")
+        elif f.default_factory is not MISSING:
+            scope[f"factory_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=MISSING")
+            lines.append(f"    if {f.name} is MISSING: {f.name} = factory_{f.name}()")
+        else:
+            params.append(f.name)
+    lines += [f"    set_{f.name}(self, {f.name})" for f in fields(cls)]
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Progress:
     percent: float = 0.0
@@ -26,6 +58,7 @@ class Progress:
 NO_PROGRESS = Progress()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class JobError:
     """One failure of one attempt; the job keeps every one in `error_history`."""
@@ -39,12 +72,14 @@ class JobError:
     time: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Webhook:
     url: str
     events: tuple[EventType, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Phase:
     name: str
@@ -56,6 +91,7 @@ class Phase:
     finish_time: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
@@ -112,6 +148,7 @@ class Job:
         return {p.name: p.result for p in self.phases if p.state is PhaseState.SUCCEEDED}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Event:
     """A stored, numbered change of one job. `job` is the job after it (None for DELETED)."""
@@ -127,6 +164,7 @@ class Event:
     job: Job | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
     """An event a change will emit; the store numbers it when the change commits."""

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress, evolve
+from jobwire_server.domain.models import NO_PROGRESS, Job, JobError, PendingEvent, Phase, Progress, evolve, fast_init
 from jobwire_server.domain.states import (
     TERMINAL_STATES,
     UNFINISHED_PHASES,
@@ -75,6 +75,7 @@ class Reason(StrEnum):
     MADE_STALE = "made stale by retention"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class JobChange:
     """A guarded write: apply `job` only if the stored row is in `guard` (and at `attempt`)."""
@@ -90,6 +91,15 @@ class JobChange:
     @property
     def target(self) -> JobState:
         return self.job.state
+
+
+_CLAIM_GUARD = frozenset({S.QUEUED})
+#: Guards (the claim's, and every change of the worker holding an attempt) and records shared by
+#: every change that needs them (all immutable), rather than built again for each job.
+_RUNNING = frozenset({S.RUNNING})
+_STARTED = PendingEvent(EventType.STARTED)
+_SUCCEEDED = PendingEvent(EventType.SUCCEEDED)
+_DONE = Progress(100.0)
 
 
 def _set_phase(phases: tuple[Phase, ...], index: int, phase: Phase) -> tuple[Phase, ...]:
@@ -115,18 +125,40 @@ def become_due(job: Job, now: float) -> JobChange:
 def claim(job: Job, now: float, lease_expires: float) -> JobChange:
     """A worker takes a QUEUED job: a new attempt starts at the first unfinished phase."""
     del lease_expires  # kept by the store beside the row, not part of the job's public state
-    index = job.next_phase
-    phases = job.phases
-    events: list[PendingEvent] = [PendingEvent(EventType.STARTED)]
-    changed: tuple[int, ...] = ()
-    if index < len(phases):
-        phases = _set_phase(phases, index, evolve(phases[index], state=PhaseState.RUNNING, start_time=now,
-                                                   finish_time=None, error=None, progress=NO_PROGRESS))
-        events.append(PendingEvent(EventType.PHASE_STARTED, phases[index].name))
-        changed = (index,)
+    phases, started = start_attempt(job.phases, now)
     new = evolve(job, state=S.RUNNING, attempt=job.attempt + 1, phases=phases, start_time=now,
                   finish_time=None, update_time=now)
-    return JobChange(Reason.CLAIMED, new, frozenset({S.QUEUED}), tuple(events), changed)
+    return claimed(new, started)
+
+
+@fast_init
+@dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """What starting an attempt does to the phases: the claim's events and the phases it changed."""
+
+    events: tuple[PendingEvent, ...]
+    changed_phases: tuple[int, ...]
+
+
+def start_attempt(phases: tuple[Phase, ...], now: float) -> tuple[tuple[Phase, ...], AttemptStart]:
+    """The phases of a new attempt (the first unfinished one RUNNING from `now`), and what `claim`
+    emits and changes for them."""
+    index = 0
+    while index < len(phases) and phases[index].state is PhaseState.SUCCEEDED:
+        index += 1
+    if index == len(phases):  # every phase has succeeded (or there is none): nothing to start
+        return phases, AttemptStart((_STARTED,), ())
+    running = evolve(phases[index], state=PhaseState.RUNNING, start_time=now, finish_time=None, error=None,
+                     progress=NO_PROGRESS)
+    events = (_STARTED, PendingEvent(EventType.PHASE_STARTED, running.name))
+    return _set_phase(phases, index, running), AttemptStart(events, (index,))
+
+
+def claimed(job: Job, started: AttemptStart) -> JobChange:
+    """`claim`'s change for `job` as the claim made it (RUNNING, its attempt counted, its phases from
+    `start_attempt`). A store whose claim is one `UPDATE … RETURNING` builds the job from the
+    returned row and the started phases, without building the QUEUED job first."""
+    return JobChange(Reason.CLAIMED, job, _CLAIM_GUARD, started.events, started.changed_phases)
 
 
 # ----------------------------------------------------------------------------- executor
@@ -139,7 +171,7 @@ def report_progress(job: Job, index: int, percent: float, message: str, now: flo
     overall = Progress(_overall_percent(phases), message)
     new = evolve(job, phases=phases, progress=overall, update_time=now)
     event = PendingEvent(EventType.PROGRESS, phases[index].name, message)
-    return JobChange(Reason.PROGRESS, new, frozenset({S.RUNNING}), (event,), (index,), job.attempt)
+    return JobChange(Reason.PROGRESS, new, _RUNNING, (event,), (index,), job.attempt)
 
 
 def _overall_percent(phases: tuple[Phase, ...]) -> float:
@@ -150,8 +182,9 @@ def _overall_percent(phases: tuple[Phase, ...]) -> float:
 
 
 def _succeed_phase(job: Job, index: int, result: bytes, now: float) -> tuple[Phase, ...]:
+    message = job.phases[index].progress.message
     done = evolve(job.phases[index], state=PhaseState.SUCCEEDED, result=result, finish_time=now,
-                   progress=Progress(100.0, job.phases[index].progress.message))
+                   progress=Progress(100.0, message) if message else _DONE)
     return _set_phase(job.phases, index, done)
 
 
@@ -168,12 +201,13 @@ def finish_phase(job: Job, index: int, result: bytes, now: float) -> JobChange:
         events.append(PendingEvent(EventType.PHASE_STARTED, following.name))
         changed.append(index + 1)
         new = evolve(job, phases=phases, progress=Progress(_overall_percent(phases)), update_time=now)
-        return JobChange(Reason.PHASE_SUCCEEDED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed),
+        return JobChange(Reason.PHASE_SUCCEEDED, new, _RUNNING, tuple(events), tuple(changed),
                          job.attempt)
-    new = evolve(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, job.progress.message),
+    message = job.progress.message
+    new = evolve(job, state=S.SUCCEEDED, phases=phases, progress=Progress(100.0, message) if message else _DONE,
                   error=None, finish_time=now, update_time=now)
-    events.append(PendingEvent(EventType.SUCCEEDED))
-    return JobChange(Reason.COMPLETED, new, frozenset({S.RUNNING}), tuple(events), tuple(changed), job.attempt)
+    events.append(_SUCCEEDED)
+    return JobChange(Reason.COMPLETED, new, _RUNNING, tuple(events), tuple(changed), job.attempt)
 
 
 def _fail_running_phase(job: Job, error: JobError, now: float) -> tuple[tuple[Phase, ...], list[int]]:
@@ -191,7 +225,7 @@ def retry_after_failure(job: Job, error: JobError, run_at: float, now: float) ->
                   run_at=run_at, update_time=now)
     events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
               PendingEvent(EventType.RETRY_SCHEDULED, error.phase, error.message))
-    return JobChange(Reason.RETRY_AFTER_FAILURE, new, frozenset({S.RUNNING}), events if changed else events[1:],
+    return JobChange(Reason.RETRY_AFTER_FAILURE, new, _RUNNING, events if changed else events[1:],
                      tuple(changed), job.attempt)
 
 
@@ -203,7 +237,7 @@ def fail(job: Job, error: JobError, now: float) -> JobChange:
                   finish_time=now, update_time=now)
     events = (PendingEvent(EventType.PHASE_FAILED, error.phase, error.message),
               PendingEvent(EventType.FAILED, error.phase, error.message))
-    return JobChange(reason, new, frozenset({S.RUNNING}), events if changed else events[1:], tuple(changed),
+    return JobChange(reason, new, _RUNNING, events if changed else events[1:], tuple(changed),
                      job.attempt)
 
 
@@ -221,7 +255,7 @@ def finish_cancel(job: Job, now: float) -> JobChange:
     phases, changed = _cancel_unfinished(job, now)
     new = evolve(job, state=S.CANCELLED, phases=phases, finish_time=now, update_time=now)
     event = PendingEvent(EventType.CANCELLED, detail=job.cancel_reason)
-    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
+    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, _RUNNING, (event,), changed, job.attempt)
 
 
 def finish_phase_then_cancel(job: Job, index: int, result: bytes, now: float) -> JobChange:
@@ -231,7 +265,7 @@ def finish_phase_then_cancel(job: Job, index: int, result: bytes, now: float) ->
     new = evolve(job, state=S.CANCELLED, phases=cancelled, finish_time=now, update_time=now)
     events = (PendingEvent(EventType.PHASE_SUCCEEDED, phases[index].name),
               PendingEvent(EventType.CANCELLED, detail=job.cancel_reason))
-    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, frozenset({S.RUNNING}), events,
+    return JobChange(Reason.CANCELLED_WHILE_RUNNING, new, _RUNNING, events,
                      tuple(sorted({index, *changed})), job.attempt)
 
 
@@ -246,7 +280,7 @@ def _interrupt(job: Job, error: JobError, now: float, reason: Reason, *, counted
     new = evolve(job, state=S.QUEUED, phases=phases, error=error, error_history=(*job.error_history, error),
                   uncounted_attempts=job.uncounted_attempts + (0 if counted else 1), run_at=now, update_time=now)
     event = PendingEvent(EventType.INTERRUPTED, error.phase, error.message)
-    return JobChange(reason, new, frozenset({S.RUNNING}), (event,), changed, job.attempt)
+    return JobChange(reason, new, _RUNNING, (event,), changed, job.attempt)
 
 
 def interrupt_by_shutdown(job: Job, error: JobError, now: float) -> JobChange:
@@ -286,7 +320,7 @@ def request_cancel(job: Job, reason: str, now: float) -> JobChange:
     """Ask the worker holding a RUNNING job to stop; it finishes the cancel when it does."""
     new = evolve(job, cancel_requested=True, cancel_reason=reason, update_time=now)
     event = PendingEvent(EventType.CANCEL_REQUESTED, detail=reason)
-    return JobChange(Reason.CANCEL_REQUESTED, new, frozenset({S.RUNNING}), (event,), (), job.attempt)
+    return JobChange(Reason.CANCEL_REQUESTED, new, _RUNNING, (event,), (), job.attempt)
 
 
 def retry_by_user(job: Job, from_start: bool, now: float) -> JobChange:

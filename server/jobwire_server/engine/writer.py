@@ -360,6 +360,8 @@ def _fresh(fault: StorageError) -> StorageError:
 def _show_claims(ops: Sequence[WriteOp], results: list[Any], claimed: ClaimResult) -> None:
     """An enqueue (or a schedule's firing) whose job the same transaction claimed answers with the
     job as committed (RUNNING), not as it was inserted."""
+    if not any(isinstance(op, InsertJobs | FireSchedules) for op in ops):
+        return  # the common case in a drain: nothing to show
     running = {item.job.id: item.job for item in claimed.claimed}
 
     def shown(r: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from jobwire_server.domain.deliveries import AttemptOutcome, Delivery, DeliveryInfo
 from jobwire_server.domain.kinds import KindSpec
-from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats
+from jobwire_server.domain.models import Event, Job, NewJob, PendingEvent, QueueStats, fast_init
 from jobwire_server.domain.queries import JobQuery
 from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.schedules import Firing, Schedule
@@ -33,6 +33,7 @@ class StoreError(Exception):
     password) and what to check."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Committed:
     """A change that was written: the job after it and its numbered events."""
@@ -134,6 +135,7 @@ class UpdateJobs:
     build: ChangeBuilder
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ApplyChange:
     """→ Committed | None. A guarded change computed outside (the executor's outcomes, progress)."""

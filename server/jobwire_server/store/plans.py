@@ -19,9 +19,12 @@ from jobwire_server.store.base import ChangeBuilder, InsertResult
 WRITES_CANCEL_FLAGS = frozenset({"cancel requested by user", "cancelled by user", "retried by user"})
 
 
+_STATES = {s.value: s for s in JobState}
+
+
 def passes(change: JobChange, state: str, attempt: int) -> bool:
     """Whether a row in `state` at `attempt` is one `change` may be written over."""
-    return JobState(state) in change.guard and (change.attempt is None or change.attempt == attempt)
+    return _STATES[state] in change.guard and (change.attempt is None or change.attempt == attempt)
 
 
 def plan_updates(job_ids: Sequence[str], found: Mapping[str, Job],

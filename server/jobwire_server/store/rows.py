@@ -8,7 +8,7 @@ from dataclasses import asdict
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from jobwire_server.domain.models import Event, Job, JobError, Phase, Progress, Webhook
+from jobwire_server.domain.models import NO_PROGRESS, Event, Job, JobError, Phase, Progress, Webhook
 from jobwire_server.domain.states import EventType, JobState, PhaseState
 
 JOB_COLUMNS = (
@@ -32,6 +32,11 @@ class Row(Protocol):
 
 
 _STATES = {s.value: s for s in JobState}
+#: Each member's value: `.value` of an enum is a property, several times slower than a dict lookup
+#: on the paths that write every job's rows (and sqlite3 binds a str subclass slowly).
+STATE_VALUES: Mapping[JobState, str] = {s: s.value for s in JobState}
+PHASE_STATE_VALUES: Mapping[PhaseState, str] = {s: s.value for s in PhaseState}
+EVENT_TYPE_VALUES: Mapping[EventType, str] = {t: t.value for t in EventType}
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 _PHASE_STATES = {s.value: s for s in PhaseState}
 _EVENT_TYPES = {t.value: t for t in EventType}
@@ -70,30 +75,32 @@ def _webhook_from_json(text: str | None) -> Webhook | None:
 
 def phase_from_row(row: Row) -> Phase:
     _, _, name, state, pct, msg, result, error, start, finish = row
-    return Phase(name=name, state=_PHASE_STATES[state], progress=Progress(pct, msg), result=result,
-                 error=error_from_json(error), start_time=start, finish_time=finish)
+    # Positional, in the field order of Phase (a keyword call costs more, for every phase read).
+    return Phase(name, _PHASE_STATES[state], Progress(pct, msg) if pct or msg else NO_PROGRESS, result,
+                 None if error is None else error_from_json(error), start, finish)
 
 
 def phase_params(job_id: str, index: int, phase: Phase) -> tuple[Any, ...]:
     """Parameters for `UPDATE phases SET state, pct, msg, result, error, start, finish WHERE job, idx`."""
-    return (phase.state.value, phase.progress.percent, phase.progress.message, phase.result,
-            error_to_json(phase.error), phase.start_time, phase.finish_time, job_id, index)
+    return (PHASE_STATE_VALUES[phase.state], phase.progress.percent, phase.progress.message, phase.result,
+            None if phase.error is None else error_to_json(phase.error), phase.start_time, phase.finish_time,
+            job_id, index)
 
 
 def job_from_row(row: Row, phases: Iterable[Phase]) -> Job:
     (id_, queue, kind, payload, priority, state, attempt, uncounted, max_attempts, timeout, pct, msg, error,
      history, dedupe_key, labels, webhook, cancel_requested, cancel_reason, trace_parent, seq, create_time,
      update_time, run_at, start_time, finish_time, concurrency_key) = row
+    # Positional, in the field order of Job (a keyword call of its 27 fields costs about half again
+    # as much, for every job read or claimed); tests/unit/test_rows.py checks every column's field.
     return Job(
-        id=id_, queue=queue, kind=kind, payload=payload, priority=priority, state=_STATES[state],
-        attempt=attempt, uncounted_attempts=uncounted, max_attempts=max_attempts, timeout=timeout,
-        progress=Progress(pct, msg), error=error_from_json(error),
-        error_history=() if history == "[]" else tuple(_error_from_dict(e) for e in json.loads(history)),
-        dedupe_key=dedupe_key or "", labels=_NO_LABELS if labels == "{}" else MappingProxyType(json.loads(labels)),
-        webhook=_webhook_from_json(webhook), cancel_requested=bool(cancel_requested),
-        cancel_reason=cancel_reason, trace_parent=trace_parent, last_sequence=seq, create_time=create_time,
-        update_time=update_time, run_at=run_at, start_time=start_time, finish_time=finish_time,
-        phases=tuple(phases), concurrency_key=concurrency_key or "",
+        id_, queue, kind, payload, priority, _STATES[state], max_attempts, tuple(phases), create_time, update_time,
+        run_at, attempt, uncounted, timeout, Progress(pct, msg) if pct or msg else NO_PROGRESS,
+        None if error is None else error_from_json(error),
+        () if history == "[]" else tuple(_error_from_dict(e) for e in json.loads(history)),
+        dedupe_key or "", _NO_LABELS if labels == "{}" else MappingProxyType(json.loads(labels)),
+        None if webhook is None else _webhook_from_json(webhook), bool(cancel_requested), cancel_reason,
+        start_time, finish_time, seq, trace_parent, concurrency_key or "",
     )
 
 

@@ -20,7 +20,7 @@ import asyncpg
 from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
-from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
+from jobwire_server.domain.transitions import JobChange, become_due, claimed, make_stale, start_attempt
 from jobwire_server.store import plans, rows
 from jobwire_server.store import queue_rows as qrows
 from jobwire_server.store.base import (
@@ -487,7 +487,6 @@ async def _promote_due(conn: Conn, pending: Pending, now: float) -> tuple[list[C
     return write_details(pending, [(c, c.job) for c in changes]), next_due  # loaded after the update
 
 
-_STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
 _PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
 
@@ -579,12 +578,11 @@ async def _claimed(conn: Conn, pending: Pending, p: ClaimParams, found: list[Any
         phases = {row[0]: [rows.phase_from_row(p) for p in row[-1]] for row in found}
     changes = []
     for row in found:
-        # The row as updated (sequence and times current), taken as the QUEUED job it was, so the
-        # state machine's `claim` makes the change the UPDATE already wrote.
-        before = list(row)[:-1]
-        before[_STATE], before[_ATTEMPT] = JobState.QUEUED.value, row[_ATTEMPT] - 1
-        change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
-        changes.append((change, change.job))
+        # The row as updated (its last column: the phases) is the job as `claim` makes it (RUNNING,
+        # attempt counted, sequence and times current), but for its phases, which the state machine starts.
+        started_phases, started = start_attempt(tuple(phases.get(row[0], ())), p.now)
+        job = rows.job_from_row(list(row)[:-1], started_phases)
+        changes.append((claimed(job, started), job))
     return write_details(pending, changes)
 
 

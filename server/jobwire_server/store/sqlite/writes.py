@@ -15,7 +15,7 @@ from jobwire_server.domain.errors import InvalidTransition, JobNotFound
 from jobwire_server.domain.models import Event, Job, NewJob, Phase, evolve
 from jobwire_server.domain.queues import QueueSettings
 from jobwire_server.domain.states import ACTIVE_STATES, EventType, JobState
-from jobwire_server.domain.transitions import JobChange, become_due, claim, make_stale
+from jobwire_server.domain.transitions import JobChange, become_due, claimed, make_stale, start_attempt
 from jobwire_server.store import plans, rows
 from jobwire_server.store.base import (
     ChangeBuilder,
@@ -93,19 +93,27 @@ def _write_details(conn: Conn, written: Iterable[tuple[JobChange, Job]]) -> list
     phase_params: list[tuple[Any, ...]] = []
     event_params: list[tuple[Any, ...]] = []
     committed: list[Committed] = []
+    hooked: list[Event] = []  # events of jobs with a webhook: only those can need an outbox row
+    type_values = rows.EVENT_TYPE_VALUES
     for change, job in written:
-        phase_params.extend(rows.phase_params(job.id, i, job.phases[i]) for i in change.changed_phases)
-        first = job.last_sequence - len(change.events) + 1
-        events = tuple(
-            Event(job.id, first + n, e.type, job.update_time, job.queue, job.kind, e.phase, e.detail, job)
-            for n, e in enumerate(change.events))
-        event_params.extend((job.id, e.sequence, e.type.value, e.time, e.phase, e.detail) for e in events)
-        committed.append(Committed(job, events))
+        job_id, time, phases = job.id, job.update_time, job.phases
+        for i in change.changed_phases:
+            phase_params.append(rows.phase_params(job_id, i, phases[i]))
+        sequence = job.last_sequence - len(change.events)
+        events = []
+        for e in change.events:
+            sequence += 1
+            events.append(Event(job_id, sequence, e.type, time, job.queue, job.kind, e.phase, e.detail, job))
+            event_params.append((job_id, sequence, type_values[e.type], time, e.phase, e.detail))
+        committed.append(Committed(job, tuple(events)))
+        if job.webhook is not None:
+            hooked.extend(events)
     if phase_params:
         conn.executemany(_UPDATE_PHASE, phase_params)
     if event_params:
         conn.executemany(INSERT_EVENT, event_params)
-        outbox.add_deliveries(conn, (e for c in committed for e in c.events))
+    if hooked:
+        outbox.add_deliveries(conn, hooked)
     return committed
 
 
@@ -189,7 +197,7 @@ def apply_changes(conn: Conn, changes: Sequence[JobChange]) -> list[Committed | 
         state, attempt, seq = row[0], row[1], row[2] + len(change.events)
         params.append(_change_params(change, seq, state, attempt))
         row[0], row[1], row[2] = change.job.state.value, change.job.attempt, seq
-        if change.reason.value in plans.WRITES_CANCEL_FLAGS:
+        if change.reason in plans.WRITES_CANCEL_FLAGS:
             row[3], row[4] = int(change.job.cancel_requested), change.job.cancel_reason
         written.append((index, change, seq))
     if params:
@@ -250,12 +258,13 @@ def _lease_expired(conn: Conn, job_id: str, before: float) -> bool:
 
 def _change_params(change: JobChange, seq: int, state: str, attempt: int) -> tuple[Any, ...]:
     job = change.job
-    writes_cancel = change.reason.value in plans.WRITES_CANCEL_FLAGS
+    writes_cancel = change.reason in plans.WRITES_CANCEL_FLAGS
+    new_state = rows.STATE_VALUES[job.state]
     return (
-        job.state.value, job.attempt, job.uncounted_attempts, float(job.progress.percent), job.progress.message,
-        rows.error_to_json(job.error), rows.history_to_json(job.error_history), float(job.run_at), job.start_time,
-        job.finish_time, float(job.update_time), seq, writes_cancel, int(job.cancel_requested), writes_cancel,
-        job.cancel_reason, job.state.value, job.state.value, job.id, state, attempt,
+        new_state, job.attempt, job.uncounted_attempts, float(job.progress.percent), job.progress.message,
+        None if job.error is None else rows.error_to_json(job.error), rows.history_to_json(job.error_history),
+        float(job.run_at), job.start_time, job.finish_time, float(job.update_time), seq, writes_cancel,
+        int(job.cancel_requested), writes_cancel, job.cancel_reason, new_state, new_state, job.id, state, attempt,
     )
 
 
@@ -286,7 +295,6 @@ def _promote_due(conn: Conn, now: float) -> list[Committed]:
     return _write_details(conn, [(c, c.job) for c in changes])  # loaded after the update
 
 
-_STATE, _ATTEMPT = rows.JOB_COLUMNS.index("state"), rows.JOB_COLUMNS.index("attempt")
 _PRIORITY_COLUMN, _RUN_AT = rows.JOB_COLUMNS.index("priority"), rows.JOB_COLUMNS.index("run_at")
 _ORDER = "ORDER BY priority DESC, run_at, id"
 
@@ -346,12 +354,11 @@ def _claimed(conn: Conn, p: ClaimParams, found: list[Any]) -> list[Committed]:
     phases = load_phases(conn, [row[0] for row in found])
     changes = []
     for row in found:
-        # The row as updated (sequence and times current), taken as the QUEUED job it was, so the
-        # state machine's `claim` makes the change the UPDATE already wrote.
-        before = list(row)
-        before[_STATE], before[_ATTEMPT] = JobState.QUEUED.value, row[_ATTEMPT] - 1
-        change = claim(rows.job_from_row(before, phases.get(row[0], ())), p.now, p.lease_expires)
-        changes.append((change, change.job))
+        # The row as updated is the job as `claim` makes it (RUNNING, attempt counted, sequence and
+        # times current), but for its phases, which the state machine starts.
+        started_phases, started = start_attempt(tuple(phases.get(row[0], ())), p.now)
+        job = rows.job_from_row(row, started_phases)
+        changes.append((claimed(job, started), job))
     return _write_details(conn, changes)
 
 
