@@ -45,6 +45,9 @@ PGQUEUER_SHARE = 1.5
 PGQUEUER_BIG_BATCH = 100
 TRACED_SHARE = 0.85
 PREFILL_BATCH = 1000
+#: What a server with tracing on stores with each job it enqueues (its Enqueue span's traceparent),
+#: so the traced drain pays for each attempt's link to it, as a traced server does.
+PREFILL_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class DropSpans(SpanExporter):
@@ -95,6 +98,11 @@ async def measure_produce(run: Run) -> None:
 # ---------------------------------------------------------------------- a prefilled queue
 
 
+def _noop_jobs(count: int, now: float) -> list[NewJob]:
+    """`count` noop jobs as one traced EnqueueBatch call stores them (its traceparent on each)."""
+    return [NewJob("default", "noop", b"x", 5, now, 3, 0.0, ("run",), trace_parent=PREFILL_TRACEPARENT)] * count
+
+
 async def _prefill(run: Run) -> Path | str:
     """A database holding `drain_jobs` QUEUED noop jobs, written through the store; each round
     drains a copy of it. With `--store postgres`, the name of a template database."""
@@ -108,7 +116,7 @@ async def _prefill(run: Run) -> Path | str:
         now = time.time()
         for start in range(0, s.drain_jobs, PREFILL_BATCH):
             count = min(PREFILL_BATCH, s.drain_jobs - start)
-            await store.insert_jobs([NewJob("default", "noop", b"x", 5, now, 3, 0.0, ("run",))] * count, now, 0)
+            await store.insert_jobs(_noop_jobs(count, now), now, 0)
     finally:
         await store.close()
     return directory
@@ -127,7 +135,7 @@ async def prefill_postgres(run: Run, jobs: int) -> str:
         now = time.time()
         for start in range(0, jobs, PREFILL_BATCH):
             count = min(PREFILL_BATCH, jobs - start)
-            await app.service.enqueue([NewJob("default", "noop", b"x", 5, now, 3, 0.0, ("run",))] * count)
+            await app.service.enqueue(_noop_jobs(count, now))
         queued = sum(q.counts.get(JobState.QUEUED, 0) for q in await app.store.queue_stats("", time.time()))
     finally:
         await stop_app(app)

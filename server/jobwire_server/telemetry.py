@@ -17,21 +17,25 @@ Which settings are read, and the defaults jobwire picks, are in docs/operations.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from jobwire_server.domain.deliveries import strip_query as redact_url
@@ -58,8 +62,11 @@ ATTR_HTTP_STATUS = "http.response.status_code"
 ATTR_SERVER_ADDRESS = "server.address"
 ATTR_SERVER_PORT = "server.port"
 #: OpenTelemetry messaging conventions, on job and phase spans beside the jobwire.* attributes.
-MESSAGING_ATTRIBUTES = {"messaging.system": "jobwire", "messaging.operation.type": "process",
-                        "messaging.operation.name": "process"}
+ATTR_MESSAGING_SYSTEM = "messaging.system"
+ATTR_MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+ATTR_MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_ATTRIBUTES = {ATTR_MESSAGING_SYSTEM: "jobwire", ATTR_MESSAGING_OPERATION_TYPE: "process",
+                        ATTR_MESSAGING_OPERATION_NAME: "process"}
 ATTR_MESSAGING_DESTINATION = "messaging.destination.name"
 ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"
 #: Seconds `Tracing.shutdown` waits for the spans still batched to be exported; a collector that does
@@ -74,7 +81,11 @@ OTLP_MODULES = {
 DEFAULT_OTLP_PROTOCOL = "grpc"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+#: A W3C ``traceparent``: version, trace id, parent id, flags; a future version may add fields.
+_TRACEPARENT = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_TRACEPARENT_MAX_LENGTH = 512
 _FAILED_STATES = frozenset({JobState.RETRYING, JobState.FAILED})
+T = TypeVar("T")
 
 
 class TracingConfigError(Exception):
@@ -227,10 +238,20 @@ def format_traceparent(context: SpanContext) -> str:
 
 
 def parse_traceparent(value: str) -> SpanContext | None:
-    """The span context a W3C ``traceparent`` names, or None when it is empty or malformed."""
-    if not value:
+    """The span context a W3C ``traceparent`` names, or None when it is empty or malformed.
+
+    What the SDK's TraceContext propagator accepts (a test holds them to each other), read
+    directly: each traced job's stored traceparent is parsed for its link, and the propagator
+    builds a Context and a span around the result that would be thrown away."""
+    if not value or len(value) > _TRACEPARENT_MAX_LENGTH:
         return None
-    context = trace.get_current_span(_PROPAGATOR.extract({"traceparent": value})).get_span_context()
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    context = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
     return context if context.is_valid else None
 
 
@@ -254,44 +275,95 @@ def _links(trace_parent: str) -> list[Link] | None:
     return [Link(parent)] if parent is not None else None
 
 
-def _job_attributes(job: Job) -> dict[str, str | int]:
-    return {ATTR_JOB_ID: job.id, ATTR_QUEUE: job.queue, ATTR_KIND: job.kind, ATTR_ATTEMPT: job.attempt}
-
-
 # ----------------------------------------------------------------------------- job and phase spans
+#
+# These run for every job attempt and every phase, so they do no more than the SDK needs: every
+# attribute known at the start is passed once to `start_span` (each `set_attribute` takes the
+# span's lock and validates again), the job span is never made current (its phases are started
+# with it as their parent explicitly), and only the handler's task is created with its phase span
+# current. The SDK's own work per span (ids, sampler, attribute validation, the processors) is the
+# rest: see docs/performance.md ("Tracing").
+
+#: Job spans start a new trace whatever is current where the runner started.
+_NEW_TRACE = Context()
+#: `jobwire.job.state` of each state, lower case.
+_STATE_NAMES = {state: state.name.lower() for state in JobState}
 
 
 def start_job_span(tracer: Tracer, job: Job) -> Span:
     """The span of one attempt: a new trace (whatever context the runner was started from),
-    linked to the Enqueue span."""
-    attributes = {**_job_attributes(job), **MESSAGING_ATTRIBUTES, ATTR_MESSAGING_DESTINATION: job.queue,
-                  ATTR_MESSAGING_MESSAGE_ID: job.id}
-    return tracer.start_span(f"job {job.kind}", context=Context(), kind=SpanKind.CONSUMER,
-                             attributes=attributes, links=_links(job.trace_parent))
+    linked to the Enqueue span. Never made current: `start_phase_span` takes it as the parent."""
+    attributes: dict[str, str | int] = {
+        ATTR_JOB_ID: job.id, ATTR_QUEUE: job.queue, ATTR_KIND: job.kind, ATTR_ATTEMPT: job.attempt,
+        ATTR_MESSAGING_SYSTEM: "jobwire", ATTR_MESSAGING_OPERATION_TYPE: "process",
+        ATTR_MESSAGING_OPERATION_NAME: "process", ATTR_MESSAGING_DESTINATION: job.queue,
+        ATTR_MESSAGING_MESSAGE_ID: job.id}
+    links = _links(job.trace_parent) if job.trace_parent else None
+    return tracer.start_span(f"job {job.kind}", context=_NEW_TRACE, kind=SpanKind.CONSUMER,
+                             attributes=attributes, links=links)
 
 
 def end_job_span(span: Span, job: Job) -> None:
     """Record how the attempt left the job: ERROR when it failed (RETRYING or FAILED)."""
-    span.set_attribute(ATTR_JOB_STATE, job.state.name.lower())
-    if job.state in _FAILED_STATES:
-        if job.error is not None:
-            span.set_attribute(ATTR_ERROR_TYPE, job.error.type)
-        span.set_status(Status(StatusCode.ERROR, job.error.message if job.error is not None else None))
+    state = _STATE_NAMES[job.state]
+    if job.state not in _FAILED_STATES:
+        span.set_attribute(ATTR_JOB_STATE, state)
+        return
+    error = job.error
+    if error is None:
+        span.set_attribute(ATTR_JOB_STATE, state)
+        span.set_status(Status(StatusCode.ERROR))
+        return
+    span.set_attributes({ATTR_JOB_STATE: state, ATTR_ERROR_TYPE: error.type})
+    span.set_status(Status(StatusCode.ERROR, error.message))
 
 
-def start_phase_span(tracer: Tracer, job: Job, phase: str) -> Span:
-    """A phase's span, a child of the current (job) span."""
-    attributes = _job_attributes(job)
-    attributes[ATTR_PHASE] = phase
-    return tracer.start_span(f"phase {phase}", attributes=attributes)
+def start_phase_span(tracer: Tracer, job: Job, phase: str, job_span: Span) -> Span:
+    """A phase's span, a child of its attempt's `job_span` (which need not be current)."""
+    attributes: dict[str, str | int] = {ATTR_JOB_ID: job.id, ATTR_QUEUE: job.queue, ATTR_KIND: job.kind,
+                                        ATTR_ATTEMPT: job.attempt, ATTR_PHASE: phase}
+    return tracer.start_span(f"phase {phase}", context=trace.set_span_in_context(job_span), attributes=attributes)
 
 
 def end_phase_span(span: Span, outcome: str, *, error_type: str = "", message: str = "") -> None:
     """`outcome` is succeeded, failed, cancelled or interrupted; a failure sets status ERROR."""
-    span.set_attribute(ATTR_PHASE_OUTCOME, outcome)
-    if outcome == "failed":
-        span.set_attribute(ATTR_ERROR_TYPE, error_type)
-        span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}" if message else error_type))
+    if outcome != "failed":
+        span.set_attribute(ATTR_PHASE_OUTCOME, outcome)
+        return
+    span.set_attributes({ATTR_PHASE_OUTCOME: outcome, ATTR_ERROR_TYPE: error_type})
+    span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}" if message else error_type))
+
+
+class EndOnExit:
+    """``with EndOnExit(span):`` ends `span` when the block is left; an exception (not a
+    BaseException such as CancelledError) leaving it is recorded on the span, with status ERROR.
+    What ``trace.use_span(span, end_on_exit=True)`` does, without making the span current."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, Exception):
+            self.span.record_exception(exc)
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        self.span.end()
+
+
+def task_in_span(span: Span | None, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task for `coroutine` created with `span` current: a task keeps the context it was created
+    in, so the spans its code makes nest in `span` (a plain task when `span` is None)."""
+    if span is None:
+        return asyncio.ensure_future(coroutine)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        return asyncio.ensure_future(coroutine)
+    finally:
+        otel_context.detach(token)
 
 
 # ----------------------------------------------------------------------------- webhook spans

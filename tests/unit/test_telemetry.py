@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -9,14 +10,22 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata
 
 import pytest
+from jobwire_server.domain.models import Job, JobError, Phase
+from jobwire_server.domain.states import JobState
 from jobwire_server.telemetry import (
     OTLP_MODULES,
+    EndOnExit,
     Tracing,
     TracingConfigError,
+    end_job_span,
+    end_phase_span,
     format_traceparent,
     jobwire_version,
     parse_traceparent,
     redact_url,
+    start_job_span,
+    start_phase_span,
+    task_in_span,
     tracer_provider_from_env,
     webhook_span,
 )
@@ -30,7 +39,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -260,3 +270,95 @@ def test_webhook_span_headers_carry_its_traceparent(tracer: Tracer, exporter: In
     assert (span.attributes or {})["server.port"] == 8080
     with webhook_span(None, "succeeded", "http://h/", job_id="j1") as untraced:
         assert untraced.headers() == {}
+
+
+# ----------------------------------------------------------------------------- job and phase spans
+
+
+@pytest.mark.parametrize("value", [
+    TRACEPARENT, TRACEPARENT[:-2] + "00", " \t" + TRACEPARENT + " ", TRACEPARENT + "\n",
+    "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-comes-next", TRACEPARENT + "-extra",
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", TRACEPARENT.upper(), TRACEPARENT[1:],
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", TRACEPARENT + " " * 600, "", "-", "garbage"])
+def test_traceparent_is_read_as_the_sdk_propagator_reads_it(value: str) -> None:
+    extracted = trace.get_current_span(TraceContextTextMapPropagator().extract({"traceparent": value}))
+    expected = extracted.get_span_context() if extracted.get_span_context().is_valid else None
+    assert parse_traceparent(value) == expected
+
+
+def _job(state: JobState = JobState.RUNNING, *, trace_parent: str = "", error: JobError | None = None) -> Job:
+    return Job("j1", "media", "resize", b"", 5, state, 3, (Phase("fetch"),), 0.0, 0.0, 0.0, attempt=2,
+               trace_parent=trace_parent, error=error)
+
+
+def test_job_and_phase_spans(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with trace.use_span(tracer.start_span("elsewhere"), end_on_exit=True):  # not the job's parent
+        job_span = start_job_span(tracer, _job(trace_parent=TRACEPARENT))
+    assert trace.get_current_span() is trace.INVALID_SPAN, "the job span is never made current"
+    phase_span = start_phase_span(tracer, _job(), "fetch", job_span)
+    end_phase_span(phase_span, "succeeded")
+    phase_span.end()
+    end_job_span(job_span, _job(JobState.SUCCEEDED))
+    job_span.end()
+    _elsewhere, phase, job = exporter.get_finished_spans()
+    assert job.name == "job resize" and job.kind is SpanKind.CONSUMER and job.parent is None
+    assert job.context is not None and _elsewhere.context is not None
+    assert job.context.trace_id != _elsewhere.context.trace_id
+    assert [link.context.span_id for link in job.links] == [0x00F067AA0BA902B7]
+    assert dict(job.attributes or {}) == {
+        "jobwire.job.id": "j1", "jobwire.queue": "media", "jobwire.kind": "resize", "jobwire.attempt": 2,
+        "messaging.system": "jobwire", "messaging.operation.type": "process", "messaging.operation.name": "process",
+        "messaging.destination.name": "media", "messaging.message.id": "j1", "jobwire.job.state": "succeeded"}
+    assert job.status.status_code is StatusCode.UNSET
+    assert phase.name == "phase fetch" and phase.parent is not None and phase.parent.span_id == job.context.span_id
+    assert phase.context is not None and phase.context.trace_id == job.context.trace_id
+    assert dict(phase.attributes or {}) == {
+        "jobwire.job.id": "j1", "jobwire.queue": "media", "jobwire.kind": "resize", "jobwire.attempt": 2,
+        "jobwire.phase": "fetch", "jobwire.phase.outcome": "succeeded"}
+    assert phase.status.status_code is StatusCode.UNSET
+
+
+def test_failed_attempt_and_phase(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    job_span = start_job_span(tracer, _job())
+    phase_span = start_phase_span(tracer, _job(), "fetch", job_span)
+    end_phase_span(phase_span, "failed", error_type="RetryableError", message="busy")
+    phase_span.end()
+    error = JobError("busy", "RetryableError", True, "fetch", 2, False, 0.0)
+    end_job_span(job_span, _job(JobState.RETRYING, error=error))
+    job_span.end()
+    phase, job = exporter.get_finished_spans()
+    assert (phase.status.status_code, phase.status.description) == (StatusCode.ERROR, "RetryableError: busy")
+    assert {k: (phase.attributes or {})[k] for k in ("jobwire.phase.outcome", "error.type")} == {
+        "jobwire.phase.outcome": "failed", "error.type": "RetryableError"}
+    assert (job.status.status_code, job.status.description) == (StatusCode.ERROR, "busy")
+    assert {k: (job.attributes or {})[k] for k in ("jobwire.job.state", "error.type")} == {
+        "jobwire.job.state": "retrying", "error.type": "RetryableError"}
+    assert job.links == ()  # no stored traceparent: no link
+
+
+def test_end_on_exit_records_an_error_and_ends(tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    with pytest.raises(ValueError, match="bad row"), EndOnExit(tracer.start_span("crashed")):
+        raise ValueError("bad row")
+    with pytest.raises(asyncio.CancelledError), EndOnExit(tracer.start_span("cancelled")):
+        raise asyncio.CancelledError
+    with EndOnExit(tracer.start_span("fine")):
+        pass
+    crashed, cancelled, fine = exporter.get_finished_spans()
+    assert (crashed.status.status_code, crashed.status.description) == (StatusCode.ERROR, "ValueError: bad row")
+    assert [e.name for e in crashed.events] == ["exception"]
+    # Not an error: a BaseException such as a cancellation ends the span and records nothing.
+    assert cancelled.status.status_code is StatusCode.UNSET and cancelled.events == ()
+    assert fine.status.status_code is StatusCode.UNSET and fine.end_time is not None
+
+
+async def test_a_task_in_a_span_sees_it_current(tracer: Tracer) -> None:
+    span = tracer.start_span("phase fetch")
+
+    async def current() -> Span:
+        return trace.get_current_span()
+
+    assert await task_in_span(span, current()) is span
+    assert trace.get_current_span() is trace.INVALID_SPAN, "the caller's context is left as it was"
+    assert await task_in_span(None, current()) is trace.INVALID_SPAN
+    span.end()

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from jobwire_server.domain.clock import Clock
@@ -30,7 +29,14 @@ from jobwire_server.domain.transitions import JobChange, interrupt_by_shutdown, 
 from jobwire_server.engine.writer import Writer
 from jobwire_server.handlers.kind import JobContext, Kind, PhaseFunction
 from jobwire_server.handlers.registry import Registry
-from jobwire_server.telemetry import end_job_span, end_phase_span, start_job_span, start_phase_span
+from jobwire_server.telemetry import (
+    EndOnExit,
+    end_job_span,
+    end_phase_span,
+    start_job_span,
+    start_phase_span,
+    task_in_span,
+)
 
 log = logging.getLogger("jobwire.executor")
 
@@ -159,7 +165,7 @@ class Executor:
     async def _run(self, entry: Running) -> None:
         try:
             if self._tracer is None:
-                await self._run_phases(entry)
+                await self._run_phases(entry, None)
             else:
                 await self._run_traced(entry, self._tracer)
         except StorageError as exc:
@@ -178,18 +184,18 @@ class Executor:
 
     async def _run_traced(self, entry: Running, tracer: Tracer) -> None:
         span = start_job_span(tracer, entry.job)
-        with trace.use_span(span, end_on_exit=True):  # records an exception that crashes the runner
-            await self._run_phases(entry)
+        with EndOnExit(span):  # records an exception that crashes the runner
+            await self._run_phases(entry, span)
             end_job_span(span, entry.job)
 
-    async def _run_phases(self, entry: Running) -> None:
+    async def _run_phases(self, entry: Running, job_span: Span | None) -> None:
         kind = self._registry.get(entry.job.kind)
         while entry.job.state is JobState.RUNNING:
             index = entry.job.next_phase
-            if self._tracer is None:
+            if self._tracer is None or job_span is None:
                 outcome = await self._run_phase(entry, kind, index)
             else:
-                outcome = await self._run_phase_traced(entry, kind, index, self._tracer)
+                outcome = await self._run_phase_traced(entry, kind, index, self._tracer, job_span)
             committed = await self._writer.submit(self._change_for(entry, kind, index, outcome))
             if committed is None:
                 log.info("job %s changed under attempt %d; outcome dropped", entry.job.id, entry.job.attempt)
@@ -214,12 +220,12 @@ class Executor:
             return interrupt_by_shutdown(job, error, now)
         return decide(job, index, outcome, now, kind.retry if kind is not None else DEFAULT_POLICY)
 
-    async def _run_phase_traced(self, entry: Running, kind: Kind | None, index: int,
-                                tracer: Tracer) -> Outcome | _Interrupted:
+    async def _run_phase_traced(self, entry: Running, kind: Kind | None, index: int, tracer: Tracer,
+                                job_span: Span) -> Outcome | _Interrupted:
         phase = entry.job.phases[index].name if index < len(entry.job.phases) else ""
-        span = start_phase_span(tracer, entry.job, phase)
-        # Current while the handler task is created, so the handler's own spans nest in the phase.
-        with trace.use_span(span, end_on_exit=True):
+        span = start_phase_span(tracer, entry.job, phase, job_span)
+        # `_run_phase` creates the handler's task with this span current, so its spans nest here.
+        with EndOnExit(span):
             outcome = await self._run_phase(entry, kind, index, span)
             if isinstance(outcome, Failed):
                 end_phase_span(span, "failed", error_type=outcome.type, message=outcome.message)
@@ -238,7 +244,7 @@ class Executor:
             return Failed(f"kind {job.kind!r} has no phase {phase.name!r}", "UNKNOWN_PHASE", retryable=False)
         if entry.stopping:
             return Cancelled() if entry.cancel_requested else _Interrupted()
-        task = asyncio.ensure_future(self._call(function, self._context(entry, index)))
+        task = task_in_span(span, self._call(function, self._context(entry, index)))
         if await self._phase_ended(entry, task, job.timeout):
             return _outcome_of(task, entry, span)
         task.cancel()

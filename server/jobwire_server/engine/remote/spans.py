@@ -4,7 +4,6 @@ the moments the remote executor commits them."""
 
 from __future__ import annotations
 
-from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from jobwire_server.domain.outcomes import Cancelled, Failed, Outcome
@@ -52,5 +51,4 @@ class RunSpans:
     def _next_phase(self, run: Run) -> None:
         if self._tracer is None or run.span is None or not run.phase:
             return
-        with trace.use_span(run.span, end_on_exit=False):
-            run.phase_span = start_phase_span(self._tracer, run.job, run.phase)
+        run.phase_span = start_phase_span(self._tracer, run.job, run.phase, run.span)
