@@ -30,7 +30,7 @@ import cProfile
 import pstats
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from jobwire_server.domain.models import Job, Phase, evolve
 from jobwire_server.domain.states import JobState
@@ -44,22 +44,13 @@ from jobwire_server.telemetry import (
     task_in_span,
 )
 from opentelemetry.context import Context, attach, detach
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Tracer, set_span_in_context
 
+from bench.drain import DropSpans
+
 Loop = Callable[[Tracer, Job, int], Awaitable[None]]
-
-
-class DropSpans(SpanExporter):
-    """Keeps no span (counts them, to show every span reached the exporter)."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
 
 
 async def _noop() -> bytes:
