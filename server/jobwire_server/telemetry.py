@@ -5,6 +5,8 @@ Span tree::
 
     jobwire.v1.JobService/Enqueue        SERVER, child of the caller's `traceparent`; its own
                                          traceparent is stored with the job (`Job.trace_parent`)
+    POST /v1/jobs                        the same over the HTTP gateway (`api/gateway/tracing.py`),
+                                         child of the request's `traceparent` header
     job <kind>                           one per attempt, a new trace linked to the Enqueue span
       phase <name>                       one per phase the attempt ran (the handler runs inside it)
     webhook <event type>                 one per delivery attempt, linked to the Enqueue span
