@@ -40,7 +40,9 @@ describe('schedules against a live jobwire server', { timeout: 120_000 }, () => 
     assert.equal(created.spec.catchupPolicy, 'CATCHUP_POLICY_RUN_ONCE');
     assert.equal(created.spec.jitter.seconds, '300');
     assert.deepEqual(JSON.parse(created.spec.template.payload.toString('utf8')), { day: 'yesterday' });
-    assert.equal(created.spec.template.maxAttempts, 3);
+    // Left unset, max attempts stays 0: each firing takes the queue's default of its moment (else the kind's).
+    assert.equal(created.spec.template.maxAttempts, 0);
+    assert.equal(created.spec.template.timeout.seconds, '0');
     assert.equal(created.nextFireTimes.length, 5);
     const first = timestampToDate(created.nextFireTimes[0]);
     assert.ok(first > new Date(), `${first} is in the future`);
