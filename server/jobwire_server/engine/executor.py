@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobwire.worker.protocol import to_bytes
 from opentelemetry.trace import Span, Tracer
 
 from jobwire_server.domain.clock import Clock
@@ -297,20 +297,9 @@ class Executor:
             value = await function(ctx)
         else:
             value = await asyncio.to_thread(function, ctx)
-        return _to_bytes(value)
+        return to_bytes(value)
 
 
-def _to_bytes(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode()
-    try:
-        return json.dumps(value, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"phase returned a {type(value).__name__}, which is not bytes, str or JSON") from exc
 
 
 _OUTCOME_NAMES: dict[type, str] = {Succeeded: "succeeded", Cancelled: "cancelled", _Interrupted: "interrupted"}
